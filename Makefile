@@ -1,0 +1,48 @@
+# pg_diagnosis: PGXS build of the extension (PostgreSQL glue in src/, the PostgreSQL-free core in src/core/).
+EXTENSION    = pg_diagnosis
+EXTVERSION   = $(shell grep default_version $(EXTENSION).control | sed -e "s/default_version[[:space:]]*=[[:space:]]*'\([^']*\)'/\1/")
+MODULE_big   = pg_diagnosis
+PGFILEDESC   = "pg_diagnosis - durable, audited diagnosis runs over MCP"
+
+SRCS         = $(wildcard src/*.cpp) $(wildcard src/core/*.cpp)
+OBJS         = $(SRCS:.cpp=.o)
+
+# sql/pg_diagnosis.sql is the only hand-edited install script; each release adds sql/pg_diagnosis--A--B.sql.
+DATA_built   = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA         = $(filter-out $(DATA_built), $(wildcard sql/$(EXTENSION)--*--*.sql))
+
+# pg_regress suites in sql/ and expected/, run on a throwaway cluster that preloads the library.
+REGRESS      = $(shell sed -n 's/^test: *//p' test/regress_schedule 2>/dev/null)
+# REGRESS_OUT: where results, diffs and the temporary instance go (the test command points it at a directory the
+# unprivileged `postgres` user owns).
+REGRESS_OUT ?= .
+REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=$(REGRESS_OUT)/tmp_check --outputdir=$(REGRESS_OUT) --load-extension=$(EXTENSION)
+ISOLATION    = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --temp-config=test/regress.conf --temp-instance=$(REGRESS_OUT)/tmp_check_iso --inputdir=test/isolation --outputdir=$(REGRESS_OUT)/isolation --load-extension=$(EXTENSION)
+# `make installcheck` brings its own throwaway instance (--temp-instance) that preloads the library: the
+# worker needs shared_preload_libraries, which an existing server may not have.
+EXTRA_CLEAN  = tmp_check tmp_check_iso output_iso results regression.diffs regression.out $(DATA_built) $(OBJS:.o=.d)
+
+PG_CONFIG   ?= pg_config
+# The core is C++ without JIT value: no LLVM bitcode (Debian's PGXS would otherwise need clang-14 for it).
+override with_llvm = no
+
+PG_CPPFLAGS  = -Iinclude -MMD -MP
+PG_CXXFLAGS  = -std=c++17 -Wno-register -fexceptions -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+SHLIB_LINK  += -lcurl -lstdc++
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Server headers are not ours to warn about.
+override CPPFLAGS := $(patsubst -I%server,-isystem %server,$(CPPFLAGS))
+
+$(DATA_built): sql/$(EXTENSION).sql
+	cp $< $@
+
+all: $(DATA_built)
+
+format:
+	clang-format -i $(SRCS) $(wildcard include/pg_diagnosis/*.hpp include/pg_diagnosis/*/*.hpp)
+
+-include $(OBJS:.o=.d)

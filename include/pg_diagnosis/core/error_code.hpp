@@ -1,0 +1,25 @@
+/*
+ * error_code.hpp: the run error codes of SPEC section 5 and whether each is worth a retry.
+ */
+#pragma once
+
+namespace pgdiag {
+
+enum class ErrorCode {
+	None = 0,         /* success */
+	ValidationError,  /* result does not match the run's JSON Schema: permanent */
+	LlmError,         /* tool result has isError: true: permanent */
+	ContextPackError, /* building the context pack failed: permanent (raised by the worker, not the core) */
+	McpError,         /* JSON-RPC error, protocol violation, HTTP 4xx other than 408/429: permanent */
+	NetworkError,     /* connect, reset, DNS, HTTP 5xx, 408, 429: transient */
+	TimeoutError,     /* connect, total or inactivity timeout: transient */
+	UnknownError,     /* anything else: permanent */
+};
+
+/* The name stored in runs.error_code, e.g. "VALIDATION_ERROR"; "" for None. */
+const char *ErrorCodeName(ErrorCode code);
+
+/* True for the codes a run retries on (NETWORK_ERROR, TIMEOUT_ERROR). */
+bool IsTransient(ErrorCode code);
+
+} // namespace pgdiag

@@ -1,0 +1,89 @@
+/*
+ * worker_calls.hpp: the bridge between the worker (PostgreSQL regime) and the core (C++ regime).
+ *
+ * The worker's C++ state (the McpClient, the compiled schemas, the runs in flight and the finished ones) lives
+ * in static storage on the C++ side. The worker sees it only through these functions, which take and return
+ * plain C types, never throw (they return false and leave the message in pgdiag::cpp_guard_message), and never
+ * call PostgreSQL. The `const char *` views they return stay valid until the matching Clear call.
+ */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pgdiag {
+namespace calls {
+
+struct Settings {
+	const char *url;
+	const char *tool;
+	const char *auth_token;
+	long connect_timeout_ms;
+	long request_timeout_ms;
+	size_t max_response_bytes;
+	int max_inflight;
+	long retry_base_delay_ms;
+};
+
+/* A run the worker claimed, with its context pack. */
+struct Claimed {
+	const char *run_id;
+	const char *patient_id;
+	const char *schema_version;
+	const char *inputs_json;
+	const char *context_pack_json;
+	int attempt;
+	int max_retries;
+};
+
+/* What finalize writes for one run. */
+struct Finished {
+	const char *run_id;
+	int attempt;
+	const char *outcome;            /* "completed", "failed" or "queued" (a retry) */
+	const char *error_code;         /* NULL on success */
+	const char *error_message;      /* NULL on success */
+	const char *error_details_json; /* NULL when none */
+	const char *context_pack_json;
+	const char *mcp_response_json;  /* NULL when no answer arrived */
+	const char *diagnosis_json;     /* NULL unless completed */
+	const char *mcp_run_id;         /* NULL when none */
+	long processing_ms;
+	long retry_delay_ms;            /* for "queued" */
+};
+
+struct Progress {
+	const char *run_id;
+	int attempt;
+	double fraction; /* 0..1 */
+	const char *message;
+};
+
+bool Init();
+bool Configure(const Settings &settings);
+bool SetSchema(const char *version, const char *schema_json);
+bool HasSchema(const char *version);
+
+bool Submit(const Claimed &run);
+int InFlight();
+int EventFd();
+long TimeoutMs();
+bool Drive();
+
+/* Finished runs since the last ClearFinished(). */
+bool CollectFinished(int *count);
+const Finished *FinishedAt(int i);
+void ClearFinished();
+
+/* Progress worth writing now: at most one per run per second, never backwards. */
+bool CollectProgress(int *count);
+const Progress *ProgressAt(int i);
+void ClearProgress();
+
+/* Ends every call in flight without an outcome (shutdown); the runs are listed for handing back. */
+bool AbortAll(int *count);
+const char *AbortedRunId(int i);
+int AbortedAttempt(int i);
+
+} // namespace calls
+} // namespace pgdiag

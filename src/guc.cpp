@@ -1,0 +1,94 @@
+/*-------------------------------------------------------------------------
+ * guc.cpp
+ *		The diagnosis.* settings: contexts, units and ranges of SPEC section 7.
+ *
+ * database and workers shape the set of background workers, so they are PGC_POSTMASTER; everything the worker
+ * reads while running is PGC_SIGHUP and takes effect at the next reload; max_inputs_bytes bounds what callers
+ * may enqueue, so only a superuser may change it in a session (PGC_SUSET).
+ *-------------------------------------------------------------------------
+ */
+#include <climits>
+
+extern "C" {
+#include "postgres.h"
+
+#include "utils/guc.h"
+}
+
+#include "pg_diagnosis/pg/guc.hpp"
+
+char *pgdiag_database = nullptr;
+int pgdiag_workers = 1;
+bool pgdiag_enabled = true;
+char *pgdiag_mcp_url = nullptr;
+char *pgdiag_mcp_tool = nullptr;
+char *pgdiag_mcp_auth_token = nullptr;
+int pgdiag_max_inflight = 64;
+int pgdiag_request_timeout_ms = 300000;
+int pgdiag_connect_timeout_ms = 10000;
+int pgdiag_max_retries = 3;
+int pgdiag_retry_base_delay_ms = 5000;
+int pgdiag_poll_interval_ms = 1000;
+int pgdiag_max_response_bytes = 8 * 1024 * 1024;
+int pgdiag_max_inputs_bytes = 1024 * 1024;
+double pgdiag_min_confidence = 0.5;
+char *pgdiag_context_pack_function = nullptr;
+
+/* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
+static const char *
+ShowAuthToken(void)
+{
+	return (pgdiag_mcp_auth_token && pgdiag_mcp_auth_token[0]) ? "********" : "";
+}
+
+void
+pgdiag::InitGucs()
+{
+	DefineCustomStringVariable("diagnosis.database", gettext_noop("Database the pg_diagnosis workers connect to."),
+	                           NULL, &pgdiag_database, "postgres", PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.workers", gettext_noop("Number of pg_diagnosis background workers."), NULL,
+	                        &pgdiag_workers, 1, 0, 64, PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("diagnosis.enabled", gettext_noop("Whether the workers claim new runs."),
+	                         gettext_noop("When off, runs in flight finish and queued runs wait."), &pgdiag_enabled,
+	                         true, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.mcp_url", gettext_noop("URL of the MCP server's Streamable HTTP endpoint."),
+	                           gettext_noop("When unset the workers idle and runs stay queued."), &pgdiag_mcp_url, "",
+	                           PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.mcp_tool", gettext_noop("Name of the MCP tool called for each run."), NULL,
+	                           &pgdiag_mcp_tool, "run_diagnosis", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.mcp_auth_token",
+	                           gettext_noop("Bearer token sent to the MCP server; never shown."), NULL,
+	                           &pgdiag_mcp_auth_token, "", PGC_SIGHUP,
+	                           GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, NULL, NULL, ShowAuthToken);
+	DefineCustomIntVariable("diagnosis.max_inflight", gettext_noop("MCP calls in flight per worker."), NULL,
+	                        &pgdiag_max_inflight, 64, 1, 4096, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.request_timeout_ms", gettext_noop("Total time allowed for one MCP call."), NULL,
+	                        &pgdiag_request_timeout_ms, 300000, 100, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
+	                        NULL);
+	DefineCustomIntVariable("diagnosis.connect_timeout_ms", gettext_noop("Time allowed to connect to the MCP server."),
+	                        NULL, &pgdiag_connect_timeout_ms, 10000, 10, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
+	                        NULL);
+	DefineCustomIntVariable("diagnosis.max_retries",
+	                        gettext_noop("Default retries after the first attempt for runs enqueued without one."),
+	                        NULL, &pgdiag_max_retries, 3, 0, 1000, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.retry_base_delay_ms",
+	                        gettext_noop("Base delay of the exponential backoff between attempts."), NULL,
+	                        &pgdiag_retry_base_delay_ms, 5000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.poll_interval_ms",
+	                        gettext_noop("Longest sleep of an idle worker when no wake-up comes."), NULL,
+	                        &pgdiag_poll_interval_ms, 1000, 10, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.max_response_bytes", gettext_noop("Largest MCP response accepted."), NULL,
+	                        &pgdiag_max_response_bytes, 8 * 1024 * 1024, 1024, INT_MAX, PGC_SIGHUP, GUC_UNIT_BYTE,
+	                        NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.max_inputs_bytes", gettext_noop("Largest inputs object a run may carry."), NULL,
+	                        &pgdiag_max_inputs_bytes, 1024 * 1024, 2, INT_MAX, PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL,
+	                        NULL);
+	DefineCustomRealVariable("diagnosis.min_confidence",
+	                         gettext_noop("Diagnoses less confident than this are marked needs_review."), NULL,
+	                         &pgdiag_min_confidence, 0.5, 0.0, 1.0, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.context_pack_function",
+	                           gettext_noop("Function (patient_id uuid) returning jsonb that builds context packs."),
+	                           gettext_noop("Empty means diagnosis.build_context_pack."), &pgdiag_context_pack_function,
+	                           "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("diagnosis");
+}

@@ -1,0 +1,356 @@
+/*-------------------------------------------------------------------------
+ * worker_calls.cpp
+ *		The worker's C++ side: the MCP client, compiled schemas, runs in flight and their outcomes.
+ *
+ * Everything here is C++ regime: no PostgreSQL header, state in static storage so an ereport in the worker
+ * never skips a destructor, and every entry point wrapped in CppGuard so no exception reaches PostgreSQL.
+ *-------------------------------------------------------------------------
+ */
+#include <chrono>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "pg_diagnosis/core/backoff.hpp"
+#include "pg_diagnosis/core/error_code.hpp"
+#include "pg_diagnosis/core/mcp_client.hpp"
+#include "pg_diagnosis/core/result.hpp"
+#include "pg_diagnosis/pg/cpp_guard.hpp"
+#include "pg_diagnosis/worker_calls.hpp"
+
+#include "pg_diagnosis/core/cpp_only.hpp" // Must be last include.
+
+char pgdiag::cpp_guard_message[512];
+
+namespace pgdiag {
+namespace calls {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/* The longest backoff between attempts, whatever the attempt count. */
+constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
+/* Progress is written at most this often per run. */
+constexpr int64_t kProgressIntervalMs = 1000;
+
+struct InflightRun {
+	std::string run_id;
+	int attempt = 0;
+	int max_retries = 0;
+	std::string context_pack_json;
+	Clock::time_point claimed_at;
+	/* Progress: the newest reported, and what was last handed to the worker for writing. */
+	double reported = -1;
+	std::string reported_message;
+	double written = -1;
+	Clock::time_point written_at;
+};
+
+struct FinishedRun {
+	std::string run_id, outcome, error_code, error_message, error_details, context_pack, mcp_response, diagnosis,
+	    mcp_run_id;
+	int attempt = 0;
+	long processing_ms = 0;
+	long retry_delay_ms = 0;
+};
+
+struct ProgressRow {
+	std::string run_id, message;
+	int attempt = 0;
+	double fraction = 0;
+};
+
+struct State {
+	SchemaRegistry schemas;
+	std::unique_ptr<McpClient> client;
+	ClientConfig config;
+	long retry_base_delay_ms = 5000;
+	uint64_t next_tag = 1;
+	std::unordered_map<uint64_t, InflightRun> inflight;
+	std::vector<FinishedRun> finished;
+	std::vector<Finished> finished_views;
+	std::vector<ProgressRow> progress;
+	std::vector<Progress> progress_views;
+	std::vector<std::pair<std::string, int>> aborted;
+	std::mt19937_64 rng{std::random_device{}()};
+};
+
+State *state = nullptr;
+
+const char *
+NullIfEmpty(const std::string &s)
+{
+	return s.empty() ? nullptr : s.c_str();
+}
+
+int64_t
+MillisSince(Clock::time_point t)
+{
+	return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+/* Turns a call's outcome into what finalize writes, deciding between retry and failure. */
+void
+RecordOutcome(InflightRun &run, const CallOutcome &outcome)
+{
+	FinishedRun f;
+	f.run_id = run.run_id;
+	f.attempt = run.attempt;
+	f.context_pack = std::move(run.context_pack_json);
+	f.processing_ms = static_cast<long>(MillisSince(run.claimed_at));
+	f.mcp_response = outcome.response_json;
+	f.mcp_run_id = outcome.mcp_run_id;
+	if (outcome.code == ErrorCode::None) {
+		f.outcome = "completed";
+		f.diagnosis = outcome.result_json;
+	} else {
+		f.error_code = ErrorCodeName(outcome.code);
+		f.error_message = outcome.message.empty() ? f.error_code : outcome.message;
+		f.error_details = outcome.details_json;
+		/* attempt counts claims; a run gets at most 1 + max_retries of them. */
+		if (IsTransient(outcome.code) && run.attempt < 1 + run.max_retries) {
+			std::uniform_real_distribution<double> jitter(0.0, 1.0);
+			f.outcome = "queued";
+			f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms,
+			                                                  kMaxRetryDelayMs, outcome.retry_after_ms,
+			                                                  jitter(state->rng)));
+		} else
+			f.outcome = "failed";
+	}
+	state->finished.push_back(std::move(f));
+}
+
+} // namespace
+
+bool
+Init()
+{
+	return CppGuard([] {
+		if (!state)
+			state = new State(); /* lives until the process exits */
+	});
+}
+
+bool
+Configure(const Settings &s)
+{
+	return CppGuard([&] {
+		ClientConfig c;
+		c.url = s.url ? s.url : "";
+		c.tool = s.tool && s.tool[0] ? s.tool : "run_diagnosis";
+		c.auth_token = s.auth_token ? s.auth_token : "";
+		c.connect_timeout_ms = s.connect_timeout_ms;
+		c.request_timeout_ms = s.request_timeout_ms;
+		c.max_response_bytes = s.max_response_bytes;
+		c.max_inflight = s.max_inflight;
+		state->retry_base_delay_ms = s.retry_base_delay_ms;
+		state->config = c;
+		if (!state->client)
+			state->client = McpClient::Create(c, &state->schemas);
+		else
+			state->client->Configure(c);
+	});
+}
+
+bool
+SetSchema(const char *version, const char *schema_json)
+{
+	return CppGuard([&] {
+		std::string error;
+		if (!state->schemas.Add(version, schema_json, &error))
+			throw std::runtime_error("result schema \"" + std::string(version) + "\" is not usable: " + error);
+	});
+}
+
+bool
+HasSchema(const char *version)
+{
+	bool has = false;
+	CppGuard([&] { has = state->schemas.Has(version); });
+	return has;
+}
+
+bool
+Submit(const Claimed &run)
+{
+	return CppGuard([&] {
+		uint64_t tag = state->next_tag++;
+		InflightRun &r = state->inflight[tag];
+		r.run_id = run.run_id;
+		r.attempt = run.attempt;
+		r.max_retries = run.max_retries;
+		r.context_pack_json = run.context_pack_json;
+		r.claimed_at = Clock::now();
+
+		CallRequest req;
+		req.tag = tag;
+		req.run_id = run.run_id;
+		req.patient_id = run.patient_id;
+		req.attempt = run.attempt;
+		req.schema_version = run.schema_version;
+		req.inputs_json = run.inputs_json;
+		req.context_pack_json = run.context_pack_json;
+		if (!state->client->Submit(std::move(req))) {
+			/* The worker never claims more than the free slots, so this is a bug; fail it visibly. */
+			CallOutcome refused;
+			refused.tag = tag;
+			refused.code = ErrorCode::UnknownError;
+			refused.message = "the MCP client refused the call: too many in flight";
+			RecordOutcome(r, refused);
+			state->inflight.erase(tag);
+		}
+	});
+}
+
+int
+InFlight()
+{
+	return state ? static_cast<int>(state->inflight.size()) : 0;
+}
+
+int
+EventFd()
+{
+	return state && state->client ? state->client->EventFd() : -1;
+}
+
+long
+TimeoutMs()
+{
+	return state && state->client ? state->client->TimeoutMs() : -1;
+}
+
+bool
+Drive()
+{
+	return CppGuard([] {
+		if (!state->client)
+			return;
+		state->client->Drive();
+		for (CallProgress &p : state->client->TakeProgress()) {
+			auto it = state->inflight.find(p.tag);
+			if (it == state->inflight.end())
+				continue;
+			double fraction = p.total > 0 ? p.progress / p.total : p.progress;
+			if (fraction < 0 || fraction > 1)
+				continue; /* without a total the value is not a fraction */
+			if (fraction >= it->second.reported) {
+				it->second.reported = fraction;
+				it->second.reported_message = p.message;
+			}
+		}
+		for (CallOutcome &o : state->client->TakeOutcomes()) {
+			auto it = state->inflight.find(o.tag);
+			if (it == state->inflight.end())
+				continue;
+			RecordOutcome(it->second, o);
+			state->inflight.erase(it);
+		}
+	});
+}
+
+bool
+CollectFinished(int *count)
+{
+	return CppGuard([&] {
+		state->finished_views.clear();
+		for (const FinishedRun &f : state->finished) {
+			Finished v;
+			v.run_id = f.run_id.c_str();
+			v.attempt = f.attempt;
+			v.outcome = f.outcome.c_str();
+			v.error_code = NullIfEmpty(f.error_code);
+			v.error_message = NullIfEmpty(f.error_message);
+			v.error_details_json = NullIfEmpty(f.error_details);
+			v.context_pack_json = NullIfEmpty(f.context_pack);
+			v.mcp_response_json = NullIfEmpty(f.mcp_response);
+			v.diagnosis_json = NullIfEmpty(f.diagnosis);
+			v.mcp_run_id = NullIfEmpty(f.mcp_run_id);
+			v.processing_ms = f.processing_ms;
+			v.retry_delay_ms = f.retry_delay_ms;
+			state->finished_views.push_back(v);
+		}
+		*count = static_cast<int>(state->finished_views.size());
+	});
+}
+
+const Finished *
+FinishedAt(int i)
+{
+	return &state->finished_views[i];
+}
+
+void
+ClearFinished()
+{
+	state->finished_views.clear();
+	state->finished.clear();
+}
+
+bool
+CollectProgress(int *count)
+{
+	return CppGuard([&] {
+		state->progress.clear();
+		state->progress_views.clear();
+		Clock::time_point now = Clock::now();
+		for (auto &entry : state->inflight) {
+			InflightRun &r = entry.second;
+			if (r.reported <= r.written)
+				continue;
+			if (r.written >= 0 && now - r.written_at < std::chrono::milliseconds(kProgressIntervalMs))
+				continue;
+			r.written = r.reported;
+			r.written_at = now;
+			state->progress.push_back(ProgressRow{r.run_id, r.reported_message, r.attempt, r.reported});
+		}
+		for (const ProgressRow &p : state->progress)
+			state->progress_views.push_back(Progress{p.run_id.c_str(), p.attempt, p.fraction, p.message.c_str()});
+		*count = static_cast<int>(state->progress_views.size());
+	});
+}
+
+const Progress *
+ProgressAt(int i)
+{
+	return &state->progress_views[i];
+}
+
+void
+ClearProgress()
+{
+	state->progress_views.clear();
+	state->progress.clear();
+}
+
+bool
+AbortAll(int *count)
+{
+	return CppGuard([&] {
+		state->aborted.clear();
+		if (state->client)
+			state->client->AbortAll();
+		for (auto &entry : state->inflight)
+			state->aborted.emplace_back(entry.second.run_id, entry.second.attempt);
+		state->inflight.clear();
+		*count = static_cast<int>(state->aborted.size());
+	});
+}
+
+const char *
+AbortedRunId(int i)
+{
+	return state->aborted[i].first.c_str();
+}
+
+int
+AbortedAttempt(int i)
+{
+	return state->aborted[i].second;
+}
+
+} // namespace calls
+} // namespace pgdiag
