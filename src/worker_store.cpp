@@ -473,13 +473,25 @@ pgdiag::WriteProgress()
 
 /* ---------------------------------------------------------------- claim */
 
+/*
+ * Claim order is priority, then run_after. A plain ORDER BY over an index on (priority DESC, run_after) would walk
+ * every future-scheduled run when none is due, so the claim skips from one distinct priority to the next (a
+ * recursive CTE, each step one index probe) and, per priority, takes the due runs in run_after order from the
+ * same index: flat whether a million runs are due or scheduled for later.
+ */
 static const char *claim_sql =
-    "WITH picked AS ("
-    "  SELECT id FROM diagnosis.runs"
-    "  WHERE status = 'queued' AND run_after <= now()"
-    "  ORDER BY priority DESC, run_after"
+    "WITH RECURSIVE priorities AS ("
+    "  (SELECT priority FROM diagnosis.runs WHERE status = 'queued' ORDER BY priority DESC LIMIT 1)"
+    "  UNION ALL"
+    "  SELECT (SELECT r.priority FROM diagnosis.runs r"
+    "          WHERE r.status = 'queued' AND r.priority < p.priority ORDER BY r.priority DESC LIMIT 1)"
+    "  FROM priorities p WHERE p.priority IS NOT NULL"
+    "), picked AS ("
+    "  SELECT due.id FROM priorities p"
+    "  CROSS JOIN LATERAL (SELECT r.id FROM diagnosis.runs r"
+    "                      WHERE r.status = 'queued' AND r.priority = p.priority AND r.run_after <= now()"
+    "                      ORDER BY r.run_after LIMIT $1 FOR UPDATE SKIP LOCKED) due"
     "  LIMIT $1"
-    "  FOR UPDATE SKIP LOCKED"
     "), claimed AS ("
     "  UPDATE diagnosis.runs r SET status = 'running', attempt = r.attempt + 1, started_at = now(),"
     "         lease_expires_at = now() + $2 * interval '1 millisecond', worker_pid = $3,"
