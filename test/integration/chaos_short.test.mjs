@@ -1,0 +1,18 @@
+// The short chaos run of the test command: the full one is `npm run chaos -- --runs 10000 ...` (docs/RELIABILITY.md).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runChaos, formatReport } from '../chaos/chaos.mjs';
+
+test('chaos: crashes, restarts and faults lose and duplicate nothing', { timeout: 600000 }, async () => {
+  const report = await runChaos({ runs: 1500, workerKills: 3, immediateRestarts: 3, serverRestarts: 2, faultRate: 0.1 });
+  console.log(formatReport(report).replace(/^/gm, '# '));
+  assert.equal(report.lost, 0, 'lost runs');
+  assert.equal(report.duplicated, 0, 'duplicated diagnoses or terminal events');
+  assert.equal(report.not_terminal, 0, 'runs not terminal');
+  assert.equal(report.illegal, 0, 'illegal audit chains');
+  assert.equal(report.incomplete_artifact_sets, 0, 'completed runs without three artifacts');
+  assert.equal(report.diagnoses_on_unfinished_runs, 0, 'diagnoses on runs that did not complete');
+  assert.equal(report.calls_after_completion, 0, 'MCP calls for a run after it completed');
+  assert.equal(report.total, 1500, 'exactly one run per idempotency key');
+  assert.ok(report.crashes.worker_kill === 3 && report.crashes.immediate_restart === 3, 'every crash happened');
+});
