@@ -1,0 +1,53 @@
+// A minimal MCP Streamable HTTP endpoint for benchmarks: answers initialize, notifications/initialized and
+// tools/call run_diagnosis with a fixed, schema-valid v1 result and no other work, as application/json, stateless.
+// It measures pg_diagnosis's own ceiling; the reference server (mcp-server/) is the realistic workload.
+// Usage: node bench/fast-mcp.mjs [--port 0]   prints MCP_URL=http://127.0.0.1:<port>/mcp
+import http from 'node:http';
+
+const args = process.argv.slice(2);
+const port = Number(args[args.indexOf('--port') + 1] || 0) || 0;
+const RESULT = {
+  risk_level: 'low', confidence_score: 0.9, summary: 'NEWS2 aggregate 0: low clinical risk.',
+  primary_findings: ['All vital signs within normal ranges'],
+  recommendations: [{ text: 'Minimum 12-hourly observations', priority: 'routine' }],
+};
+const RESULT_TEXT = JSON.stringify(RESULT);
+let calls = 0;
+
+function reply(res, status, body) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+const server = http.createServer((req, res) => {
+  if (req.method === 'GET' && req.url === '/stats') return reply(res, 200, { total_calls: calls });
+  if (req.method !== 'POST') return reply(res, 405, { error: 'POST only' });
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    let msg;
+    try {
+      msg = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      return reply(res, 400, { jsonrpc: '2.0', id: null, error: { code: -32700, message: 'Parse error' } });
+    }
+    if (msg.method === 'initialize') {
+      return reply(res, 200, { jsonrpc: '2.0', id: msg.id, result: {
+        protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'fast-mcp', version: '1.0.0' } } });
+    }
+    if (msg.id === undefined) { res.writeHead(202); return res.end(); } // a notification
+    if (msg.method === 'tools/call') {
+      calls++;
+      return reply(res, 200, { jsonrpc: '2.0', id: msg.id, result: {
+        content: [{ type: 'text', text: RESULT_TEXT }], structuredContent: RESULT,
+        _meta: { run_id: `fast-${msg.params?.arguments?.run_id}:${msg.params?.arguments?.attempt}` } } });
+    }
+    return reply(res, 200, { jsonrpc: '2.0', id: msg.id, error: { code: -32601, message: 'Method not found' } });
+  });
+});
+server.keepAliveTimeout = 60000;
+server.listen(port, '127.0.0.1', () => {
+  console.log(`MCP_URL=http://127.0.0.1:${server.address().port}/mcp`);
+});
+for (const s of ['SIGTERM', 'SIGINT']) process.on(s, () => { server.closeAllConnections(); server.close(() => process.exit(0)); });
