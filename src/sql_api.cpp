@@ -4,7 +4,7 @@
  *
  * Privileged entry points (enqueue_diagnosis, cancel_diagnosis, purge_runs and the row-level-security helpers)
  * share one trampoline, pgdiag_call_as_owner: it records the calling role, switches to the owner of the
- * diagnosis schema exactly as a SECURITY DEFINER function would, and calls diagnosis._<name>_impl(caller, ...)
+ * diagnosis schema exactly as a SECURITY DEFINER function would, and calls diagnosis._<name>_impl(caller, ...) (a leading underscore is not doubled)
  * written in SQL. A SECURITY DEFINER function cannot know who called it (current_user is already the owner);
  * the trampoline can, so audit rows and access checks name the real caller, and application roles need no
  * write privilege on runs, artifacts or audit_log at all.
@@ -81,6 +81,7 @@ GetImplPlan(Oid fn_oid)
 	StringInfoData sql;
 	SPIPlanPtr plan;
 	Oid rettype;
+	char *name;
 
 	for (entry = impl_plans; entry; entry = entry->next)
 		if (entry->fn_oid == fn_oid)
@@ -90,9 +91,11 @@ GetImplPlan(Oid fn_oid)
 	if (nargs > MAX_TRAMPOLINE_ARGS)
 		elog(ERROR, "pg_diagnosis trampoline supports at most %d arguments", MAX_TRAMPOLINE_ARGS);
 
+	/* enqueue_diagnosis -> _enqueue_diagnosis_impl; _member_orgs -> _member_orgs_impl */
+	name = get_func_name(fn_oid);
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT %s.%s($1", DIAGNOSIS_SCHEMA,
-	                 quote_identifier(psprintf("_%s_impl", get_func_name(fn_oid))));
+	                 quote_identifier(psprintf("%s%s_impl", name[0] == '_' ? "" : "_", name)));
 	impl_argtypes[0] = NAMEOID;
 	for (int i = 0; i < nargs; i++) {
 		impl_argtypes[i + 1] = argtypes[i];
