@@ -1,0 +1,241 @@
+// NEWS2, the National Early Warning Score 2 (Royal College of Physicians, 2017), as pure functions.
+// Scores each parameter from its latest observation in a pg_diagnosis context pack, maps the aggregate to a risk
+// level and NEWS2's clinical response. Deterministic: no clocks, no randomness.
+
+// Observation codes accepted for each parameter (LOINC or plain names).
+export const CODES = {
+  respiration_rate: ['9279-1', 'respiratory_rate', 'respiration_rate'],
+  spo2: ['59408-5', '2708-6', 'spo2'],
+  air_or_oxygen: ['supplemental_oxygen', '3151-8'],
+  systolic_bp: ['8480-6', 'systolic_bp'],
+  pulse: ['8867-4', 'heart_rate', 'pulse'],
+  consciousness: ['80288-4', 'consciousness'],
+  temperature: ['8310-5', 'temperature'],
+};
+
+export const LABELS = {
+  respiration_rate: ['Respiration rate', '/min'],
+  spo2: ['SpO2', '%'],
+  air_or_oxygen: ['Air or oxygen', ''],
+  systolic_bp: ['Systolic blood pressure', 'mmHg'],
+  pulse: ['Pulse', '/min'],
+  consciousness: ['Consciousness', ''],
+  temperature: ['Temperature', '°C'],
+};
+
+const PARAMETERS = Object.keys(CODES);
+const codeToParameter = new Map(PARAMETERS.flatMap((p) => CODES[p].map((c) => [c, p])));
+
+// Rates, SpO2 and pressure are charted as whole numbers: a fractional value is rounded to the nearest integer
+// before banding (20.5 breaths/min counts as 21). Temperature is charted to 0.1 °C and banded on that grid.
+const round1 = (x) => Math.round(x * 10) / 10;
+
+export function scoreRespirationRate(v) {
+  const x = Math.round(v);
+  if (x <= 8) return 3;
+  if (x <= 11) return 1;
+  if (x <= 20) return 0;
+  if (x <= 24) return 2;
+  return 3;
+}
+
+export function scoreSpo2Scale1(v) {
+  const x = Math.round(v);
+  if (x <= 91) return 3;
+  if (x <= 93) return 2;
+  if (x <= 95) return 1;
+  return 0;
+}
+
+export function scoreAirOrOxygen(onOxygen) {
+  return onOxygen ? 2 : 0;
+}
+
+export function scoreSystolicBp(v) {
+  const x = Math.round(v);
+  if (x <= 90) return 3;
+  if (x <= 100) return 2;
+  if (x <= 110) return 1;
+  if (x <= 219) return 0;
+  return 3;
+}
+
+export function scorePulse(v) {
+  const x = Math.round(v);
+  if (x <= 40) return 3;
+  if (x <= 50) return 1;
+  if (x <= 90) return 0;
+  if (x <= 110) return 1;
+  if (x <= 130) return 2;
+  return 3;
+}
+
+export function scoreConsciousness(acvpu) {
+  return acvpu === 'A' ? 0 : 3;
+}
+
+export function scoreTemperature(v) {
+  const x = round1(v);
+  if (x <= 35.0) return 3;
+  if (x <= 36.0) return 1;
+  if (x <= 38.0) return 0;
+  if (x <= 39.0) return 1;
+  return 2;
+}
+
+/** The value of an observation for its parameter, or undefined when it carries none. */
+function observationValue(parameter, obs) {
+  const numeric = obs.value === null || obs.value === undefined ? undefined : Number(obs.value);
+  if (parameter === 'consciousness') {
+    const letter = obs.data && typeof obs.data === 'object' ? (obs.data.acvpu ?? obs.data.value) : undefined;
+    if (typeof letter === 'string' && /^[ACVPU]$/i.test(letter.trim())) return letter.trim().toUpperCase();
+    if (numeric !== undefined && Number.isFinite(numeric)) return numeric === 0 ? 'A' : 'U';
+    return undefined;
+  }
+  if (numeric === undefined || !Number.isFinite(numeric)) return undefined;
+  if (parameter === 'air_or_oxygen') return numeric > 0;
+  return numeric;
+}
+
+const SCORERS = {
+  respiration_rate: scoreRespirationRate,
+  spo2: scoreSpo2Scale1,
+  air_or_oxygen: scoreAirOrOxygen,
+  systolic_bp: scoreSystolicBp,
+  pulse: scorePulse,
+  consciousness: scoreConsciousness,
+  temperature: scoreTemperature,
+};
+
+/** For each parameter, its values newest first (by observed_at, then by position in the pack). */
+export function valuesByParameter(observations = []) {
+  const indexed = observations.map((obs, i) => ({ obs, i, t: Date.parse(obs?.observed_at ?? '') }));
+  indexed.sort((a, b) => {
+    const ta = Number.isNaN(a.t) ? -Infinity : a.t;
+    const tb = Number.isNaN(b.t) ? -Infinity : b.t;
+    return tb - ta || a.i - b.i;
+  });
+  const values = Object.fromEntries(PARAMETERS.map((p) => [p, []]));
+  for (const { obs } of indexed) {
+    if (!obs || typeof obs !== 'object') continue;
+    const parameter = codeToParameter.get(String(obs.code ?? '').trim());
+    if (!parameter) continue;
+    const value = observationValue(parameter, obs);
+    if (value !== undefined) values[parameter].push(value);
+  }
+  return values;
+}
+
+function describe(parameter, value) {
+  const [label, unit] = LABELS[parameter];
+  if (parameter === 'air_or_oxygen') return `${label}: ${value ? 'supplemental oxygen' : 'room air'}`;
+  if (parameter === 'consciousness') return `${label}: ${{ A: 'alert', C: 'new confusion', V: 'responds to voice', P: 'responds to pain', U: 'unresponsive' }[value]}`;
+  return `${label} ${value}${unit ? ` ${unit}` : ''}`;
+}
+
+/** The aggregate of the given value per parameter (missing parameters score 0). */
+function aggregate(pick) {
+  let total = 0;
+  for (const p of PARAMETERS) {
+    const v = pick(p);
+    if (v !== undefined) total += SCORERS[p](v);
+  }
+  return total;
+}
+
+export function riskLevel(total, anySingleThree, worsening) {
+  if (total >= 7) return worsening ? 'critical' : 'high';
+  if (total >= 5) return 'medium';
+  if (anySingleThree) return 'medium';
+  return 'low';
+}
+
+export function recommendations(total, anySingleThree) {
+  if (total >= 7) {
+    return [
+      { text: 'Continuous monitoring of vital signs', priority: 'urgent' },
+      { text: 'Registered nurse to inform the medical team immediately', priority: 'urgent' },
+      { text: 'Emergency assessment by a clinical team with critical-care competencies', priority: 'urgent' },
+      { text: 'Consider transfer to a higher level of care (HDU/ICU)', priority: 'urgent' },
+    ];
+  }
+  if (total >= 5) {
+    return [
+      { text: 'Minimum 1-hourly observations', priority: 'urgent' },
+      { text: 'Registered nurse to inform the medical team immediately', priority: 'urgent' },
+      { text: 'Urgent assessment by a clinician with competencies in acute illness', priority: 'urgent' },
+      { text: 'Provide clinical care in an environment with monitoring facilities', priority: 'soon' },
+    ];
+  }
+  if (anySingleThree) {
+    return [
+      { text: 'Minimum 1-hourly observations', priority: 'soon' },
+      { text: 'Registered nurse to inform the medical team', priority: 'soon' },
+      { text: 'Medical team to assess and decide whether escalation of care is needed', priority: 'soon' },
+    ];
+  }
+  if (total >= 1) {
+    return [
+      { text: 'Minimum 4-6 hourly observations', priority: 'routine' },
+      { text: 'Registered nurse to assess the patient', priority: 'routine' },
+      { text: 'Registered nurse to decide whether increased monitoring or escalation is needed', priority: 'routine' },
+    ];
+  }
+  return [{ text: 'Minimum 12-hourly observations', priority: 'routine' }];
+}
+
+/** Confidence falls by 0.12 for each of the seven parameters not recorded, from 0.95, never below 0.05. */
+export function confidence(missingCount) {
+  return Math.max(0.05, Math.round((0.95 - 0.12 * missingCount) * 100) / 100);
+}
+
+/** The full NEWS2 diagnosis (a result schema v1 object) of a context pack. */
+export function diagnose(contextPack) {
+  const observations = Array.isArray(contextPack?.observations) ? contextPack.observations : [];
+  const values = valuesByParameter(observations);
+  const present = PARAMETERS.filter((p) => values[p].length > 0);
+  const missing = PARAMETERS.filter((p) => values[p].length === 0);
+
+  if (present.length === 0) {
+    return {
+      risk_level: 'low',
+      confidence_score: confidence(PARAMETERS.length),
+      summary: 'No vital signs recorded: NEWS2 cannot be scored. Record a full set of observations.',
+      primary_findings: ['No vital signs recorded'],
+      recommendations: [{ text: 'Record a full set of vital signs to calculate NEWS2', priority: 'soon' }],
+    };
+  }
+
+  const scores = Object.fromEntries(present.map((p) => [p, SCORERS[p](values[p][0])]));
+  const total = aggregate((p) => values[p][0]);
+  const anySingleThree = Object.values(scores).some((s) => s === 3);
+  const hasPrevious = PARAMETERS.some((p) => values[p].length > 1);
+  const previousTotal = aggregate((p) => (values[p].length > 1 ? values[p][1] : values[p][0]));
+  const worsening = hasPrevious && total > previousTotal;
+  const risk = riskLevel(total, anySingleThree, worsening);
+
+  const findings = present.map((p) => `${describe(p, values[p][0])} scores ${scores[p]}`);
+  findings.push(`NEWS2 aggregate score ${total}` + (hasPrevious ? ` (previous ${previousTotal})` : ''));
+  for (const p of missing) findings.push(`${LABELS[p][0]} not recorded`);
+
+  const differential = [];
+  if ((scores.temperature ?? 0) >= 1 && (scores.pulse ?? 0) >= 1 && (scores.respiration_rate ?? 0) >= 2) {
+    differential.push({ condition: 'Sepsis (screen with local sepsis protocol)', probability: total >= 7 ? 0.6 : 0.35 });
+  }
+  if ((scores.spo2 ?? 0) >= 2 && (scores.respiration_rate ?? 0) >= 2) {
+    differential.push({ condition: 'Acute respiratory deterioration', probability: 0.4 });
+  }
+
+  const result = {
+    risk_level: risk,
+    confidence_score: confidence(missing.length),
+    summary: `NEWS2 aggregate score ${total}: ${risk} clinical risk` +
+      (anySingleThree && total < 5 ? ' (a single parameter scores 3)' : '') +
+      (worsening ? `, worsening from ${previousTotal}` : '') +
+      (missing.length ? `; ${missing.length} of 7 parameters not recorded` : '') + '.',
+    primary_findings: findings,
+    recommendations: recommendations(total, anySingleThree),
+  };
+  if (differential.length) result.differential = differential;
+  return result;
+}
