@@ -180,7 +180,10 @@ ShutDown(WaitEventSet *wait_set)
 		(void) WaitEventSetWait(wait_set, timeout, &event, 1, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		DriveClient();
-		SetSlotState("stopping", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(), NULL);
+		{
+			TimestampTz ignored = DT_NOEND;
+			SetSlotState("stopping", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(&ignored), NULL);
+		}
 	}
 	if (!pgdiag::calls::AbortAll(&aborted))
 		elog(ERROR, "pg_diagnosis: aborting calls failed: %s", pgdiag::cpp_guard_message);
@@ -293,7 +296,7 @@ pgdiag_worker_main(Datum main_arg)
 		}
 
 		pgdiag::WriteProgress();
-		SetSlotState("working", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(), NULL);
+		SetSlotState("working", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(&next_due), NULL);
 
 		if (!EndpointConfigured()) {
 			if (!said_no_endpoint)

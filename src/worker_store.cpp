@@ -397,11 +397,12 @@ FinalizeOne(const pgdiag::calls::Finished *f)
 }
 
 int
-pgdiag::FinalizeFinishedRuns()
+pgdiag::FinalizeFinishedRuns(TimestampTz *next_retry)
 {
 	FinalizeBatch *batch;
 	int count = 0;
 	int terminal = 0;
+	long min_delay_ms = -1;
 	char *error;
 
 	if (!calls::CollectFinished(&count))
@@ -410,8 +411,12 @@ pgdiag::FinalizeFinishedRuns()
 		return 0;
 
 	batch = NewBatch(count);
-	for (int i = 0; i < count; i++)
-		AddToBatch(batch, calls::FinishedAt(i));
+	for (int i = 0; i < count; i++) {
+		const calls::Finished *f = calls::FinishedAt(i);
+		AddToBatch(batch, f);
+		if (strcmp(f->outcome, "queued") == 0 && (min_delay_ms < 0 || f->retry_delay_ms < min_delay_ms))
+			min_delay_ms = f->retry_delay_ms;
+	}
 
 	BeginWork("pg_diagnosis: finalize runs");
 	error = InSubtransaction(ExecuteFinalize, batch);
@@ -422,6 +427,11 @@ pgdiag::FinalizeFinishedRuns()
 			terminal += FinalizeOne(calls::FinishedAt(i));
 	EndWork();
 	calls::ClearFinished();
+	if (min_delay_ms >= 0) {
+		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), min_delay_ms);
+		if (*next_retry == DT_NOEND || due < *next_retry)
+			*next_retry = due;
+	}
 
 	if (Shared())
 		ConditionVariableBroadcast(&Shared()->run_finished);

@@ -34,8 +34,8 @@ int RecoverRuns(bool only_mine);
 int ClaimRuns(int limit, TimestampTz *next_due);
 
 /* Writes every finished run: artifacts, status and audit row, guarded by status and attempt. Returns how many
- * runs reached a terminal status. */
-int FinalizeFinishedRuns();
+ * runs reached a terminal status; *next_retry becomes the earliest run_after of a retry it scheduled, if sooner. */
+int FinalizeFinishedRuns(TimestampTz *next_retry);
 
 /* Writes due progress reports of runs in flight. */
 void WriteProgress();
