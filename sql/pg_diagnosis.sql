@@ -294,11 +294,12 @@ CREATE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
     SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false)
 $$;
 
-CREATE FUNCTION diagnosis._member_orgs_impl(caller name, member_role text) RETURNS uuid[]
+-- Positional parameters: in SQL functions a column (members.member_role) would shadow a parameter of that name.
+CREATE FUNCTION diagnosis._member_orgs_impl(caller name, wanted_role text) RETURNS uuid[]
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(m.organization_id), '{}')
     FROM diagnosis.members m
-    WHERE m.role_name = caller AND (member_role IS NULL OR m.member_role = member_role)
+    WHERE m.role_name = $1 AND ($2 IS NULL OR m.member_role = $2)
 $$;
 
 CREATE FUNCTION diagnosis._member_orgs(member_role text DEFAULT NULL) RETURNS uuid[]
@@ -499,7 +500,7 @@ BEGIN
     PERFORM diagnosis._begin_purge();
     WITH deleted AS (
         DELETE FROM diagnosis.runs
-        WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < now() - p_older_than
+        WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at <= now() - p_older_than
           AND organization_id = ANY (v_orgs)
         RETURNING organization_id
     ), per_org AS (
