@@ -184,9 +184,12 @@ export function recommendations(total, anySingleThree) {
   return [{ text: 'Minimum 12-hourly observations', priority: 'routine' }];
 }
 
-/** Confidence falls by 0.12 for each of the seven parameters not recorded, from 0.95, never below 0.05. */
+export const CONFIDENCE_FLOOR = 0.05;
+
+/** Confidence falls by 0.12 for each of the seven parameters not recorded, from 0.95 (0.11 with all seven
+ * missing); a pack with no vital sign at all gets the floor, 0.05. */
 export function confidence(missingCount) {
-  return Math.max(0.05, Math.round((0.95 - 0.12 * missingCount) * 100) / 100);
+  return Math.max(CONFIDENCE_FLOOR, Math.round((0.95 - 0.12 * missingCount) * 100) / 100);
 }
 
 /** The full NEWS2 diagnosis (a result schema v1 object) of a context pack. */
@@ -199,7 +202,7 @@ export function diagnose(contextPack) {
   if (present.length === 0) {
     return {
       risk_level: 'low',
-      confidence_score: confidence(PARAMETERS.length),
+      confidence_score: CONFIDENCE_FLOOR, /* nothing to score at all */
       summary: 'No vital signs recorded: NEWS2 cannot be scored. Record a full set of observations.',
       primary_findings: ['No vital signs recorded'],
       recommendations: [{ text: 'Record a full set of vital signs to calculate NEWS2', priority: 'soon' }],

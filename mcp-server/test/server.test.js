@@ -1,0 +1,185 @@
+// The reference server over real HTTP: the SDK's own client in every mode, progress, sessions, stats, and every
+// injected fault. Each test starts its server on 127.0.0.1:0 and closes it, even when the test fails.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { startServer, parseSettings, FAULT_KINDS, callId } from '../src/server.js';
+
+const PACK = { observations: [
+  { code: '9279-1', value: 26, observed_at: '2026-11-24T10:00:00Z' },
+  { code: 'spo2', value: 91, observed_at: '2026-11-24T10:00:00Z' },
+  { code: 'heart_rate', value: 112, observed_at: '2026-11-24T10:00:00Z' },
+] };
+const ARGS = (inputs = {}, attempt = 1, runId = 'run-1') => ({
+  run_id: runId, patient_id: 'p-1', attempt, schema_version: 'v1', inputs, context_pack: PACK,
+});
+
+async function withServer(flags, fn) {
+  const server = await startServer(parseSettings(flags, {}));
+  try {
+    return await fn(server);
+  } finally {
+    await server.close();
+  }
+}
+
+async function withClient(server, fn) {
+  const client = new Client({ name: 'test', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(server.url));
+  await client.connect(transport);
+  try {
+    return await fn(client, transport);
+  } finally {
+    await client.close();
+  }
+}
+
+/** A raw JSON-RPC POST, as pg_diagnosis sends it (no session: for stateless servers or to probe faults). */
+async function rawCall(server, args, headers = {}) {
+  const body = { jsonrpc: '2.0', id: `${args.run_id}:${args.attempt}`, method: 'tools/call',
+    params: { name: 'run_diagnosis', arguments: args } };
+  return fetch(server.url, { method: 'POST', body: JSON.stringify(body), headers: {
+    'content-type': 'application/json', accept: 'application/json, text/event-stream', ...headers } });
+}
+
+for (const mode of ['stateless', 'stateful']) {
+  for (const reply of ['json', 'sse']) {
+    test(`SDK round trip: ${mode}, ${reply} replies`, async () => {
+      await withServer(['--mode', mode, '--reply', reply], (server) => withClient(server, async (client, transport) => {
+        const { tools } = await client.listTools();
+        assert.deepEqual(tools.map((t) => t.name), ['run_diagnosis']);
+        assert.deepEqual(tools[0].outputSchema.required.sort(),
+          ['confidence_score', 'primary_findings', 'recommendations', 'risk_level', 'summary']);
+        assert.deepEqual(tools[0].outputSchema.properties.risk_level.enum, ['low', 'medium', 'high', 'critical']);
+        assert.ok(tools[0].inputSchema.properties.context_pack);
+        const result = await client.callTool({ name: 'run_diagnosis', arguments: ARGS() });
+        assert.equal(result.isError, undefined);
+        assert.equal(result.structuredContent.risk_level, 'high'); // 3 + 3 + 2 = 8
+        assert.deepEqual(JSON.parse(result.content[0].text), result.structuredContent);
+        assert.equal(result._meta.run_id, callId('run-1', 1));
+        assert.equal(Boolean(transport.sessionId), mode === 'stateful');
+        assert.deepEqual(server.stats.calls, { 'run-1': { 1: 1 } });
+        assert.equal(server.stats.initialize, 1);
+      }));
+    });
+  }
+}
+
+test('progress notifications are streamed over SSE and spread over the latency', async () => {
+  await withServer(['--reply', 'sse', '--latency-ms', '250'], (server) => withClient(server, async (client) => {
+    const seen = [];
+    const started = Date.now();
+    await client.callTool({ name: 'run_diagnosis', arguments: ARGS() }, undefined,
+      { onprogress: (p) => seen.push({ ...p, at: Date.now() - started }) });
+    assert.equal(seen.length, 5);
+    assert.deepEqual(seen.map((p) => p.progress), [0, 1, 2, 3, 4]);
+    assert.ok(seen.every((p) => p.total === 5 && typeof p.message === 'string'));
+    assert.ok(seen[4].at >= 150, `progress spread over the latency (${seen[4].at} ms)`);
+  }));
+});
+
+test('deterministic: the same arguments give byte-identical results', async () => {
+  await withServer(['--mode', 'stateless', '--reply', 'json'], async (server) => {
+    const a = await (await rawCall(server, ARGS())).text();
+    const b = await (await rawCall(server, ARGS())).text();
+    assert.equal(a, b);
+    assert.equal(server.stats.calls['run-1']['1'], 2);
+  });
+});
+
+test('stateful: an unknown session is 404; session expiry after N calls forces a new initialize', async () => {
+  await withServer(['--mode', 'stateful', '--reply', 'json', '--session-expiry-calls', '2'], async (server) => {
+    const res = await rawCall(server, ARGS(), { 'mcp-session-id': 'no-such-session' });
+    assert.equal(res.status, 404);
+    await withClient(server, async (client) => {
+      await client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'a') });
+      await client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'b') });
+      await assert.rejects(client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'c') }));
+    });
+    assert.equal(server.stats.sessions_expired, 1);
+  });
+});
+
+test('bearer token required when configured', async () => {
+  await withServer(['--mode', 'stateless', '--auth-token', 't0k3n'], async (server) => {
+    assert.equal((await rawCall(server, ARGS())).status, 401);
+    assert.equal((await rawCall(server, ARGS(), { authorization: 'Bearer t0k3n' })).status, 200);
+  });
+});
+
+test('/config changes behaviour at run time; /stats/reset zeroes counts', async () => {
+  await withServer(['--mode', 'stateless', '--reply', 'json'], async (server) => {
+    let res = await fetch(`${new URL(server.url).origin}/config`, { method: 'POST', body: JSON.stringify({ fault_rate: 1, fault_kinds: ['http_502'] }) });
+    assert.equal(res.status, 200);
+    assert.equal((await rawCall(server, ARGS())).status, 502);
+    await fetch(`${new URL(server.url).origin}/config`, { method: 'POST', body: JSON.stringify({ fault_rate: 0 }) });
+    assert.equal((await rawCall(server, ARGS())).status, 200);
+    const stats = await (await fetch(`${new URL(server.url).origin}/stats`)).json();
+    assert.equal(stats.total_calls, 2);
+    assert.equal(stats.faults.http_502, 1);
+    await fetch(`${new URL(server.url).origin}/stats/reset`, { method: 'POST' });
+    res = await (await fetch(`${new URL(server.url).origin}/stats`)).json();
+    assert.equal(res.total_calls, 0);
+  });
+});
+
+// What each fault looks like on the wire.
+const EXPECT = {
+  http_500: async (r) => assert.equal(r.status, 500),
+  http_502: async (r) => assert.equal(r.status, 502),
+  http_503: async (r) => { assert.equal(r.status, 503); assert.equal(r.headers.get('retry-after'), '3'); },
+  http_429: async (r) => { assert.equal(r.status, 429); assert.equal(r.headers.get('retry-after'), '3'); },
+  http_400: async (r) => assert.equal(r.status, 400),
+  http_401: async (r) => assert.equal(r.status, 401),
+  http_404_session: async (r) => assert.equal(r.status, 404),
+  session_expiry: async (r) => assert.equal(r.status, 404),
+  drop: async (r) => { assert.equal(r.status, 200); await assert.rejects(r.text()); },
+  is_error: async (r) => { const m = await r.json(); assert.equal(m.result.isError, true); },
+  invalid_result: async (r) => { const m = await r.json(); assert.equal(m.result.structuredContent.risk_level, 'purple'); },
+  jsonrpc_error: async (r) => { const m = await r.json(); assert.equal(m.error.code, -32603); },
+  malformed_json: async (r) => { const text = await r.text(); assert.throws(() => JSON.parse(text)); },
+  wrong_id: async (r) => { const m = await r.json(); assert.equal(m.id, 'not-your-request'); },
+  truncated_sse: async (r) => { assert.match(r.headers.get('content-type'), /event-stream/); assert.doesNotMatch(await r.text(), /\n\n$/); },
+  huge_line: async (r) => { const t = await r.text(); assert.ok(t.length > 100000); },
+  non_utf8: async (r) => { const b = Buffer.from(await r.arrayBuffer()); assert.ok(b.includes(Buffer.from([0xff, 0xfe]))); },
+};
+
+for (const kind of FAULT_KINDS) {
+  if (kind === 'hang' || kind === 'slowloris') continue;
+  test(`fault ${kind} by inputs.fault, only for attempts <= fault_attempts`, async () => {
+    await withServer(['--mode', 'stateless', '--reply', 'json'], async (server) => {
+      const inputs = { fault: kind, fault_attempts: 1, retry_after: 3, fault_bytes: 200000 };
+      const res = await rawCall(server, ARGS(inputs, 1));
+      await EXPECT[kind](res);
+      assert.equal(server.stats.faults[kind], 1);
+      const ok = await rawCall(server, ARGS(inputs, 2));
+      assert.equal(ok.status, 200, `attempt 2 is not faulted (${kind})`);
+      assert.equal((await ok.json()).result.structuredContent.risk_level, 'high');
+      assert.deepEqual(server.stats.calls['run-1'], { 1: 1, 2: 1 });
+    });
+  });
+}
+
+test('fault hang holds the request until --hang-ms, then 503; slowloris trickles', async () => {
+  await withServer(['--mode', 'stateless', '--hang-ms', '300'], async (server) => {
+    const started = Date.now();
+    const res = await rawCall(server, ARGS({ fault: 'hang' }));
+    assert.equal(res.status, 503);
+    assert.ok(Date.now() - started >= 280);
+    const slow = await rawCall(server, ARGS({ fault: 'slowloris' }));
+    const reader = slow.body.getReader();
+    const first = await reader.read();
+    assert.equal(first.value.length, 1);
+    await reader.cancel();
+  });
+});
+
+test('random faults at --fault-rate over --fault-kinds', async () => {
+  await withServer(['--mode', 'stateless', '--reply', 'json', '--fault-rate', '1', '--fault-kinds', 'http_503'], async (server) => {
+    for (let i = 0; i < 5; i++) assert.equal((await rawCall(server, ARGS({}, i + 1))).status, 503);
+    assert.equal(server.stats.faults.http_503, 5);
+  });
+  assert.throws(() => parseSettings(['--fault-kinds', 'nope'], {}));
+  assert.throws(() => parseSettings(['--mode', 'odd'], {}));
+});
