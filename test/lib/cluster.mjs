@@ -61,6 +61,9 @@ export class Cluster {
   /** A connected pg.Client; the caller ends it. */
   async connect(user = 'postgres', database = 'postgres') {
     const client = new pg.Client(this.connectionConfig(user, database));
+    // A server that dies (the crash tests kill it) also emits 'error' on the client; the pending query already
+    // rejects with it, so the event itself needs no handling beyond not being fatal.
+    client.on('error', () => {});
     await client.connect();
     return client;
   }
@@ -127,6 +130,11 @@ export class Cluster {
       if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
       await new Promise((r) => setTimeout(r, interval));
     }
+  }
+
+  /** Leaves the cluster running after this process exits (the demo's --keep). */
+  detach() {
+    live.delete(this);
   }
 
   destroy() {

@@ -33,6 +33,14 @@ export class McpServer {
     if (!res.ok) throw new Error(`POST /config: ${res.status}`);
   }
 
+  /** Leaves the server running after this process exits (the demo's --keep). */
+  detach() {
+    live.delete(this);
+    this.proc.stdout.destroy();
+    this.proc.stderr.destroy();
+    this.proc.unref();
+  }
+
   /** SIGTERM, then SIGKILL if it has not exited within 5 s. */
   async stop() {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) {

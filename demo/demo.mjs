@@ -1,0 +1,174 @@
+// The main job: a synthetic cohort diagnosed end to end through pg_diagnosis and the reference MCP server, with a
+// live progress display and a summary a clinician and a DBA can read.
+//   node demo/demo.mjs [--patients N] [--seed S] [--keep]
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { startCluster } from '../test/lib/cluster.mjs';
+import { startMcpServer } from '../test/lib/mcp.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const argv = process.argv.slice(2);
+const option = (name, fallback) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : fallback;
+};
+const patients = Number(option('patients', 2000));
+const seed = Number(option('seed', 42));
+const keep = argv.includes('--keep');
+if (!Number.isInteger(patients) || patients < 1 || patients > 1000000) throw new Error('--patients must be 1..1000000');
+
+const tty = process.stdout.isTTY;
+const bold = (s) => (tty ? `\x1b[1m${s}\x1b[0m` : s);
+const say = (s = '') => console.log(s);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const CLINICIANS = ['pgd_demo_clin_a1', 'pgd_demo_clin_a2', 'pgd_demo_clin_a3', 'pgd_demo_clin_b1', 'pgd_demo_clin_b2'];
+
+function table(rows) {
+  if (!rows.length) return '  (no rows)';
+  const cols = Object.keys(rows[0]);
+  const text = (v) => (v === null || v === undefined ? '' : Array.isArray(v) ? `{${v.join(',')}}` : String(v));
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => text(r[c]).length)));
+  const line = (vals) => '  ' + vals.map((v, i) => v.padEnd(width[i])).join(' | ');
+  return [line(cols), '  ' + width.map((w) => '-'.repeat(w)).join('-+-'), ...rows.map((r) => line(cols.map((c) => text(r[c]))))].join('\n');
+}
+
+/** Shows a query as psql would run it, then its result. */
+async function show(cluster, title, sql, user = 'postgres', params = []) {
+  say(bold(`\n${title}`));
+  say(`  $ psql -h 127.0.0.1 -p ${cluster.port} -U ${user} postgres`);
+  say(sql.trim().split('\n').map((l) => `  ${user === 'postgres' ? 'postgres=#' : `${user}=>`} ${l.trim()}`).join('\n'));
+  const result = await cluster.query(sql, params, user);
+  say(table(result.rows));
+  return result.rows;
+}
+
+let server;
+let cluster;
+async function cleanUp() {
+  if (keep) return;
+  if (cluster) cluster.destroy();
+  if (server) await server.stop();
+}
+process.on('SIGINT', async () => {
+  await cleanUp();
+  process.exit(130);
+});
+
+try {
+  say(bold('pg_diagnosis demo') + ` — ${patients} synthetic patients, seed ${seed}`);
+  server = await startMcpServer(['--mode', 'stateful', '--reply', 'sse']);
+  say(`  reference MCP server (NEWS2) listening at ${server.url}`);
+  cluster = await startCluster({ settings: { 'diagnosis.mcp_url': server.url, 'diagnosis.max_inflight': 64 } });
+  say(`  PostgreSQL 15 cluster with pg_diagnosis preloaded on 127.0.0.1:${cluster.port} (data in ${cluster.dir})`);
+
+  const loadStarted = Date.now();
+  const client = await cluster.connect();
+  await client.query(`SELECT set_config('demo.patients', $1, false), set_config('demo.seed', $2, false)`, [String(patients), String(seed)]);
+  const loaded = await client.query(readFileSync(join(here, 'cohort.sql'), 'utf8'));
+  await client.end();
+  const mix = loaded.at(-2).rows.map((r) => `${r.trajectory} ${r.patients}`).join(', ');
+  const obs = (await cluster.query('SELECT count(*)::int AS n FROM diagnosis.observations')).rows[0].n;
+  say(`  cohort loaded in ${Date.now() - loadStarted} ms: ${mix}; ${obs} vital-sign observations`);
+
+  // Every clinician enqueues their own patients, as themselves: row-level security decides which patients they see.
+  say(bold('\nEnqueueing as each clinician (the batch API, under row-level security)'));
+  const started = Date.now();
+  for (const clinician of CLINICIANS) {
+    const r = await cluster.query(`
+      SELECT count(diagnosis.enqueue_diagnosis(p.id, jsonb_build_object('reason', 'ward round'),
+                                               'ward-round:' || p.id)) AS runs
+      FROM diagnosis.patients p`, [], clinician);
+    say(`  ${clinician.padEnd(18)} enqueued ${r.rows[0].runs} runs`);
+  }
+  const total = (await cluster.query('SELECT count(*)::int AS n FROM diagnosis.runs')).rows[0].n;
+
+  // Live progress while the worker drains the queue.
+  say(bold('\nDiagnosing'));
+  let lastLine = 0;
+  for (;;) {
+    const s = (await cluster.query('SELECT queued, running, completed, failed FROM diagnosis.queue_stats')).rows[0];
+    const done = Number(s.completed) + Number(s.failed);
+    const elapsed = (Date.now() - started) / 1000;
+    const rate = elapsed > 0 ? Math.round(done / elapsed) : 0;
+    const width = 30;
+    const filled = Math.round((done / total) * width);
+    const line = `  [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total}  completed ${s.completed}  failed ${s.failed}  queued ${s.queued}  running ${s.running}  ${rate} runs/s  ${elapsed.toFixed(1)} s`;
+    if (tty) process.stdout.write(`\r${line}\x1b[K`);
+    else if (Date.now() - lastLine >= 2000 || done === total) {
+      say(line);
+      lastLine = Date.now();
+    }
+    if (done === total) break;
+    await sleep(tty ? 200 : 250);
+  }
+  if (tty) process.stdout.write('\n');
+  const seconds = (Date.now() - started) / 1000;
+  say(`  ${total} runs finished in ${seconds.toFixed(2)} s: ${Math.round(total / seconds)} runs/s end to end ` +
+      '(enqueue to committed artifacts and audit)');
+
+  await show(cluster, 'Runs by status', 'SELECT status, count(*) AS runs FROM diagnosis.runs GROUP BY status ORDER BY status;');
+  await show(cluster, 'Diagnoses by NEWS2 risk level', `
+    SELECT risk_level, count(*) AS patients, count(*) FILTER (WHERE needs_review) AS needs_review,
+           round(avg(confidence_score)::numeric, 2) AS avg_confidence
+    FROM diagnosis.latest_diagnosis GROUP BY risk_level
+    ORDER BY array_position(ARRAY['low', 'medium', 'high', 'critical'], risk_level);`);
+  await show(cluster, 'Processing time per run (worker-measured, ms)', `
+    SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY processing_time_ms) AS p50,
+           percentile_disc(0.95) WITHIN GROUP (ORDER BY processing_time_ms) AS p95,
+           max(processing_time_ms) AS max
+    FROM diagnosis.runs WHERE status = 'completed';`);
+
+  // One critical patient's diagnosis, as their clinician sees it.
+  const critical = (await cluster.query(`
+    SELECT l.patient_id, l.run_id, a.role_name AS clinician FROM diagnosis.latest_diagnosis l
+    JOIN diagnosis.patient_assignments a ON a.patient_id = l.patient_id
+    WHERE l.risk_level = 'critical' ORDER BY l.display_name LIMIT 1`)).rows[0]
+    ?? (await cluster.query(`SELECT l.patient_id, l.run_id, a.role_name AS clinician FROM diagnosis.latest_diagnosis l
+          JOIN diagnosis.patient_assignments a ON a.patient_id = l.patient_id ORDER BY l.risk_level, l.display_name LIMIT 1`)).rows[0];
+  say(bold(`\nOne diagnosis, as ${critical.clinician} sees it`));
+  const sql = `SELECT jsonb_pretty(artifact_data) FROM diagnosis.artifacts WHERE run_id = '${critical.run_id}' AND artifact_type = 'diagnosis_json';`;
+  say(`  $ psql -h 127.0.0.1 -p ${cluster.port} -U ${critical.clinician} postgres`);
+  say(`  ${critical.clinician}=> ${sql}`);
+  const doc = (await cluster.query(sql, [], critical.clinician)).rows[0].jsonb_pretty;
+  say(doc.split('\n').map((l) => `  ${l}`).join('\n'));
+  await show(cluster, 'Its audit trail', `
+    SELECT event, status_from, status_to, attempt, actor, to_char(created_at, 'HH24:MI:SS.MS') AS at
+    FROM diagnosis.audit_log WHERE run_id = '${critical.run_id}' ORDER BY id;`, critical.clinician);
+  await show(cluster, `The review queue of ${critical.clinician} (first 5)`, `
+    SELECT display_name, risk_level, confidence_score, needs_review, left(summary, 60) AS summary
+    FROM diagnosis.review_queue LIMIT 5;`, critical.clinician);
+
+  say(bold('\nRow-level security: a clinician who is not assigned to this patient'));
+  say(`  pgd_demo_unassigned=> SELECT diagnosis.enqueue_diagnosis('${critical.patient_id}');`);
+  try {
+    await cluster.query('SELECT diagnosis.enqueue_diagnosis($1)', [critical.patient_id], 'pgd_demo_unassigned');
+    say('  UNEXPECTED: the enqueue was accepted');
+  } catch (error) {
+    say(`  ERROR:  ${error.message}   (SQLSTATE ${error.code}: the same answer as for a patient that does not exist)`);
+  }
+  const seen = (await cluster.query('SELECT count(*)::int AS n FROM diagnosis.runs', [], 'pgd_demo_unassigned')).rows[0].n;
+  say(`  pgd_demo_unassigned=> SELECT count(*) FROM diagnosis.runs;  -- ${seen} rows visible`);
+
+  say(bold('\nIdempotency: the clinician re-enqueues the same ward round'));
+  const again = (await cluster.query(`SELECT diagnosis.enqueue_diagnosis($1, '{"reason":"ward round"}', $2) AS id`,
+    [critical.patient_id, `ward-round:${critical.patient_id}`], critical.clinician)).rows[0].id;
+  say(`  ${critical.clinician}=> SELECT diagnosis.enqueue_diagnosis('${critical.patient_id}', '{"reason":"ward round"}', 'ward-round:${critical.patient_id}');`);
+  say(`  -> ${again} (${again === critical.run_id ? 'the same run: a DEDUPLICATED audit row, no second diagnosis' : 'UNEXPECTED: a new run'})`);
+
+  await show(cluster, 'Workers', 'SELECT pid, state, inflight, runs_done FROM diagnosis.worker_status();');
+
+  if (keep) {
+    cluster.detach();
+    server.detach();
+    say(bold('\nLeft running for exploration:'));
+    say(`  psql -h 127.0.0.1 -p ${cluster.port} -U postgres postgres        (or -U pgd_demo_clin_a1, pgd_demo_admin_a, ...)`);
+    say(`  stop: runuser -u postgres -- pg_ctl -D ${cluster.data} stop && kill ${server.proc.pid} && rm -rf ${cluster.dir}`);
+  }
+} catch (error) {
+  console.error(`demo failed: ${error.stack ?? error}`);
+  if (cluster) console.error(cluster.log().split('\n').filter((l) => /ERROR|FATAL|WARNING/.test(l)).slice(-10).join('\n'));
+  process.exitCode = 1;
+} finally {
+  await cleanUp();
+}
