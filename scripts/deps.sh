@@ -8,7 +8,7 @@ PACKAGES=(
   postgresql-15 postgresql-server-dev-15 postgresql-contrib
   build-essential g++ make cmake pkg-config clang-14 libclang-rt-14-dev
   libcurl4-openssl-dev rapidjson-dev googletest libgtest-dev
-  nodejs npm ca-certificates procps
+  nodejs npm ca-certificates procps openssl
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

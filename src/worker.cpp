@@ -26,6 +26,8 @@ extern "C" {
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "lib/stringinfo.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -36,6 +38,8 @@ extern "C" {
 
 PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
 }
+
+static char *read_whole_file_or_error(const char *path);
 
 /* How long SIGTERM lets calls in flight finish before handing the rest back. */
 #define SHUTDOWN_GRACE_MS 5000
@@ -130,6 +134,26 @@ AttachSlot(int slot_index)
 
 /* ---------------------------------------------------------------- settings */
 
+/*
+ * The bearer token: the setting itself, or with "file:/path" the first line of that file. PostgreSQL logs the raw
+ * new value of every setting changed at reload ("parameter ... changed to ..."), so the file form is the way to
+ * keep the token out of the server log.
+ */
+static char *
+AuthToken(void)
+{
+	const char *value = pgdiag_mcp_auth_token ? pgdiag_mcp_auth_token : "";
+	char *contents;
+	char *end;
+
+	if (strncmp(value, "file:", 5) != 0)
+		return pstrdup(value);
+	contents = read_whole_file_or_error(value + 5);
+	end = contents + strcspn(contents, "\r\n");
+	*end = '\0';
+	return contents;
+}
+
 static void
 ApplySettings(void)
 {
@@ -137,7 +161,7 @@ ApplySettings(void)
 
 	s.url = pgdiag_mcp_url;
 	s.tool = pgdiag_mcp_tool;
-	s.auth_token = pgdiag_mcp_auth_token;
+	s.auth_token = AuthToken();
 	s.connect_timeout_ms = pgdiag_connect_timeout_ms;
 	s.request_timeout_ms = pgdiag_request_timeout_ms;
 	s.max_response_bytes = (size_t) pgdiag_max_response_bytes;
@@ -145,6 +169,25 @@ ApplySettings(void)
 	s.retry_base_delay_ms = pgdiag_retry_base_delay_ms;
 	if (!pgdiag::calls::Configure(s))
 		elog(ERROR, "pg_diagnosis: configuring the MCP client failed: %s", pgdiag::cpp_guard_message);
+}
+
+/* Reads a whole file; errors (with the path, never the contents) if it cannot. */
+static char *
+read_whole_file_or_error(const char *path)
+{
+	FILE *file = AllocateFile(path, "r");
+	StringInfoData buffer;
+	char chunk[1024];
+	size_t n;
+
+	if (file == NULL)
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
+	initStringInfo(&buffer);
+	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
+		appendBinaryStringInfo(&buffer, chunk, (int) n);
+	FreeFile(file);
+	return buffer.data;
 }
 
 static bool

@@ -630,6 +630,10 @@ private:
 			if (code == CURLE_OPERATION_TIMEDOUT)
 				return Error(ErrorCode::TimeoutError,
 				             std::string("MCP request timed out: ") + (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
+			if (code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE)
+				/* Verification is never turned off; retrying cannot fix a certificate. */
+				return Error(ErrorCode::McpError, std::string("TLS verification failed: ") +
+				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
 			if (code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT)
 				return Error(ErrorCode::McpError, std::string("bad MCP URL: ") +
 				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
