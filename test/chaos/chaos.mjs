@@ -172,6 +172,9 @@ export async function runChaos({
              (SELECT count(*)::int FROM diagnosis.audit_log WHERE event = 'DEDUPLICATED') AS deduplicated_enqueues
       FROM diagnosis.runs`)).rows[0];
     const guarantees = await checkGuarantees(cluster);
+    const failedBy = Object.fromEntries((await cluster.query(
+      "SELECT error_code, count(*)::int AS n FROM diagnosis.runs WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC")).rows
+      .map((r) => [r.error_code, r.n]));
 
     // A call for a run after it completed would carry an attempt beyond the run's final attempt.
     const finals = new Map((await cluster.query('SELECT id::text, attempt FROM diagnosis.runs')).rows
@@ -184,6 +187,7 @@ export async function runChaos({
     }
 
     Object.assign(report, counts, guarantees, {
+      failed_by_code: failedBy,
       duplicated: guarantees.duplicate_diagnoses + guarantees.duplicate_terminal_events,
       calls_after_completion: callsAfterCompletion,
       mcp_calls: Object.values(totals.calls).reduce((s, a) => s + Object.values(a).reduce((x, y) => x + y, 0), 0),
@@ -206,6 +210,7 @@ export function formatReport(r) {
   const pct = (p) => (ms.length ? ms[Math.min(ms.length - 1, Math.floor(p * ms.length))] : 0);
   return [
     `runs enqueued            ${r.runs} (total rows ${r.total}, completed ${r.completed}, failed ${r.failed})`,
+    `failed by error code     ${Object.entries(r.failed_by_code ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `crashes survived         worker kill -9: ${r.crashes.worker_kill}, pg_ctl stop -m immediate: ${r.crashes.immediate_restart}, MCP server restarts: ${r.crashes.server_restart}`,
     `faults injected          ${Object.entries(r.faults).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `MCP calls                ${r.mcp_calls}`,
