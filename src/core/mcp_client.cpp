@@ -125,6 +125,7 @@ struct Transfer {
 	bool sse_failed = false;
 	std::string callback_error;
 	std::string response;          /* the JSON-RPC response addressed to us, as compact JSON */
+	bool foreign_response = false; /* a response with another id arrived (a protocol violation) */
 	std::vector<CallProgress> progress;
 	std::vector<std::string> pings; /* ids of server pings to answer */
 
@@ -397,8 +398,11 @@ private:
 		auto method = msg.FindMember("method");
 		bool has_method = method != msg.MemberEnd() && method->value.IsString();
 		if (!has_method && id != msg.MemberEnd()) {
-			if (ToJson(id->value) == t->rpc_id && t->response.empty())
-				t->response = ToJson(msg);
+			if (ToJson(id->value) == t->rpc_id) {
+				if (t->response.empty())
+					t->response = ToJson(msg);
+			} else
+				t->foreign_response = true;
 			return;
 		}
 		if (!has_method)
@@ -672,9 +676,12 @@ private:
 			} else
 				HandleMessage(t, doc);
 		}
-		if (t->response.empty())
-			return Error(ErrorCode::McpError, t->is_sse ? "the event stream ended without a response to the request"
-			                                            : "no JSON-RPC response with the request's id");
+		if (t->response.empty()) {
+			if (t->foreign_response || !t->is_sse)
+				return Error(ErrorCode::McpError, "no JSON-RPC response with the request's id");
+			/* MCP treats a closed stream as a disconnection, not as the end of the request: try again later. */
+			return Error(ErrorCode::NetworkError, "the event stream ended before the response (disconnected)");
+		}
 		*ok = true;
 		o.http_status = status;
 		return o;
@@ -798,7 +805,9 @@ private:
 
 		if (status == 404 && t->sent_session && code == CURLE_OK) {
 			if (call->retried_after_404) {
-				Finish(call, Error(ErrorCode::McpError, "MCP session not found (HTTP 404) again after re-initializing",
+				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
+				 * attempt with backoff can outlast. (A wrong URL fails initialize itself, permanently.) */
+				Finish(call, Error(ErrorCode::NetworkError, "MCP session lost again (HTTP 404) after re-initializing",
 				                   "{\"http_status\":404}"));
 				return;
 			}

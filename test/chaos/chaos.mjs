@@ -173,7 +173,7 @@ export async function runChaos({
       FROM diagnosis.runs`)).rows[0];
     const guarantees = await checkGuarantees(cluster);
     const failedBy = Object.fromEntries((await cluster.query(
-      "SELECT error_code, count(*)::int AS n FROM diagnosis.runs WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC")).rows
+      "SELECT error_code || ': ' || regexp_replace(left(error_message, 70), '[0-9a-f-]{36}', '<uuid>', 'g') AS error_code, count(*)::int AS n FROM diagnosis.runs WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC")).rows
       .map((r) => [r.error_code, r.n]));
 
     // A call for a run after it completed would carry an attempt beyond the run's final attempt.

@@ -65,7 +65,7 @@ const FAILURES = [
   ['http_400', 'MCP_ERROR', ['context_pack'], 1],
   ['malformed_json', 'MCP_ERROR', ['context_pack'], 1],
   ['non_utf8', 'MCP_ERROR', ['context_pack'], 1],
-  ['truncated_sse', 'MCP_ERROR', ['context_pack'], 1],
+  ['wrong_id', 'MCP_ERROR', ['context_pack'], 1],
 ];
 for (const [fault, code, kept, calls] of FAILURES) {
   test(`${fault} fails the run with ${code} and keeps ${kept.join(' + ')}`, async () => {
@@ -88,9 +88,13 @@ for (const [fault, code, kept, calls] of FAILURES) {
 test('transient errors with no retries left fail with NETWORK_ERROR and TIMEOUT_ERROR', async () => {
   const down = await enqueue(cluster, patient(), { fault: 'http_503' }, { maxRetries: 0 });
   const hung = await enqueue(cluster, patient(), { fault: 'hang' }, { maxRetries: 0 });
-  await waitTerminal(cluster, [down, hung]);
+  const cut = await enqueue(cluster, patient(), { fault: 'truncated_sse' }, { maxRetries: 0 });
+  const dropped = await enqueue(cluster, patient(), { fault: 'drop' }, { maxRetries: 0 });
+  await waitTerminal(cluster, [down, hung, cut, dropped]);
   assert.equal((await run(cluster, down)).error_code, 'NETWORK_ERROR');
   assert.equal((await run(cluster, hung)).error_code, 'TIMEOUT_ERROR');
+  assert.equal((await run(cluster, cut)).error_code, 'NETWORK_ERROR');
+  assert.equal((await run(cluster, dropped)).error_code, 'NETWORK_ERROR');
   assert.deepEqual((await server.stats()).calls[down], { 1: 1 });
 });
 

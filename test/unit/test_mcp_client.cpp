@@ -399,7 +399,7 @@ TEST_F(ClientTest, SessionExpiryReinitializesOnceAndRetries)
 	EXPECT_EQ(server.Requests().back().Get("mcp-session-id"), "sess-1");
 }
 
-TEST_F(ClientTest, SecondNotFoundFails)
+TEST_F(ClientTest, SecondNotFoundIsTransientButInitializeNotFoundIsPermanent)
 {
 	TestServer server([](const Request &r, int) {
 		return r.IsMethod("tools/call") ? Reply{Http(404, "application/json", "{}")} : Session(r);
@@ -408,7 +408,18 @@ TEST_F(ClientTest, SecondNotFoundFails)
 	client->Submit(Call(1));
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
-	EXPECT_EQ(out[0].code, ErrorCode::McpError);
+	EXPECT_EQ(out[0].code, ErrorCode::NetworkError) << out[0].message;
+	EXPECT_EQ(server.Count("initialize"), 2);
+
+	// A wrong path: initialize itself is 404, which no retry can fix.
+	TestServer wrong([](const Request &, int) { return Reply{Http(404, "text/plain", "no such path")}; });
+	auto client2 = Make(wrong.Url());
+	outcomes.clear();
+	client2->Submit(Call(2));
+	out = RunUntil(*client2, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::McpError) << out[0].message;
+	EXPECT_EQ(wrong.Count("tools/call"), 0);
 	EXPECT_EQ(server.Count("tools/call"), 2);
 }
 
@@ -455,7 +466,11 @@ TEST_F(ClientTest, ProtocolViolationsAndToolErrors)
 	    {[](const Request &) { return Json("{not json"); }, ErrorCode::McpError, false},
 	    {[](const Request &) { return Json(R"({"jsonrpc":"2.0","id":"other","result":{}})"); }, ErrorCode::McpError, false},
 	    {[](const Request &) { return std::string("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"); }, ErrorCode::McpError, false},
+	    // A stream that ends before the response is a disconnection (transient); one that answers another id is a
+	    // protocol violation.
 	    {[](const Request &r) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":" + IdOf(r) + ",\"res"); },
+	     ErrorCode::NetworkError, false},
+	    {[](const Request &) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":\"other\",\"result\":{}}\n\n"); },
 	     ErrorCode::McpError, false},
 	    {[](const Request &r) { return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"result":{"isError":true,"content":[{"type":"text","text":"no"}]}})"); },
 	     ErrorCode::LlmError, true},
