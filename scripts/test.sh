@@ -34,30 +34,27 @@ else
   tail -50 "$WORK/build.log"; record_exit "extension build" 1
 fi
 
-echo "== core: unit tests (ctest)"
-if cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$WORK/cmake.log" 2>&1 &&
-   cmake --build build -j2 >>"$WORK/cmake.log" 2>&1; then
-  ctest --test-dir build --output-on-failure 2>&1 | tee "$WORK/ctest.log" | tail -15
-  if total=$(grep -oE '[0-9]+ tests failed out of [0-9]+' "$WORK/ctest.log"); then
-    f=$(echo "$total" | awk '{print $1}'); t=$(echo "$total" | awk '{print $6}')
-    record "core unit (ctest)" $((t - f)) "$f"
-  else record_exit "core unit (ctest)" 1; fi
-else
-  tail -50 "$WORK/cmake.log"; record_exit "core build (cmake)" 1
-fi
-
-if command -v clang++-14 >/dev/null 2>&1; then
-  echo "== core: short fuzz run (libFuzzer, ASan+UBSan)"
-  if CXX=clang++-14 cmake -S . -B build-fuzz -DPGDIAG_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$WORK/fuzz.log" 2>&1 &&
-     cmake --build build-fuzz -j2 >>"$WORK/fuzz.log" 2>&1; then
-    ctest --test-dir build-fuzz -L fuzz --output-on-failure 2>&1 | tee "$WORK/fuzz-ctest.log" | tail -8
-    if total=$(grep -oE '[0-9]+ tests failed out of [0-9]+' "$WORK/fuzz-ctest.log"); then
+# ctest_suite NAME BUILD_DIR CMAKE_ARGS... : configure, build and run one ctest tree, recording its counts.
+ctest_suite() {
+  local name=$1 dir=$2; shift 2
+  echo "== $name"
+  if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$WORK/cmake.log" 2>&1 &&
+     cmake --build "$dir" -j2 >>"$WORK/cmake.log" 2>&1; then
+    ctest --test-dir "$dir" --output-on-failure 2>&1 | tee "$WORK/ctest.log" | tail -12
+    local total
+    if total=$(grep -oE '[0-9]+ tests failed out of [0-9]+' "$WORK/ctest.log"); then
+      local f t
       f=$(echo "$total" | awk '{print $1}'); t=$(echo "$total" | awk '{print $6}')
-      record "core fuzz (short)" $((t - f)) "$f"
-    else record_exit "core fuzz (short)" 1; fi
+      record "$name" $((t - f)) "$f"
+    else record_exit "$name" 1; fi
   else
-    tail -30 "$WORK/fuzz.log"; record_exit "core fuzz build" 1
+    tail -50 "$WORK/cmake.log"; record_exit "$name (build)" 1
   fi
+}
+
+ctest_suite "core unit (ctest)" build
+if command -v clang++-14 >/dev/null 2>&1; then
+  CXX=clang++-14 ctest_suite "core fuzz (short)" build-fuzz -DPGDIAG_FUZZ=ON
 fi
 
 echo "== pg_regress and isolation specs"

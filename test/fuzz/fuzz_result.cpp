@@ -13,7 +13,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static pgdiag::SchemaRegistry *schemas = [] {
 		auto *r = new pgdiag::SchemaRegistry();
 		std::string error;
-		if (!r->Add("v1", kSchemaV1, &error))
+		if (!r->Add("v1", SchemaV1(), &error))
 			__builtin_trap();
 		return r;
 	}();

@@ -251,7 +251,7 @@ protected:
 	void SetUp() override
 	{
 		std::string error;
-		ASSERT_TRUE(schemas.Add("v1", kSchemaV1, &error));
+		ASSERT_TRUE(schemas.Add("v1", SchemaV1(), &error));
 	}
 
 	std::unique_ptr<McpClient> Make(const std::string &url, ClientConfig config = {})

@@ -11,7 +11,7 @@ protected:
 	void SetUp() override
 	{
 		std::string error;
-		ASSERT_TRUE(schemas.Add("v1", kSchemaV1, &error)) << error;
+		ASSERT_TRUE(schemas.Add("v1", SchemaV1(), &error)) << error;
 	}
 	SchemaRegistry schemas;
 };
@@ -109,7 +109,7 @@ TEST(SchemaRegistry, RejectsBrokenSchemas)
 	EXPECT_FALSE(error.empty());
 	EXPECT_FALSE(r.Add("y", "[]", &error));
 	EXPECT_FALSE(r.Has("x"));
-	EXPECT_TRUE(r.Add("v1", kSchemaV1, &error));
+	EXPECT_TRUE(r.Add("v1", SchemaV1(), &error));
 	EXPECT_TRUE(r.Has("v1"));
 	r.Clear();
 	EXPECT_FALSE(r.Has("v1"));
