@@ -38,9 +38,14 @@ extern "C" {
 
 /* ---------------------------------------------------------------- helpers */
 
+/* The worker's loop context, current again after each commit (CommitTransactionCommand leaves TopMemoryContext
+ * current, and anything allocated there afterwards would live for the whole process). */
+static MemoryContext work_caller_context = NULL;
+
 static void
 BeginWork(const char *activity)
 {
+	work_caller_context = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -56,6 +61,7 @@ EndWork(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(work_caller_context);
 	debug_query_string = NULL;
 	/* Workers that modify tables flush their own statistics. */
 	pgstat_report_stat(false);
@@ -144,9 +150,12 @@ pgdiag::ExtensionReady()
 {
 	bool ready;
 
+	MemoryContext caller = CurrentMemoryContext;
+
 	StartTransactionCommand();
 	ready = OidIsValid(get_extension_oid("pg_diagnosis", true));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return ready;
 }
 
@@ -632,9 +641,7 @@ pgdiag::ClaimRuns(int limit, TimestampTz *next_due)
 		/* Unknown schema versions may have been added since the worker started. */
 		for (int i = 0; i < n; i++)
 			if (!calls::HasSchema(runs[i].schema_version)) {
-				SPI_finish();
-				PopActiveSnapshot();
-				CommitTransactionCommand();
+				EndWork();
 				LoadResultSchemas();
 				BeginWork("pg_diagnosis: claim runs");
 				break;
