@@ -45,11 +45,14 @@ const children = [];
 
 const workerPid = async (cluster) =>
   (await cluster.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker' ORDER BY pid LIMIT 1`)).rows[0]?.pid;
+/** CPU seconds so far and private (anonymous) resident memory of a process: shared buffers the worker touches
+ * count in VmRSS but are not its own, so RssAnon is what would grow with a leak. */
 function procStats(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   const cpuTicks = Number(stat[11]) + Number(stat[12]);
-  const rssKb = Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
-  return { cpuSeconds: cpuTicks / 100, rssMb: Math.round(rssKb / 102.4) / 10 };
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const anonKb = Number(status.match(/RssAnon:\s+(\d+)/)[1]);
+  return { cpuSeconds: cpuTicks / 100, rssMb: Math.round(anonKb / 102.4) / 10 };
 }
 /** CPU seconds used so far by every process of the cluster (postmaster's children) and by one other pid. */
 function clusterCpu(cluster) {
@@ -70,6 +73,8 @@ async function endToEnd(cluster, n, label) {
   const patients = 1000;
   const started = Date.now();
   const client = await cluster.connect();
+  const backend = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  const backendCpu0 = procStats(backend).cpuSeconds;
   for (let from = 0; from < n; from += 5000) {
     await client.query(`
       SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % ${patients}), 12, '0'))::uuid,
@@ -77,6 +82,7 @@ async function endToEnd(cluster, n, label) {
       FROM generate_series($2::int, $3::int) g`, [label, from, Math.min(n, from + 5000) - 1]);
   }
   const enqueueSeconds = (Date.now() - started) / 1000;
+  const enqueueCpu = procStats(backend).cpuSeconds - backendCpu0;
   await client.end();
   for (;;) {
     if (Number(await openRuns(cluster)) === 0) break;
@@ -85,7 +91,7 @@ async function endToEnd(cluster, n, label) {
   const seconds = (Date.now() - started) / 1000;
   const failed = (await cluster.query(`SELECT count(*)::int AS n FROM diagnosis.runs WHERE inputs->>'bench' = $1 AND status <> 'completed'`, [label])).rows[0].n;
   if (failed) throw new Error(`${failed} runs of ${label} did not complete`);
-  return { rate: Math.round(n / seconds), seconds, enqueueRate: Math.round(n / enqueueSeconds) };
+  return { rate: Math.round(n / seconds), seconds, enqueueRate: Math.round(n / enqueueSeconds), enqueueCpu };
 }
 
 async function loadPatients(cluster) {
@@ -131,9 +137,10 @@ async function main() {
     row(`end-to-end runs/s, N = ${N}`, e2e.rate, 'runs/s', `${e2e.seconds.toFixed(1)} s, enqueue overlapping`);
     row(`set-based enqueue rate (while the worker drains)`, e2e.enqueueRate, 'runs/s');
     row('worker CPU per 1,000 runs', Math.round((workerCpu / N) * 1e6), 'ms');
-    row('other PostgreSQL processes (enqueue backend, WAL writer, ...) CPU per 1,000 runs', Math.round(((pgCpu - workerCpu) / N) * 1e6), 'ms');
+    row('enqueueing backend CPU per 1,000 runs', Math.round((e2e.enqueueCpu / N) * 1e6), 'ms');
+    row('other PostgreSQL processes (WAL writer, checkpointer, ...) CPU per 1,000 runs', Math.round(((pgCpu - workerCpu) / N) * 1e6), 'ms');
     row('fast MCP endpoint (Node) CPU per 1,000 runs', Math.round((mcpCpu / N) * 1e6), 'ms');
-    results.cpu = { worker: workerCpu / N * 1e6, postgres: (pgCpu - workerCpu) / N * 1e6, mcp: mcpCpu / N * 1e6 };
+    results.cpu = { worker: workerCpu / N * 1e6, enqueue: e2e.enqueueCpu / N * 1e6, postgres: (pgCpu - workerCpu) / N * 1e6, mcp: mcpCpu / N * 1e6 };
 
     // Drain rate: the same runs enqueued first with claiming paused, so only claim, call and finalize are timed
     // (what the pgbench ceiling replays).
@@ -151,14 +158,14 @@ async function main() {
       row(`drain rate, N = ${N} queued beforehand (claim, call, finalize)`, drain, 'runs/s');
       results.drainRate = drain;
     }
-    row(`worker RSS after ${N + 1000} runs`, cpu1.rssMb, 'MB');
+    row(`worker private RSS (RssAnon) after ${N + 1000} runs`, cpu1.rssMb, 'MB');
     results.pgdRate = e2e.rate;
     results.rss = [[N + 1000, cpu1.rssMb]];
     if (N_LARGE) {
       const big = await endToEnd(cluster, N_LARGE, 'e2e-large');
       const cpu2 = procStats(pid);
       row(`end-to-end runs/s, N = ${N_LARGE}`, big.rate, 'runs/s', `${big.seconds.toFixed(1)} s`);
-      row(`worker RSS after ${N + N_LARGE + 1000} runs`, cpu2.rssMb, 'MB');
+      row(`worker private RSS (RssAnon) after ${N + N_LARGE + 1000} runs`, cpu2.rssMb, 'MB');
       results.rss.push([N + N_LARGE + 1000, cpu2.rssMb]);
     }
 
@@ -501,7 +508,7 @@ ${r.notes.map((n) => `- ${n}`).join('\n')}
 
 /** A small SVG line chart: runs/s versus max_inflight, one line per worker count. */
 function scalingSvg(points) {
-  const W = 560, H = 320, L = 60, B = 40, T = 20, R = 20;
+  const W = 600, H = 320, L = 60, B = 40, T = 20, R = 60;
   const xs = [...new Set(points.map((p) => p.inflight))].sort((a, b) => a - b);
   const maxY = Math.max(...points.map((p) => p.rate)) * 1.1;
   const x = (v) => L + (xs.indexOf(v) / Math.max(1, xs.length - 1)) * (W - L - R);
@@ -513,8 +520,8 @@ function scalingSvg(points) {
       ps.map((p) => `<circle cx="${x(p.inflight)}" cy="${y(p.rate)}" r="3" fill="${colors[w]}"/><text x="${x(p.inflight) + 4}" y="${y(p.rate) - 6}" font-size="11">${p.rate}</text>`).join('');
   }).join('');
   const ticks = xs.map((v) => `<text x="${x(v)}" y="${H - B + 16}" font-size="12" text-anchor="middle">${v}</text>`).join('');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif">
-<rect width="${W}" height="${H}" fill="white"/>
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W + 40}" height="${H}" font-family="sans-serif">
+<rect width="${W + 40}" height="${H}" fill="white"/>
 <line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="black"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="black"/>
 ${ticks}<text x="${(W + L) / 2}" y="${H - 6}" font-size="12" text-anchor="middle">diagnosis.max_inflight</text>
 <text x="14" y="${(H - B) / 2}" font-size="12" transform="rotate(-90 14 ${(H - B) / 2})" text-anchor="middle">end-to-end runs/s</text>
