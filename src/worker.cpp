@@ -39,8 +39,6 @@ extern "C" {
 PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
 }
 
-static char *read_whole_file_or_error(const char *path);
-
 /* How long SIGTERM lets calls in flight finish before handing the rest back. */
 #define SHUTDOWN_GRACE_MS 5000
 
@@ -134,6 +132,25 @@ AttachSlot(int slot_index)
 
 /* ---------------------------------------------------------------- settings */
 
+/* Reads a whole file; errors (with the path, never the contents) if it cannot. */
+static char *
+ReadTokenFile(const char *path)
+{
+	FILE *file = AllocateFile(path, "r");
+	StringInfoData buffer;
+	char chunk[1024];
+	size_t n;
+
+	if (file == NULL)
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
+	initStringInfo(&buffer);
+	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
+		appendBinaryStringInfo(&buffer, chunk, (int) n);
+	FreeFile(file);
+	return buffer.data;
+}
+
 /*
  * The bearer token: the setting itself, or with "file:/path" the first line of that file. PostgreSQL logs the raw
  * new value of every setting changed at reload ("parameter ... changed to ..."), so the file form is the way to
@@ -148,7 +165,7 @@ AuthToken(void)
 
 	if (strncmp(value, "file:", 5) != 0)
 		return pstrdup(value);
-	contents = read_whole_file_or_error(value + 5);
+	contents = ReadTokenFile(value + 5);
 	end = contents + strcspn(contents, "\r\n");
 	*end = '\0';
 	return contents;
@@ -169,25 +186,6 @@ ApplySettings(void)
 	s.retry_base_delay_ms = pgdiag_retry_base_delay_ms;
 	if (!pgdiag::calls::Configure(s))
 		elog(ERROR, "pg_diagnosis: configuring the MCP client failed: %s", pgdiag::cpp_guard_message);
-}
-
-/* Reads a whole file; errors (with the path, never the contents) if it cannot. */
-static char *
-read_whole_file_or_error(const char *path)
-{
-	FILE *file = AllocateFile(path, "r");
-	StringInfoData buffer;
-	char chunk[1024];
-	size_t n;
-
-	if (file == NULL)
-		ereport(ERROR, (errcode_for_file_access(),
-		                errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
-	initStringInfo(&buffer);
-	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
-		appendBinaryStringInfo(&buffer, chunk, (int) n);
-	FreeFile(file);
-	return buffer.data;
 }
 
 static bool

@@ -5,7 +5,8 @@
  * no C++ object with a destructor on its stack. When it needs the C++ core it calls CppGuard(), which runs the
  * lambda, catches every exception, copies the message into a static buffer and returns false, so the caller
  * can ereport AFTER all C++ frames and the exception object are gone (pg_duckdb's InvokeCPPFunc, plus the
- * catch (...) it lacks). An ereport must never be raised inside the lambda.
+ * catch (...) it lacks). An ereport must never be raised inside the lambda. The worker's bridge
+ * (worker_calls.hpp) wraps every entry in it and reports failure as false.
  */
 #pragma once
 
@@ -36,11 +37,3 @@ CppGuard(F &&func) noexcept
 }
 
 } // namespace pgdiag
-
-/* Runs `body` under CppGuard and raises a PostgreSQL ERROR naming `what` if it threw. PostgreSQL regime only. */
-#define PGDIAG_CPP(what, body)                                                                                         \
-	do {                                                                                                               \
-		if (!pgdiag::CppGuard([&]() body))                                                                             \
-			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("pg_diagnosis: %s failed: %s", (what),              \
-			                                                         pgdiag::cpp_guard_message)));                      \
-	} while (0)
