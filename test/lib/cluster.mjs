@@ -85,10 +85,7 @@ export class Cluster {
   }
 
   start() {
-    // scripts/sanitize.sh runs the server with libasan preloaded (the sanitized pg_diagnosis.so needs it first).
-    const preload = process.env.PGDIAG_SERVER_PRELOAD;
-    asPostgres([join(BINDIR, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start'],
-      preload ? { env: { ...process.env, LD_PRELOAD: preload } } : {});
+    asPostgres([join(BINDIR, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start']);
     live.add(this);
   }
 
