@@ -30,7 +30,8 @@ export function freePort() {
 }
 
 function asPostgres(args, options = {}) {
-  const result = spawnSync('runuser', ['-u', 'postgres', '--', ...args], { encoding: 'utf8', ...options });
+  // From /tmp: the checkout may live where the postgres user cannot enter.
+  const result = spawnSync('runuser', ['-u', 'postgres', '--', ...args], { encoding: 'utf8', cwd: os.tmpdir(), ...options });
   if (result.status !== 0) {
     throw new Error(`${args.join(' ')} failed (${result.status}): ${result.stderr || result.stdout}`);
   }
@@ -96,7 +97,7 @@ export class Cluster {
 
   stopSync(mode = 'immediate') {
     spawnSync('runuser', ['-u', 'postgres', '--', join(BINDIR, 'pg_ctl'), '-D', this.data, '-m', mode, '-w', 'stop'],
-      { stdio: 'ignore' });
+      { stdio: 'ignore', cwd: os.tmpdir() });
     live.delete(this);
   }
 
