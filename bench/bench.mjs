@@ -442,8 +442,7 @@ function writeReport() {
   const ratioGw = (r.pgdRate / r.graphile.rate).toFixed(1);
   const ratioCeil = (r.drainRate / r.ceiling[32]).toFixed(2);
   const rssGrowth = r.rss.length > 1 ? `${(((r.rss[1][1] - r.rss[0][1]) / r.rss[0][1]) * 100).toFixed(1)} %` : 'n/a (quick run)';
-  const svg = scalingSvg(r.scaling);
-  writeFileSync(join(root, 'docs', 'bench-scaling.svg'), svg);
+  plotScaling(r.scaling, join(root, 'docs', 'bench-scaling.svg'));
   const table = ['| measure | value | unit | note |', '|---|---:|---|---|',
     ...r.rows.map((x) => `| ${x.measure} | ${x.value} | ${x.unit} | ${x.note} |`)].join('\n');
   const targets = [
@@ -472,6 +471,8 @@ ${targets.map(([a, b, c, d]) => `| ${a} | ${b} | ${c} | ${d === null ? 'not meas
 ## Throughput versus max_inflight and workers
 
 ![throughput versus max_inflight and workers](bench-scaling.svg)
+
+Drawn by gnuplot from the table below (`node bench/bench.mjs --plot-only` redraws it).
 
 | workers | max_inflight | runs/s |
 |---:|---:|---:|
@@ -506,31 +507,41 @@ ${r.notes.map((n) => `- ${n}`).join('\n')}
   log(`pg_diagnosis / graphile-worker = ${ratioGw}x; pg_diagnosis drain / ceiling(32) = ${ratioCeil}`);
 }
 
-/** A small SVG line chart: runs/s versus max_inflight, one line per worker count. */
-function scalingSvg(points) {
-  const W = 600, H = 320, L = 60, B = 40, T = 20, R = 60;
-  const xs = [...new Set(points.map((p) => p.inflight))].sort((a, b) => a - b);
-  const maxY = Math.max(...points.map((p) => p.rate)) * 1.1;
-  const x = (v) => L + (xs.indexOf(v) / Math.max(1, xs.length - 1)) * (W - L - R);
-  const y = (v) => H - B - (v / maxY) * (H - B - T);
-  const colors = { 1: '#1f77b4', 2: '#d62728' };
-  const lines = [1, 2].map((w) => {
-    const ps = points.filter((p) => p.workers === w);
-    return `<polyline fill="none" stroke="${colors[w]}" stroke-width="2" points="${ps.map((p) => `${x(p.inflight)},${y(p.rate)}`).join(' ')}"/>` +
-      ps.map((p) => `<circle cx="${x(p.inflight)}" cy="${y(p.rate)}" r="3" fill="${colors[w]}"/><text x="${x(p.inflight) + 4}" y="${y(p.rate) - 6}" font-size="11">${p.rate}</text>`).join('');
-  }).join('');
-  const ticks = xs.map((v) => `<text x="${x(v)}" y="${H - B + 16}" font-size="12" text-anchor="middle">${v}</text>`).join('');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W + 40}" height="${H}" font-family="sans-serif">
-<rect width="${W + 40}" height="${H}" fill="white"/>
-<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="black"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="black"/>
-${ticks}<text x="${(W + L) / 2}" y="${H - 6}" font-size="12" text-anchor="middle">diagnosis.max_inflight</text>
-<text x="14" y="${(H - B) / 2}" font-size="12" transform="rotate(-90 14 ${(H - B) / 2})" text-anchor="middle">end-to-end runs/s</text>
-<text x="${L}" y="${y(maxY / 1.1)}" font-size="11" text-anchor="end">${Math.round(maxY / 1.1)} </text>
-${lines}
-<text x="${W - R - 120}" y="${T + 14}" font-size="12" fill="${colors[1]}">1 worker</text>
-<text x="${W - R - 120}" y="${T + 30}" font-size="12" fill="${colors[2]}">2 workers</text>
-</svg>
-`;
+/** The scaling plot with gnuplot (Debian's gnuplot-nox, installed by scripts/bench.sh): runs/s versus max_inflight,
+ * one line per worker count, written as SVG. */
+export function plotScaling(points, file) {
+  const dir = mkdtempSync(join(os.tmpdir(), 'pgdiag-plot-'));
+  try {
+    for (const workers of [1, 2]) {
+      writeFileSync(join(dir, `w${workers}.dat`), points.filter((p) => p.workers === workers)
+        .map((p) => `${p.inflight} ${p.rate}`).join('\n') + '\n');
+    }
+    writeFileSync(join(dir, 'plot.gp'), `set terminal svg size 640,360 font "sans,11" background rgb "white" noenhanced
+set output "${file}"
+set title "pg_diagnosis: end-to-end runs/s versus diagnosis.max_inflight (minimal MCP endpoint, 2 cores)"
+set xlabel "diagnosis.max_inflight"
+set ylabel "runs/s"
+set logscale x 2
+set xrange [6:170]
+set xtics (8, 32, 128)
+set yrange [0:*]
+set key top left
+set grid ytics
+plot "${join(dir, 'w1.dat')}" using 1:2 with linespoints lw 2 pt 7 title "1 worker", \\
+     "${join(dir, 'w2.dat')}" using 1:2 with linespoints lw 2 pt 7 title "2 workers"
+`);
+    execFileSync('gnuplot', [join(dir, 'plot.gp')]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}` && process.argv.includes('--plot-only')) {
+  // Re-plots docs/bench-scaling.svg from the table in docs/BENCHMARKS.md.
+  const md = readFileSync(join(root, 'docs', 'BENCHMARKS.md'), 'utf8');
+  const points = [...md.matchAll(/^\| (\d) \| (\d+) \| (\d+) \|$/gm)].map((m) => ({ workers: Number(m[1]), inflight: Number(m[2]), rate: Number(m[3]) }));
+  plotScaling(points, join(root, 'docs', 'bench-scaling.svg'));
+  process.exit(0);
 }
 
 await main();

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 (cd bench && npm ci --no-audit --no-fund --loglevel=error)
+command -v gnuplot >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! { make -j2 && make install; } >"$log" 2>&1; then
