@@ -3,7 +3,7 @@
 // workers; graphile-worker doing the same job against the same endpoint; and the physical ceiling (pgbench
 // replaying the worker's claim and finalize SQL with no HTTP). Writes docs/BENCHMARKS.md and docs/bench-scaling.svg.
 //   node bench/bench.mjs [--quick]
-import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { spawnSync, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -11,6 +11,7 @@ import os from 'node:os';
 import { run as runGraphileWorker, Logger } from 'graphile-worker';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
+import { startFastEndpoint, loadBenchPatients } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -26,22 +27,6 @@ const row = (measure, value, unit, note = '') => {
   results.rows.push({ measure, value, unit, note });
   log(`  ${measure.padEnd(58)} ${String(value).padStart(10)} ${unit}${note ? `   (${note})` : ''}`);
 };
-
-/** Starts a Node script that prints MCP_URL=... and returns {url, stop}. */
-function startEndpoint(script, args = []) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    proc.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/MCP_URL=(\S+)/);
-      if (m) resolve({ url: m[1], proc, stop: () => new Promise((r) => { proc.once('exit', r); proc.kill('SIGTERM'); }) });
-    });
-    proc.on('exit', (code) => reject(new Error(`${script} exited with ${code}`)));
-  });
-}
-process.on('exit', () => { for (const p of children) p.kill('SIGKILL'); });
-const children = [];
 
 const workerPid = async (cluster) =>
   (await cluster.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker' ORDER BY pid LIMIT 1`)).rows[0]?.pid;
@@ -94,17 +79,6 @@ async function endToEnd(cluster, n, label) {
   return { rate: Math.round(n / seconds), seconds, enqueueRate: Math.round(n / enqueueSeconds), enqueueCpu };
 }
 
-async function loadPatients(cluster) {
-  await cluster.query(`
-    INSERT INTO diagnosis.organizations (id, name) VALUES ('b0000000-0000-4000-8000-000000000000', 'Bench');
-    INSERT INTO diagnosis.patients (id, organization_id)
-      SELECT ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'b0000000-0000-4000-8000-000000000000'
-      FROM generate_series(1, 1000) n;
-    INSERT INTO diagnosis.observations (patient_id, code, value, observed_at)
-      SELECT p.id, v.code, v.value, now() - interval '1 hour'
-      FROM diagnosis.patients p, (VALUES ('9279-1', 18), ('spo2', 96), ('8480-6', 120), ('heart_rate', 80), ('temperature', 37.0)) v(code, value);`);
-}
-
 const CLUSTER_SETTINGS = {
   shared_preload_libraries: 'pg_diagnosis,pg_stat_statements', 'pg_stat_statements.track': 'all',
   shared_buffers: '512MB', max_wal_size: '8GB', checkpoint_timeout: '30min', wal_buffers: '16MB',
@@ -116,12 +90,11 @@ async function main() {
     postgres: execFileSync('pg_config', ['--version']).toString().trim(), node: process.version, date: new Date().toISOString() };
   log(`pg_diagnosis benchmark (${quick ? 'quick' : 'full'}): ${results.machine.cpus} cores, ${results.machine.model}`);
 
-  const fast = await startEndpoint(join(here, 'fast-mcp.mjs'));
-  children.push(fast.proc);
+  const fast = await startFastEndpoint();
   const cluster = await startCluster({ settings: { ...CLUSTER_SETTINGS, 'diagnosis.mcp_url': fast.url } });
   try {
     await cluster.query('CREATE EXTENSION pg_stat_statements');
-    await loadPatients(cluster);
+    await loadBenchPatients(cluster);
     const pid = await workerPid(cluster);
 
     log('\n== pg_diagnosis, minimal fast MCP endpoint');
@@ -472,7 +445,7 @@ ${targets.map(([a, b, c, d]) => `| ${a} | ${b} | ${c} | ${d === null ? 'not meas
 
 ![throughput versus max_inflight and workers](bench-scaling.svg)
 
-Drawn by gnuplot from the table below (`node bench/bench.mjs --plot-only` redraws it).
+Drawn by gnuplot from the table below (\`node bench/bench.mjs --plot-only\` redraws it).
 
 | workers | max_inflight | runs/s |
 |---:|---:|---:|

@@ -4,28 +4,16 @@
 //   perf report -i /tmp/pg_diagnosis-worker.perf --no-children --sort symbol --stdio -g none
 // Usage: node bench/profile.mjs   (needs Debian's linux-perf; software clock sampling works without PMU access)
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
 import { startCluster } from '../test/lib/cluster.mjs';
+import { startFastEndpoint, loadBenchPatients } from './lib.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const RUNS = 20000;
-const fast = spawn(process.execPath, [join(here, 'fast-mcp.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((resolve) => fast.stdout.on('data', (c) => {
-  const m = String(c).match(/MCP_URL=(\S+)/);
-  if (m) resolve(m[1]);
-}));
+const fast = await startFastEndpoint();
+const url = fast.url;
 const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': url, 'diagnosis.max_inflight': 128,
   'diagnosis.enabled': 'off', shared_buffers: '512MB' } });
 try {
-  await cluster.query(`
-    INSERT INTO diagnosis.organizations (id, name) VALUES ('b0000000-0000-4000-8000-000000000000', 'Bench');
-    INSERT INTO diagnosis.patients (id, organization_id)
-      SELECT ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'b0000000-0000-4000-8000-000000000000'
-      FROM generate_series(1, 1000) n;
-    INSERT INTO diagnosis.observations (patient_id, code, value, observed_at)
-      SELECT p.id, v.code, v.value, now() FROM diagnosis.patients p,
-             (VALUES ('9279-1', 18), ('spo2', 96), ('8480-6', 120), ('heart_rate', 80), ('temperature', 37.0)) v(code, value);`);
+  await loadBenchPatients(cluster);
   await cluster.query(`SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % 1000), 12, '0'))::uuid,
                                                                 jsonb_build_object('g', g))) FROM generate_series(1, ${RUNS}) g`);
   const [pid] = await cluster.workerPids();
@@ -42,5 +30,5 @@ try {
   await new Promise((r) => perf.on('exit', r));
 } finally {
   cluster.destroy();
-  fast.kill();
+  await fast.stop();
 }

@@ -1,34 +1,21 @@
 // Memory soak: a million runs through one worker against the minimal endpoint, sampling the worker's private
 // resident memory (RssAnon) as the count of processed runs grows. Flat means no per-run leak.
 //   node bench/soak.mjs [--runs 1000000]
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
 import { startCluster } from '../test/lib/cluster.mjs';
+import { startFastEndpoint, loadBenchPatients } from './lib.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const i = process.argv.indexOf('--runs');
 const RUNS = i > 0 ? Number(process.argv[i + 1]) : 1000000;
 const CHUNK = 10000;
 const rssMb = (pid) => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/RssAnon:\s+(\d+)/)[1]) / 1024;
 
-const fast = spawn(process.execPath, [join(here, 'fast-mcp.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((resolve) => fast.stdout.on('data', (c) => {
-  const m = String(c).match(/MCP_URL=(\S+)/);
-  if (m) resolve(m[1]);
-}));
+const fast = await startFastEndpoint();
+const url = fast.url;
 const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': url, 'diagnosis.max_inflight': 128,
   shared_buffers: '512MB', max_wal_size: '8GB', autovacuum_naptime: '10s' } });
 try {
-  await cluster.query(`
-    INSERT INTO diagnosis.organizations (id, name) VALUES ('b0000000-0000-4000-8000-000000000000', 'Soak');
-    INSERT INTO diagnosis.patients (id, organization_id)
-      SELECT ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'b0000000-0000-4000-8000-000000000000'
-      FROM generate_series(1, 1000) n;
-    INSERT INTO diagnosis.observations (patient_id, code, value, observed_at)
-      SELECT p.id, v.code, v.value, now() FROM diagnosis.patients p,
-             (VALUES ('9279-1', 18), ('spo2', 96), ('8480-6', 120), ('heart_rate', 80), ('temperature', 37.0)) v(code, value);`);
+  await loadBenchPatients(cluster);
   const [pid] = await cluster.workerPids();
   const samples = [];
   const started = Date.now();
@@ -55,5 +42,5 @@ try {
   console.log(`SOAK_JSON=${JSON.stringify(samples)}`);
 } finally {
   cluster.destroy();
-  fast.kill();
+  await fast.stop();
 }
