@@ -30,6 +30,11 @@ override with_llvm = no
 PG_CPPFLAGS  = -Iinclude -MMD -MP
 PG_CXXFLAGS  = -std=c++17 -Wno-register -fexceptions -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK  += -lcurl -lstdc++
+# SANITIZE: extra compile and link flags, e.g. "-fsanitize=address,undefined" (scripts/sanitize.sh builds a copy
+# of the tree with them; the library then needs the sanitizer runtimes loaded into the server).
+SANITIZE    ?=
+PG_CXXFLAGS += $(SANITIZE)
+SHLIB_LINK  += $(SANITIZE)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import os from 'node:os';
 import pg from 'pg';
 
-const BINDIR = execFileSync('pg_config', ['--bindir']).toString().trim();
+// PGDIAG_PG_BINDIR: another PostgreSQL installation's bin directory (scripts/sanitize.sh points it at a private copy
+// whose server loads the sanitized build of pg_diagnosis).
+const BINDIR = process.env.PGDIAG_PG_BINDIR || execFileSync('pg_config', ['--bindir']).toString().trim();
 const live = new Set();
 
 process.on('exit', () => {
