@@ -7,11 +7,21 @@
 # Nothing installed is touched: the sanitized library goes into a private copy of the PostgreSQL installation in a
 # temporary directory (PostgreSQL finds its lib and share directories relative to its own binary), and that copy's
 # `postgres` is a wrapper that loads the sanitizer runtimes into the server processes only.
-#   bash scripts/sanitize.sh [--keep]     --keep: leave the work directory (builds, reports) in /tmp
+#   bash scripts/sanitize.sh [--keep] [--chaos "CHAOS ARGS"]
+#     --keep   leave the work directory (builds, reports) in /tmp
+#     --chaos  also run the chaos run against the sanitized server, e.g.
+#              --chaos "--runs 3000 --worker-kills 20 --immediate-restarts 20 --server-restarts 20"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KEEP=0
-[ "${1:-}" = "--keep" ] && KEEP=1
+CHAOS_ARGS=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) KEEP=1; shift ;;
+    --chaos) CHAOS_ARGS=$2; shift 2 ;;
+    *) echo "unknown argument: $1"; exit 2 ;;
+  esac
+done
 WORK=$(mktemp -d /tmp/pg_diagnosis-sanitize.XXXXXX)
 chmod 755 "$WORK"
 trap '[ $KEEP = 1 ] && echo "work directory kept: $WORK" || rm -rf "$WORK"' EXIT
@@ -110,10 +120,16 @@ server_starts() { wc -l <"$STARTS"; }
 before=$(server_starts)
 export PGDIAG_PG_BINDIR=$BINDIR
 [ -f test/package.json ] && node_suite "integration and chaos (asan)" test npm test
+if [ -n "$CHAOS_ARGS" ]; then
+  echo "== chaos run (asan): $CHAOS_ARGS"
+  # shellcheck disable=SC2086 # the arguments are words on purpose
+  (cd test && node chaos/chaos.mjs $CHAOS_ARGS) 2>&1 | tail -20
+  record_exit "chaos run (asan)" "${PIPESTATUS[0]}"
+fi
 unset PGDIAG_PG_BINDIR
 echo "servers started under the sanitizers: $(server_starts) in all, $(($(server_starts) - before)) by the integration suites"
 # Control: the integration suites really ran the private installation.
-[ $(($(server_starts) - before)) -gt 0 ]; record_exit "integration used the sanitized server (control)" $?
+[ $(($(server_starts) - before)) -gt 0 ]; record_exit "sanitized integration (control)" $?
 
 # findings_in DIR: one line per ASan, UBSan or LSan finding in the report files in DIR (ASan and UBSan share one
 # log_path in a process that has both, so a file may hold several).
