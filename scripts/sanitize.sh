@@ -127,7 +127,7 @@ if [ -n "$CHAOS_ARGS" ]; then
   record_exit "chaos run (asan)" "${PIPESTATUS[0]}"
 fi
 unset PGDIAG_PG_BINDIR
-echo "servers started under the sanitizers: $(server_starts) in all, $(($(server_starts) - before)) by the integration suites"
+echo "servers started under the sanitizers: $(server_starts) in all, $(($(server_starts) - before)) by the node suites"
 # Control: the integration suites really ran the private installation.
 [ $(($(server_starts) - before)) -gt 0 ]; record_exit "sanitized integration (control)" $?
 
