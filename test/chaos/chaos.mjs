@@ -24,6 +24,12 @@ function mulberry32(seed) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** A crash's signature: no SQLSTATE (socket closed, refused: node's E* codes) or connection class 08 / 57P0x. */
+export function isConnectionLoss(error) {
+  const code = error?.code;
+  return code === undefined || /^E[A-Z]/.test(code) || /^08/.test(code) || /^57P0[1-3]$/.test(code);
+}
+
 /** Merges /stats call counts (run_id -> attempt -> n) across server restarts. */
 function mergeCalls(total, stats) {
   for (const [runId, attempts] of Object.entries(stats.calls ?? {})) {
@@ -89,6 +95,8 @@ export async function runChaos({
 
     // Enqueuers: each takes the next batch of run numbers; a connection lost to a crash is retried with the same
     // idempotency keys, so a retried enqueue can only deduplicate, never create a second run.
+    // Only a lost or refused connection is retried, and for at most a minute in a row: any other error, or a
+    // server that does not come back, fails the run at once instead of leaving it to the test's timeout.
     let next = 0;
     let enqueueRetries = 0;
     const batch = 25;
@@ -97,6 +105,7 @@ export async function runChaos({
         const from = next;
         next = Math.min(runs, next + batch);
         const numbers = Array.from({ length: next - from }, (_, i) => from + i);
+        const giveUpAt = Date.now() + 60000;
         for (;;) {
           try {
             await cluster.query(`
@@ -105,7 +114,8 @@ export async function runChaos({
                        jsonb_build_object('n', n), 'chaos-' || n)
               FROM unnest($1::int[]) n`, [numbers]);
             break;
-          } catch {
+          } catch (error) {
+            if (!isConnectionLoss(error) || Date.now() > giveUpAt) throw error;
             enqueueRetries++;
             await sleep(100);
           }
@@ -114,6 +124,7 @@ export async function runChaos({
       }
     };
     const enqueuers = Promise.all(Array.from({ length: clients }, enqueuer));
+    enqueuers.catch(() => {}); // its error surfaces where it is awaited, after the crash schedule
 
     // The schedule of crashes, shuffled with the seed, spread while runs are enqueued and processed.
     const events = [

@@ -1,7 +1,7 @@
 // The short chaos run of the test command: the full one is `npm run chaos -- --runs 10000 ...` (docs/RELIABILITY.md).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runChaos, formatReport } from '../chaos/chaos.mjs';
+import { runChaos, formatReport, isConnectionLoss } from '../chaos/chaos.mjs';
 
 test('chaos: crashes, restarts and faults lose and duplicate nothing', { timeout: 600000 }, async () => {
   const report = await runChaos({ runs: 1500, workerKills: 3, immediateRestarts: 3, serverRestarts: 2, faultRate: 0.1 });
@@ -15,4 +15,14 @@ test('chaos: crashes, restarts and faults lose and duplicate nothing', { timeout
   assert.equal(report.calls_after_completion, 0, 'MCP calls for a run after it completed');
   assert.equal(report.total, 1500, 'exactly one run per idempotency key');
   assert.ok(report.crashes.worker_kill === 3 && report.crashes.immediate_restart === 3, 'every crash happened');
+});
+
+test('chaos enqueuers retry a crash, never a real error', () => {
+  for (const error of [new Error('Connection terminated unexpectedly'), { code: 'ECONNREFUSED' }, { code: 'ECONNRESET' },
+    { code: '08006' }, { code: '57P01' }, { code: '57P02' }, { code: '57P03' }]) {
+    assert.ok(isConnectionLoss(error), JSON.stringify(error.code ?? error.message));
+  }
+  for (const code of ['22023', '42501', '23505', '40P01', 'XX000', '57014']) {
+    assert.ok(!isConnectionLoss({ code }), code);
+  }
 });
