@@ -28,8 +28,11 @@ trap '[ $KEEP = 1 ] && echo "work directory kept: $WORK" || rm -rf "$WORK"' EXIT
 
 . scripts/suites.sh
 
-echo "== dependencies"
-if ! scripts/deps.sh; then record_exit dependencies 1; summary; exit 1; fi
+# PGDIAG_DEPS_INSTALLED: scripts/test.sh has just installed them.
+if [ -z "${PGDIAG_DEPS_INSTALLED:-}" ]; then
+  echo "== dependencies"
+  if ! scripts/deps.sh; then record_exit dependencies 1; summary; exit 1; fi
+fi
 
 # clang, not gcc: gcc splits ASan and UBSan into two runtimes and its UBSan then ignores log_path; clang's ASan
 # runtime carries UBSan, so every finding of a process lands in one report file.
