@@ -117,8 +117,6 @@ CREATE TABLE diagnosis.runs (
     max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
     lease_expires_at    timestamptz,
     worker_pid          int,
-    -- The claiming worker's per-start token: pids repeat (a fresh pid namespace, a restart), tokens do not.
-    worker_token        bigint,
     error_code          text CHECK (error_code IN ('VALIDATION_ERROR', 'LLM_ERROR', 'CONTEXT_PACK_ERROR', 'MCP_ERROR',
                                                    'NETWORK_ERROR', 'TIMEOUT_ERROR', 'UNKNOWN_ERROR')),
     error_message       text,
@@ -127,16 +125,19 @@ CREATE TABLE diagnosis.runs (
     processing_time_ms  int,
     progress            real CHECK (progress BETWEEN 0 AND 1),
     progress_message    text,
-    -- A task-backed call (the MCP tasks extension): polled again, not called again, after a crash.
-    mcp_task_id         text,
-    mcp_task_expires_at timestamptz,
-    -- A cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
-    cancel_requested_at timestamptz,
-    cancel_requested_by name,
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
     completed_at        timestamptz,
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- 0.2.0 (appended, as the update script adds them):
+    -- the claiming worker's per-start token: pids repeat (a fresh pid namespace, a restart), tokens do not;
+    worker_token        bigint,
+    -- a task-backed call (the MCP tasks extension): polled again, not called again, after a crash;
+    mcp_task_id         text,
+    mcp_task_expires_at timestamptz,
+    -- a cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
+    cancel_requested_at timestamptz,
+    cancel_requested_by name,
     CONSTRAINT runs_patient_idempotency_key UNIQUE (patient_id, idempotency_key),
     CONSTRAINT runs_status_timestamps CHECK (CASE status
         WHEN 'queued'    THEN completed_at IS NULL

@@ -733,9 +733,9 @@ BuildPacks(void *arg)
 		patients[i] = job->runs[i].patient_id;
 		inputs[i] = job->runs[i].inputs;
 	}
-	sql = psprintf("SELECT pg_catalog.jsonb_typeof(p.pack),"
-	               "       (p.pack OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('inputs', x.inputs::jsonb))::text"
-	               "  FROM pg_catalog.unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
+	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. */
+	sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
+	               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
 	               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack) p"
 	               " ORDER BY x.ord",
 	               job->fn->qualified_name);
