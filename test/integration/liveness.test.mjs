@@ -24,10 +24,11 @@ const CLEAN = { illegal: 0, duplicate_diagnoses: 0, duplicate_terminal_events: 0
 function startFastEndpoint(delayMs) {
   const script = fileURLToPath(new URL('../../bench/fast-mcp.mjs', import.meta.url));
   return new Promise((resolve, reject) => {
-    const proc = spawn('prlimit', ['--nofile=65536:65536', process.execPath, script, '--delay-ms', String(delayMs)],
+    const proc = spawn('prlimit', ['--nofile=20000:20000', process.execPath, script, '--delay-ms', String(delayMs)],
       { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     proc.on('error', reject);
+    proc.on('exit', (code) => reject(new Error(`the endpoint exited with code ${code}`)));
     proc.stdout.on('data', (d) => {
       out += d;
       const m = out.match(/MCP_URL=(\S+)/);
@@ -101,16 +102,19 @@ test('DROP DATABASE ... WITH (FORCE): the worker waits quietly, then serves the 
     settings: { 'diagnosis.mcp_url': server.url, 'diagnosis.database': 'clinical', 'diagnosis.poll_interval_ms': 200 } });
   cleanups.push(async () => cluster.destroy());
   const clinical = inDatabase(cluster, 'clinical');
+  // worker_status() is read from 'postgres' (shared memory is the same in every database).
+  await cluster.query('CREATE EXTENSION pg_diagnosis');
   await cluster.query('CREATE DATABASE clinical');
   await clinical.query('CREATE EXTENSION pg_diagnosis');
   await cluster.waitFor(async () => (await workerState(cluster))?.state === 'idle', { what: 'an idle worker' });
 
+  const logBefore = cluster.log().length;
   await cluster.query('DROP DATABASE clinical WITH (FORCE)');
   await cluster.waitFor(async () => (await workerState(cluster))?.state === 'waiting_for_database',
     { what: 'the worker waiting for its database' });
   // Several poll intervals and restart intervals pass: one FATAL at most, one LOG line, no busy loop.
   const share = await workerCpuShare(cluster, 3000);
-  const log = cluster.log();
+  const log = cluster.log().slice(logBefore);
   const fatals = log.split('\n').filter((l) => /FATAL:.*database "clinical" does not exist/.test(l)).length;
   const waits = log.split('\n').filter((l) => l.includes('database "clinical" does not exist; the worker waits')).length;
   assert.ok(fatals <= 1, `${fatals} FATAL lines`);
