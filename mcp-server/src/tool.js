@@ -110,7 +110,9 @@ export function buildServer(era, { settings, store, record }) {
     });
     record.taskCreated(task);
     if (era === 'modern') return { resultType: 'task', ...taskView(task, era) };
-    return { task: taskView(task, era) };
+    // The SDK checks every 2025-era tools/call result as a CallToolResult, and refuses a `task` body without
+    // `content`; an empty content list satisfies it and a 2025-11-25 client reads the CreateTaskResult's `task`.
+    return { task: taskView(task, era), content: [] };
   }
 
   /** The synchronous call: progress spread over the latency; stops when the caller cancels. */
