@@ -38,6 +38,12 @@ const MISSING_CAPABILITY = -32021;
 const declaresTasks = (ctx) =>
   Boolean(ctx.mcpReq.envelope?.[CLIENT_CAPABILITIES_META_KEY]?.extensions?.[TASKS_EXTENSION]);
 
+/**
+ * Whether the client can resume a closed stream: the SDK sends the priming event (an id and `retry`) only to
+ * clients on 2025-11-25 or later (SEP-1699), so an older client's stream is never closed early.
+ */
+const resumable = (ctx) => (ctx.http?.req?.headers.get('mcp-protocol-version') ?? '') >= '2025-11-25';
+
 /** The server's own id for a call: deterministic, so a retried call gets the same id. */
 export function callId(runId, attempt) {
   return 'mcp-' + createHash('sha256').update(`${runId}:${attempt}`).digest('hex').slice(0, 16);
@@ -128,7 +134,7 @@ export function buildServer(era, { settings, store, record }) {
         }
         // SSE polling: end the response stream after the priming event and the first step; the rest of the
         // stream (progress and the result) waits in the event store for the client's GET with Last-Event-ID.
-        if (i === 0 && settings.sse_polling && ctx.http?.closeSSE) {
+        if (i === 0 && settings.sse_polling && ctx.http?.closeSSE && resumable(ctx)) {
           ctx.http.closeSSE();
           record.streamClosed(args.run_id);
         }
