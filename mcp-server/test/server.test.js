@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseSettings, FAULT_KINDS, callId } from '../src/server.js';
-import { ARGS, withServer, withClient, rawCall, origin } from './helpers.mjs';
+import { ARGS, withServer, withClient, rawCall, origin, modernRequest } from './helpers.mjs';
 
 const postJson = (server, path, body) => fetch(`${origin(server)}${path}`, {
   method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -156,4 +156,16 @@ test('random faults at --fault-rate over --fault-kinds', async () => {
   });
   assert.throws(() => parseSettings(['--fault-kinds', 'nope'], {}));
   assert.throws(() => parseSettings(['--mode', 'odd'], {}));
+});
+
+test('faults hit 2026-07-28 calls too, before the SDK: the same wire shapes, counted per run and attempt', async () => {
+  await withServer(['--reply', 'json'], async (server) => {
+    const call = (inputs, attempt) => modernRequest(server, 'tools/call', { name: 'run_diagnosis', arguments: ARGS(inputs, attempt, 'modern-fault') }, { capabilities: {} });
+    assert.equal((await call({ fault: 'http_503', retry_after: 2 }, 1)).status, 503);
+    assert.equal((await call({ fault: 'is_error', fault_attempts: 2 }, 2)).message.result.isError, true);
+    assert.equal((await call({ fault: 'is_error', fault_attempts: 2 }, 3)).message.result.structuredContent.risk_level, 'high');
+    assert.deepEqual(server.stats.calls['modern-fault'], { 1: 1, 2: 1, 3: 1 });
+    assert.deepEqual(server.stats.faults, { http_503: 1, is_error: 1 });
+    assert.equal(server.stats.eras.modern, 3);
+  });
 });

@@ -160,3 +160,25 @@ test('without --tasks, a declaring client gets plain results and the task method
     assert.equal(message.result.structuredContent.risk_level, 'high', 'task metadata is ignored when tasks are off');
   });
 });
+
+test('cancelling a synchronous call: closing the stream (2026-07-28) or notifications/cancelled (handshake era)', async () => {
+  await withServer(['--latency-ms', '3000', '--mode', 'stateful', '--reply', 'sse'], async (server) => {
+    const aborter = new AbortController();
+    const pending = modernRequest(server, 'tools/call', { name: 'run_diagnosis', arguments: ARGS({}, 1, 'modern-cancel') },
+      { capabilities: {}, signal: aborter.signal }).catch((error) => error);
+    await sleep(300);
+    aborter.abort();
+    assert.equal((await pending).name, 'AbortError');
+    const session = await legacySession(server, '2025-06-18');
+    const call = session.post({ jsonrpc: '2.0', id: 'c1', method: 'tools/call',
+      params: { name: 'run_diagnosis', arguments: ARGS({}, 1, 'legacy-cancel') } });
+    await sleep(300);
+    const note = await session.post({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: 'c1', reason: 'run cancelled' } });
+    assert.equal(note.status, 202);
+    await call.then((r) => r.body?.cancel()).catch(() => {});
+    for (let i = 0; i < 50 && server.stats.total_cancellations < 2; i++) await sleep(20);
+    assert.deepEqual(server.stats.cancellations, {
+      'modern-cancel': { stream_closed: 1 }, 'legacy-cancel': { 'notifications/cancelled': 1 } });
+    assert.equal(server.stats.cancel_notifications, 1);
+  });
+});
