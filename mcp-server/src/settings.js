@@ -19,6 +19,7 @@ const OPTIONS = {
   'task-poll-ms': ['MCP_TASK_POLL_MS', '250'],
   'sse-polling': ['MCP_SSE_POLLING', false], 'sse-retry-ms': ['MCP_SSE_RETRY_MS', '200'],
   'allowed-hosts': ['MCP_ALLOWED_HOSTS', ''], 'allowed-origins': ['MCP_ALLOWED_ORIGINS', ''],
+  'conformance-fixtures': ['MCP_CONFORMANCE_FIXTURES', false],
 };
 
 const isSwitch = (name) => OPTIONS[name][1] === false;
@@ -58,6 +59,7 @@ export function parseSettings(argv = [], env = process.env) {
     era: raw.era, tasks: raw.tasks, task_dir: raw['task-dir'], task_ttl_ms: Number(raw['task-ttl-ms']),
     task_poll_ms: Number(raw['task-poll-ms']), sse_polling: raw['sse-polling'], sse_retry_ms: Number(raw['sse-retry-ms']),
     allowed_hosts: list(raw['allowed-hosts']), allowed_origins: list(raw['allowed-origins']),
+    conformance_fixtures: raw['conformance-fixtures'],
   };
 }
 

@@ -8,6 +8,7 @@ import { Server, ProtocolError, SUPPORTED_PROTOCOL_VERSIONS, RELATED_TASK_META_K
 import { z } from 'zod';
 import { diagnose } from './news2.js';
 import { isTerminal, taskView } from './tasks.js';
+import { FIXTURES, fixtureTools } from './fixtures.js';
 
 export const TASKS_EXTENSION = 'io.modelcontextprotocol/tasks';
 export const MODERN_VERSION = '2026-07-28';
@@ -37,12 +38,6 @@ const MISSING_CAPABILITY = -32021;
 /** Whether a 2026-era request's envelope declares the tasks extension among the client's capabilities. */
 const declaresTasks = (ctx) =>
   Boolean(ctx.mcpReq.envelope?.[CLIENT_CAPABILITIES_META_KEY]?.extensions?.[TASKS_EXTENSION]);
-
-/**
- * Whether the client can resume a closed stream: the SDK sends the priming event (an id and `retry`) only to
- * clients on 2025-11-25 or later (SEP-1699), so an older client's stream is never closed early.
- */
-const resumable = (ctx) => (ctx.http?.req?.headers.get('mcp-protocol-version') ?? '') >= '2025-11-25';
 
 /** The server's own id for a call: deterministic, so a retried call gets the same id. */
 export function callId(runId, attempt) {
@@ -91,9 +86,12 @@ export function buildServer(era, { settings, store, record }) {
   const supportedProtocolVersions = settings.era === 'legacy' ? LEGACY_VERSIONS : [MODERN_VERSION, ...LEGACY_VERSIONS];
   const server = new Server({ name: 'pg-diagnosis-reference', version: '0.2.0' }, { capabilities, supportedProtocolVersions });
 
-  server.setRequestHandler('tools/list', () => ({ tools: [toolDefinition(era, tasks)] }));
+  const fixtures = settings.conformance_fixtures ? FIXTURES : {};
+  server.setRequestHandler('tools/list', () => ({
+    tools: [toolDefinition(era, tasks), ...(settings.conformance_fixtures ? fixtureTools() : [])] }));
 
   server.setRequestHandler('tools/call', async (request, ctx) => {
+    if (Object.hasOwn(fixtures, request.params.name)) return fixtures[request.params.name].run(ctx);
     if (request.params.name !== 'run_diagnosis') {
       throw new ProtocolError(INVALID_PARAMS, `Tool ${request.params.name} not found`);
     }
@@ -134,7 +132,9 @@ export function buildServer(era, { settings, store, record }) {
         }
         // SSE polling: end the response stream after the priming event and the first step; the rest of the
         // stream (progress and the result) waits in the event store for the client's GET with Last-Event-ID.
-        if (i === 0 && settings.sse_polling && ctx.http?.closeSSE && resumable(ctx)) {
+        // The SDK offers closeSSE only where it sent a priming event (event store on, client on 2025-11-25+),
+        // so an older client, which could not resume, keeps its stream.
+        if (i === 0 && settings.sse_polling && ctx.http?.closeSSE) {
           ctx.http.closeSSE();
           record.streamClosed(args.run_id);
         }
