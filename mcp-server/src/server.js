@@ -25,7 +25,7 @@ function freshStats() {
   return {
     calls: {}, total_calls: 0, initialize: 0, discover: 0, faults: {}, sessions_expired: 0,
     eras: { modern: 0, legacy: 0 }, traces: {},
-    tasks_created: 0, task_polls: {}, total_task_polls: 0, task_results: {}, cancellations: {}, total_cancellations: 0,
+    tasks_created: 0, task_polls: {}, total_task_polls: 0, early_polls: {}, task_results: {}, cancellations: {}, total_cancellations: 0,
     cancel_notifications: 0, streams_closed: 0, resumptions: 0, sessions_deleted: 0,
   };
 }
@@ -66,7 +66,14 @@ export async function startServer(settings) {
   /** The hooks the MCP surface reports to /stats through. */
   const record = {
     taskCreated: () => { stats.tasks_created++; },
-    poll: (task) => { bump(stats.task_polls, task.runId); stats.total_task_polls++; },
+    poll: (task) => {
+      bump(stats.task_polls, task.runId);
+      stats.total_task_polls++;
+      // A poll sooner than the task's pollIntervalMs (10 % slack for timers) shows a client not honouring it.
+      const now = Date.now();
+      if (task.lastPollMs !== undefined && now - task.lastPollMs < task.pollIntervalMs * 0.9) bump(stats.early_polls, task.runId);
+      task.lastPollMs = now;
+    },
     result: (task) => { bump(stats.task_results, task.runId); },
     cancelled: (runId, how) => {
       stats.cancellations[runId] ??= {};

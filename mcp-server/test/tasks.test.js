@@ -40,6 +40,10 @@ test('extension: a declaring client gets a durable task that completes after the
     assert.equal(last.result._meta.run_id, callId('run-1', 1));
     assert.deepEqual(server.stats.calls, { 'run-1': { 1: 1 } }, 'exactly one tools/call');
     assert.equal(server.stats.task_polls['run-1'], statuses.length);
+    assert.deepEqual(server.stats.early_polls, {}, 'polled at pollIntervalMs');
+    await get(server, task.taskId);
+    await get(server, task.taskId);
+    assert.equal(server.stats.early_polls['run-1'], 2, 'back-to-back polls are counted as early');
     assert.equal(server.stats.tasks_created, 1);
   });
 });
