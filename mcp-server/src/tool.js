@@ -75,8 +75,8 @@ const sleep = (ms, signal) => new Promise((resolve, reject) => {
 });
 
 /**
- * Builds one SDK server for `era` ('modern' or 'legacy'). `ctx` holds the live settings, the task store and
- * `record`, the /stats hooks (taskCreated, poll, result, cancelled).
+ * Builds one SDK server for `era` ('modern' or 'legacy') from the live settings, the task store and `record`,
+ * the /stats hooks (taskCreated, poll, result, cancelled, streamClosed).
  */
 export function buildServer(era, { settings, store, record }) {
   const tasks = settings.tasks;
@@ -107,7 +107,9 @@ export function buildServer(era, { settings, store, record }) {
 
   /** Records a durable task and answers with its CreateTaskResult. */
   function createTask(args, requested) {
-    const ttl = requested?.ttl === undefined ? settings.task_ttl_ms : Math.min(Number(requested.ttl), settings.task_ttl_ms);
+    // A requested ttl (2025-11-25) is honoured up to the server's maximum; none, null (unlimited) or junk: the maximum.
+    const asked = Number(requested?.ttl);
+    const ttl = requested?.ttl != null && asked > 0 ? Math.min(asked, settings.task_ttl_ms) : settings.task_ttl_ms;
     const task = store.create({
       runId: args.run_id, attempt: args.attempt, era, result: diagnosisResult(args), latencyMs: settings.latency_ms,
       ttlMs: ttl, pollIntervalMs: settings.task_poll_ms,

@@ -186,3 +186,34 @@ test('cancelling a synchronous call: closing the stream (2026-07-28) or notifica
     assert.equal(server.stats.cancel_notifications, 1);
   });
 });
+
+test('300 task-backed calls in flight across a server restart: each run called once, every task completes', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgd-tasks-'));
+  const flags = ['--tasks', '--task-dir', dir, '--latency-ms', '500', '--task-poll-ms', '100', '--reply', 'json'];
+  const runs = Array.from({ length: 300 }, (_, i) => `bulk-${i}`);
+  try {
+    const first = await startServer(parseSettings(flags, {}));
+    const created = await Promise.all(runs.map((run) => callTask(first, ARGS({}, 1, run))));
+    const ids = created.map((c) => c.message.result.taskId);
+    assert.equal(new Set(ids).size, runs.length);
+    assert.equal(first.stats.total_calls, runs.length);
+    await first.close(); // in flight: every task is still working
+    const second = await startServer(parseSettings(flags, {}));
+    try {
+      const done = await Promise.all(ids.map(async (taskId) => {
+        for (;;) {
+          const { result } = (await get(second, taskId)).message;
+          if (result.status !== 'working') return result;
+          await sleep(result.pollIntervalMs);
+        }
+      }));
+      assert.ok(done.every((t) => t.status === 'completed' && t.result.structuredContent.risk_level === 'high'));
+      assert.equal(second.stats.total_calls, 0, 'no run was called again after the restart');
+      assert.equal(Object.keys(second.stats.task_polls).length, runs.length);
+    } finally {
+      await second.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
