@@ -17,6 +17,25 @@ export function chooseFault(settings, call) {
   return null;
 }
 
+/** Faults a task can carry to its end (a task-backed call answers at once; the fault shows when it finishes). */
+export const TASK_FAULTS = ['is_error', 'invalid_result', 'jsonrpc_error'];
+
+/** The outcome of a result-level fault: { result } (a CallToolResult) or { error } (a JSON-RPC error). */
+export function faultOutcome(kind) {
+  switch (kind) {
+    case 'is_error':
+      return { result: { content: [{ type: 'text', text: 'injected model failure: the model could not produce a diagnosis' }], isError: true } };
+    case 'invalid_result': {
+      const bad = { risk_level: 'purple', confidence_score: 1.7, summary: 'schema-invalid by design', primary_findings: [], recommendations: [] };
+      return { result: { content: [{ type: 'text', text: JSON.stringify(bad) }], structuredContent: bad } };
+    }
+    case 'jsonrpc_error':
+      return { error: { code: -32603, message: 'injected internal error' } };
+    default:
+      throw new Error(`${kind} is not a result-level fault`);
+  }
+}
+
 /** A JSON-RPC message as the reply mode frames it: one SSE event or one JSON body. */
 export function writeMessage(res, reply, message, status = 200) {
   if (reply === 'sse') {
@@ -64,15 +83,8 @@ export function injectFault(kind, res, call, ctx) {
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
       res.write(`{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":{"content":[`);
       return later(20, () => res.socket?.destroy());
-    case 'is_error':
-      return reply({ jsonrpc: '2.0', id, result: {
-        content: [{ type: 'text', text: 'injected model failure: the model could not produce a diagnosis' }], isError: true } });
-    case 'invalid_result': {
-      const bad = { risk_level: 'purple', confidence_score: 1.7, summary: 'schema-invalid by design', primary_findings: [], recommendations: [] };
-      return reply({ jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: JSON.stringify(bad) }], structuredContent: bad } });
-    }
-    case 'jsonrpc_error':
-      return reply({ jsonrpc: '2.0', id, error: { code: -32603, message: 'injected internal error' } });
+    case 'is_error': case 'invalid_result': case 'jsonrpc_error':
+      return reply({ jsonrpc: '2.0', id, ...faultOutcome(kind) });
     case 'malformed_json':
       res.writeHead(200, { 'content-type': 'application/json' });
       return res.end('{"jsonrpc":"2.0","id":' + JSON.stringify(id) + ',"result":{not json');

@@ -9,11 +9,11 @@
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
-import { createMcpHandler, isLegacyRequest } from '@modelcontextprotocol/server';
+import { createMcpHandler, isLegacyRequest, CLIENT_CAPABILITIES_META_KEY } from '@modelcontextprotocol/server';
 import { NodeStreamableHTTPServerTransport, toNodeHandler, toWebRequest } from '@modelcontextprotocol/node';
 import { parseSettings, RUNTIME_SETTINGS } from './settings.js';
-import { chooseFault, injectFault, plain } from './faults.js';
-import { buildServer } from './tool.js';
+import { chooseFault, injectFault, plain, TASK_FAULTS } from './faults.js';
+import { buildServer, TASKS_EXTENSION } from './tool.js';
 import { TaskStore } from './tasks.js';
 import { EventStore } from './events.js';
 import { allowList, rejection } from './safety.js';
@@ -54,6 +54,7 @@ export async function startServer(settings) {
   const store = new TaskStore(settings.task_dir);
   const events = settings.sse_polling ? new EventStore() : null;
   const sessions = new Map(); // id -> { transport, server, calls, started }
+  const taskFaults = new Map(); // `${run_id}:${attempt}` -> fault kind, for task-backed calls
   const openSockets = new Set();
   const timers = new Set();
   let allowed = null; // filled in once the port is known
@@ -81,6 +82,13 @@ export async function startServer(settings) {
       stats.total_cancellations++;
     },
     streamClosed: () => { stats.streams_closed++; },
+    // A result-level fault chosen at the edge for a task-backed call, handed to the task it creates.
+    takeTaskFault: (runId, attempt) => {
+      const key = `${runId}:${attempt}`;
+      const kind = taskFaults.get(key);
+      taskFaults.delete(key);
+      return kind;
+    },
   };
   const surface = { settings, store, record };
 
@@ -210,14 +218,29 @@ export async function startServer(settings) {
     return found.session.transport.handleRequest(req, res, body);
   }
 
-  /** Counts the call and injects a fault when one is due; true when the fault answered the request. */
+  /**
+   * Counts the call and injects a fault when one is due; true when the fault answered the request. A result-level
+   * fault on a task-backed call is left to the task instead: the call gets its task, the task ends in the fault.
+   */
   async function faulted(req, res, call, era, expireSession = () => {}) {
     countCall(call, era, req);
     const fault = chooseFault(settings, call);
     if (!fault) return false;
     bump(stats.faults, fault);
+    if (TASK_FAULTS.includes(fault) && asksForTask(call, era)) {
+      const args = call.params.arguments;
+      taskFaults.set(`${args.run_id}:${args.attempt}`, fault);
+      return false;
+    }
     injectFault(fault, res, call, { settings, later, expireSession });
     return true;
+  }
+
+  /** Whether the tool will answer this call with a task (tasks on, and the client asked as its era does). */
+  function asksForTask(call, era) {
+    if (!settings.tasks) return false;
+    if (era === 'legacy') return call.params?.task !== undefined;
+    return Boolean(call.params?._meta?.[CLIENT_CAPABILITIES_META_KEY]?.extensions?.[TASKS_EXTENSION]);
   }
 
   async function handleMcp(req, res) {

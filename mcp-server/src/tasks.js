@@ -50,22 +50,25 @@ export class TaskStore {
     if (this.dir) fs.rmSync(path.join(this.dir, `${taskId}.json`), { force: true });
   }
 
-  /** Creates a durable task whose `result` (a CallToolResult) becomes visible after `latencyMs`. */
-  create({ runId, attempt, era, result, latencyMs, ttlMs, pollIntervalMs }) {
+  /**
+   * Creates a durable task whose outcome becomes visible after `latencyMs`: `result` (a CallToolResult; the task
+   * then completes) or `error` (a JSON-RPC error; the task then fails).
+   */
+  create({ runId, attempt, era, result, error, latencyMs, ttlMs, pollIntervalMs }) {
     const now = Date.now();
     const task = {
       taskId: randomUUID(), runId, attempt, era, status: 'working', createdMs: now, dueMs: now + latencyMs,
-      updatedMs: now, ttlMs, pollIntervalMs, result,
+      updatedMs: now, ttlMs, pollIntervalMs, result, error,
     };
     this.persist(task);
     this.tasks.set(task.taskId, task);
     return this.refresh(task);
   }
 
-  /** The task's state now: `working` turns `completed` when its latency has passed. */
+  /** The task's state now: `working` turns `completed` (or `failed`) when its latency has passed. */
   refresh(task) {
     if (task.status === 'working' && Date.now() >= task.dueMs) {
-      task.status = 'completed';
+      task.status = task.error ? 'failed' : 'completed';
       task.updatedMs = task.dueMs;
     }
     return task;
@@ -119,6 +122,7 @@ export function taskView(task, era) {
     lastUpdatedAt: new Date(task.updatedMs).toISOString(),
   };
   if (task.status === 'cancelled') common.statusMessage = 'The task was cancelled by request.';
+  if (task.status === 'failed') common.statusMessage = `Tool execution failed: ${task.error.message}`;
   if (era === 'modern') return { ...common, ttlMs: task.ttlMs, pollIntervalMs: task.pollIntervalMs };
   return { ...common, ttl: task.ttlMs, pollInterval: task.pollIntervalMs };
 }

@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { diagnose } from './news2.js';
 import { isTerminal, taskView } from './tasks.js';
 import { FIXTURES, fixtureTools } from './fixtures.js';
+import { faultOutcome } from './faults.js';
 
 export const TASKS_EXTENSION = 'io.modelcontextprotocol/tasks';
 export const MODERN_VERSION = '2026-07-28';
@@ -76,7 +77,7 @@ const sleep = (ms, signal) => new Promise((resolve, reject) => {
 
 /**
  * Builds one SDK server for `era` ('modern' or 'legacy') from the live settings, the task store and `record`,
- * the /stats hooks (taskCreated, poll, result, cancelled, streamClosed).
+ * the /stats hooks (taskCreated, poll, result, cancelled, streamClosed) and `takeTaskFault`.
  */
 export function buildServer(era, { settings, store, record }) {
   const tasks = settings.tasks;
@@ -105,13 +106,15 @@ export function buildServer(era, { settings, store, record }) {
     return runNow(args, ctx);
   });
 
-  /** Records a durable task and answers with its CreateTaskResult. */
+  /** Records a durable task and answers with its CreateTaskResult; a result-level fault due shows at its end. */
   function createTask(args, requested) {
     // A requested ttl (2025-11-25) is honoured up to the server's maximum; none, null (unlimited) or junk: the maximum.
     const asked = Number(requested?.ttl);
     const ttl = requested?.ttl != null && asked > 0 ? Math.min(asked, settings.task_ttl_ms) : settings.task_ttl_ms;
+    const fault = record.takeTaskFault(args.run_id, args.attempt);
+    const outcome = fault ? faultOutcome(fault) : { result: diagnosisResult(args) };
     const task = store.create({
-      runId: args.run_id, attempt: args.attempt, era, result: diagnosisResult(args), latencyMs: settings.latency_ms,
+      runId: args.run_id, attempt: args.attempt, era, ...outcome, latencyMs: settings.latency_ms,
       ttlMs: ttl, pollIntervalMs: settings.task_poll_ms,
     });
     record.taskCreated(task);
@@ -171,6 +174,7 @@ function registerTaskMethods(server, era, { store, record }) {
     record.poll(task);
     const view = taskView(task, era);
     if (era === 'modern' && task.status === 'completed') view.result = task.result;
+    if (era === 'modern' && task.status === 'failed') view.error = task.error;
     return view;
   });
 
@@ -187,6 +191,8 @@ function registerTaskMethods(server, era, { store, record }) {
     server.setRequestHandler('tasks/result', { params: TASK_ID_PARAMS }, async (params, ctx) => {
       const task = await store.settle(find(params.taskId, ctx), ctx.mcpReq.signal);
       record.result(task);
+      // What the call itself would have returned: its JSON-RPC error for a failed task.
+      if (task.status === 'failed') throw new ProtocolError(task.error.code, task.error.message);
       if (task.status !== 'completed' || !isTerminal(task)) {
         throw new ProtocolError(-32603, `Task ${task.taskId} was ${task.status}`);
       }

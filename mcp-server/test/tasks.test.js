@@ -217,3 +217,28 @@ test('300 task-backed calls in flight across a server restart: each run called o
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('result-level faults on task-backed calls end the task: isError and schema-invalid complete, a JSON-RPC error fails', async () => {
+  await withServer(['--tasks', '--latency-ms', '100', '--mode', 'stateful', '--reply', 'json'], async (server) => {
+    const outcome = async (fault) => {
+      const { taskId } = (await callTask(server, ARGS({ fault }, 1, `task-${fault}`))).message.result;
+      await sleep(150);
+      return (await get(server, taskId)).message.result;
+    };
+    const isError = await outcome('is_error');
+    assert.equal(isError.status, 'completed');
+    assert.equal(isError.result.isError, true);
+    assert.equal((await outcome('invalid_result')).result.structuredContent.risk_level, 'purple');
+    const failed = await outcome('jsonrpc_error');
+    assert.equal(failed.status, 'failed');
+    assert.deepEqual(failed.error, { code: -32603, message: 'injected internal error' });
+    assert.match(failed.statusMessage, /injected internal error/);
+    const session = await legacySession(server, '2025-11-25');
+    const { message } = await session.request('tools/call', { name: 'run_diagnosis', arguments: ARGS({ fault: 'jsonrpc_error' }, 1, 'legacy-failed'), task: {} });
+    const { message: result } = await session.request('tasks/result', { taskId: message.result.task.taskId });
+    assert.deepEqual(result.error, { code: -32603, message: 'injected internal error' }, 'tasks/result returns the call\'s own error');
+    assert.deepEqual(server.stats.faults, { is_error: 1, invalid_result: 1, jsonrpc_error: 2 });
+    const http = await callTask(server, ARGS({ fault: 'http_503' }, 1, 'task-503'));
+    assert.equal(http.status, 503, 'transport-level faults still hit the tools/call itself');
+  });
+});
