@@ -82,6 +82,7 @@ export async function startServer(settings) {
       stats.total_cancellations++;
     },
     streamClosed: () => { stats.streams_closed++; },
+    call: countCall,
     // A result-level fault chosen at the edge for a task-backed call, handed to the task it creates.
     takeTaskFault: (runId, attempt) => {
       const key = `${runId}:${attempt}`;
@@ -103,19 +104,20 @@ export async function startServer(settings) {
     return modern[reply];
   };
 
-  /** Counts one tools/call (per run id and attempt, per era) and the trace context it carried. */
-  function countCall(call, era, req) {
-    const args = call?.params?.arguments ?? {};
+  /**
+   * Counts one tools/call (per run id and attempt, per era) with the trace context it carried: where the tool ran
+   * (record.call), or at the edge for a call a fault answered. A request the SDK refused (a bad header, an
+   * unserved protocol version) ran nothing and is not a call.
+   */
+  function countCall(args = {}, era, trace) {
     const runId = String(args.run_id ?? 'unknown');
     const attempt = String(args.attempt ?? 'unknown');
     stats.calls[runId] ??= {};
     bump(stats.calls[runId], attempt);
     stats.total_calls++;
     stats.eras[era]++;
-    (stats.traces[runId] ??= []).push({
-      attempt: args.attempt ?? null, header: req.headers.traceparent ?? null,
-      meta: call.params?._meta?.traceparent ?? null, tracestate: req.headers.tracestate ?? call.params?._meta?.tracestate ?? null,
-    });
+    (stats.traces[runId] ??= []).push({ attempt: args.attempt ?? null, header: trace.header ?? null, meta: trace.meta ?? null,
+      tracestate: trace.tracestate ?? null });
   }
 
   async function control(req, res) {
@@ -219,19 +221,21 @@ export async function startServer(settings) {
   }
 
   /**
-   * Counts the call and injects a fault when one is due; true when the fault answered the request. A result-level
+   * Injects a fault when one is due (and counts the call); true when the fault answered the request. A result-level
    * fault on a task-backed call is left to the task instead: the call gets its task, the task ends in the fault.
    */
   async function faulted(req, res, call, era, expireSession = () => {}) {
-    countCall(call, era, req);
     const fault = chooseFault(settings, call);
     if (!fault) return false;
     bump(stats.faults, fault);
+    const args = call.params?.arguments ?? {};
     if (TASK_FAULTS.includes(fault) && asksForTask(call, era)) {
-      const args = call.params.arguments;
       taskFaults.set(`${args.run_id}:${args.attempt}`, fault);
       return false;
     }
+    const meta = call.params?._meta ?? {};
+    countCall(args, era, { header: req.headers.traceparent, meta: meta.traceparent,
+      tracestate: req.headers.tracestate ?? meta.tracestate });
     injectFault(fault, res, call, { settings, later, expireSession });
     return true;
   }

@@ -77,7 +77,7 @@ const sleep = (ms, signal) => new Promise((resolve, reject) => {
 
 /**
  * Builds one SDK server for `era` ('modern' or 'legacy') from the live settings, the task store and `record`,
- * the /stats hooks (taskCreated, poll, result, cancelled, streamClosed) and `takeTaskFault`.
+ * the /stats hooks (call, taskCreated, poll, result, cancelled, streamClosed) and `takeTaskFault`.
  */
 export function buildServer(era, { settings, store, record }) {
   const tasks = settings.tasks;
@@ -96,6 +96,10 @@ export function buildServer(era, { settings, store, record }) {
     if (request.params.name !== 'run_diagnosis') {
       throw new ProtocolError(INVALID_PARAMS, `Tool ${request.params.name} not found`);
     }
+    const headers = ctx.http?.req?.headers;
+    const meta = ctx.mcpReq._meta ?? {};
+    record.call(request.params.arguments, era, { header: headers?.get('traceparent'), meta: meta.traceparent,
+      tracestate: headers?.get('tracestate') ?? meta.tracestate });
     const parsed = INPUT_SCHEMA.safeParse(request.params.arguments ?? {});
     if (!parsed.success) {
       return { content: [{ type: 'text', text: `Invalid arguments for tool run_diagnosis: ${parsed.error.message}` }], isError: true };

@@ -45,7 +45,7 @@ test('a 2026-07-28 request whose headers disagree with its body is refused with 
       { headers: { 'mcp-name': 'another_tool' } });
     assert.equal(mismatch.status, 400);
     assert.equal(mismatch.message.error.code, -32020);
-    assert.equal(server.stats.total_calls, 1, 'counted at the edge, refused before the tool ran');
+    assert.equal(server.stats.total_calls, 0, 'refused before the tool ran: not a call');
   });
 });
 
