@@ -2,7 +2,7 @@
 # pg_diagnosis's test command (README "Run every test suite"; .ci/run calls it).
 # Installs what it needs, builds the extension and the core, then runs every suite: the core's unit tests and a
 # short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance, the reference MCP server's
-# tests, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
+# tests and the official MCP conformance suite's server scenarios, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
 # scripts/sanitize.sh runs pg_regress, the isolation specs and the integration suites again with the extension
 # built under AddressSanitizer and UndefinedBehaviorSanitizer.
 # Ends with one line "N passed, N failed" and exits non-zero when anything failed.
@@ -33,6 +33,8 @@ fi
 regress_suites ""
 
 [ -f mcp-server/package.json ] && node_suite "reference MCP server" mcp-server npm test
+# The official MCP conformance suite's server scenarios against the reference server (test/conformance/server.sh).
+[ -f mcp-server/package.json ] && node_suite "MCP conformance (server)" . bash test/conformance/server.sh
 [ -f test/package.json ] && node_suite "integration and chaos" test npm test
 
 # The extension built with ASan and UBSan through the same pg_regress and integration suites (its own command,
