@@ -243,14 +243,14 @@ BEGIN
     END IF;
     -- Running: record the request; the worker stops the call and writes CANCELLED. The worker never waits for this
     -- row lock (its writes skip locked rows and come back to them).
-    UPDATE diagnosis.runs SET cancel_requested_at = coalesce(cancel_requested_at, now()),
-                              cancel_requested_by = coalesce(cancel_requested_by, caller)
-     WHERE id = p_run_id AND status = 'running';
+    UPDATE diagnosis.runs SET cancel_requested_at = now(), cancel_requested_by = caller
+     WHERE id = p_run_id AND status = 'running' AND cancel_requested_at IS NULL;
     IF FOUND THEN
         PERFORM diagnosis._wake_at_commit();
         RETURN true;
     END IF;
-    RETURN false;
+    -- Asked before (the first request stands), or finished meanwhile.
+    RETURN EXISTS (SELECT 1 FROM diagnosis.runs WHERE id = p_run_id AND status = 'running');
 END;
 $$;
 
