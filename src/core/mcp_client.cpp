@@ -203,6 +203,8 @@ public:
 
 	EndpointInfo Endpoint() const override
 	{
+		if (session_.phase == EndpointSession::Phase::Idle && failed_info_)
+			return *failed_info_; /* what the last, failed, set-up learned */
 		EndpointInfo info;
 		info.era = EraName(session_.era);
 		info.protocol_version = session_.version;
@@ -220,7 +222,7 @@ public:
 	{
 		for (auto &entry : calls_) {
 			Call *c = entry.second.get();
-			if (c->task_id.empty() && c->exchange && c->era == Era::Legacy)
+			if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
 				SendCancelled(c, "pg_diagnosis is shutting down");
 			AbortExchange(c);
 		}
@@ -386,6 +388,8 @@ private:
 	void FailEndpoint(CallOutcome why)
 	{
 		session_.last_error = why.message;
+		failed_info_ = Endpoint();
+		failed_info_->last_error = why.message;
 		Era era = session_.era;
 		session_.Reset();
 		if (era == Era::Legacy && why.config_error)
@@ -399,6 +403,7 @@ private:
 	{
 		session_.phase = EndpointSession::Phase::Ready;
 		session_.last_error.clear();
+		failed_info_.reset();
 		std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
 		waiting_.clear();
 		for (Call *c : waiting)
@@ -653,8 +658,8 @@ private:
 	{
 		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready)
 			SendTaskCancel(c);
-		else if (c->task_id.empty() && c->exchange && c->era == Era::Legacy)
-			SendCancelled(c, reason);
+		else if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
+			SendCancelled(c, reason); /* the tools/call went out: the server may still be working on it */
 		AbortExchange(c);
 	}
 
@@ -962,7 +967,9 @@ private:
 		p.events_seen += events.size();
 		for (const SseEvent &e : events)
 			Messages(p, e.data);
-		if (x->finished && !x->is_sse && x->status >= 200 && x->status < 300 && !x->body.empty())
+		/* A body cut short (size cap, reset) may still parse: only a complete one counts. */
+		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 &&
+		    !x->body.empty())
 			Messages(p, x->body);
 	}
 
@@ -1083,6 +1090,7 @@ private:
 	HttpTransport transport_;
 	EndpointSession session_;
 	EraCache era_cache_;
+	std::optional<EndpointInfo> failed_info_;
 	int probes_ = 0;
 	int list_pages_ = 0;
 	uint64_t ids_ = 0;
