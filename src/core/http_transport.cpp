@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdexcept>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <utility>
 
@@ -204,6 +205,18 @@ HttpTransport::WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdat
 	}
 }
 
+/* Opens libcurl's sockets as libcurl would, remembering why socket() failed: libcurl reports that failure as a
+ * plain connect error, without CURLINFO_OS_ERRNO, and a descriptor shortage must not pass for the peer's fault. */
+int
+HttpTransport::OpenSocketCallback(void *clientp, int, struct curl_sockaddr *address)
+{
+	HttpExchange *x = static_cast<HttpExchange *>(clientp);
+	int s = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+	if (s < 0)
+		x->socket_errno = errno;
+	return s < 0 ? CURL_SOCKET_BAD : s;
+}
+
 /* ------------------------------------------------------------ exchanges */
 
 HttpExchange *
@@ -272,6 +285,8 @@ HttpTransport::Start(HttpRequest request)
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, OpenSocketCallback);
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, x);
 
 	SignalBlock block;
 	CURLMcode added = curl_multi_add_handle(multi_, easy);
@@ -411,7 +426,7 @@ HttpTransport::Finish(uint64_t id, int code)
 		curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
 		if (status)
 			x->status = status;
-		x->os_errno = os_errno;
+		x->os_errno = os_errno ? os_errno : x->socket_errno;
 	}
 	if (code != CURLE_OK) {
 		CURLcode c = static_cast<CURLcode>(code);

@@ -20,6 +20,8 @@
 
 #include "pg_diagnosis/core/sse_parser.hpp"
 
+struct curl_sockaddr;
+
 namespace pgdiag {
 
 using Clock = std::chrono::steady_clock;
@@ -59,7 +61,8 @@ struct HttpExchange {
 	/* How it ended (valid once finished). */
 	bool finished = false;
 	int curl_code = 0;        /* CURLcode; 0 = the transfer completed */
-	long os_errno = 0;        /* CURLINFO_OS_ERRNO of a failed connect */
+	long os_errno = 0;        /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
+	int socket_errno = 0;     /* errno of a failed socket() (the open-socket callback) */
 	std::string error;        /* libcurl's message for curl_code, "" when 0 */
 	bool timed_out = false;   /* the total or connect timeout */
 	bool inactive = false;    /* ended by the transport's inactivity limit */
@@ -111,6 +114,7 @@ private:
 	static int TimerCallback(void *multi, long timeout_ms, void *userp);
 	static size_t HeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata);
 	static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
+	static int OpenSocketCallback(void *clientp, int purpose, struct curl_sockaddr *address);
 
 	void SocketAction(int socket, int flags);
 	void CollectDone();
