@@ -336,6 +336,19 @@ HttpTransport::AbortAll()
 	live_.clear();
 }
 
+std::unique_ptr<HttpExchange>
+HttpTransport::Detach(uint64_t id)
+{
+	auto it = live_.find(id);
+	if (it == live_.end())
+		return nullptr;
+	std::unique_ptr<HttpExchange> x = std::move(it->second);
+	live_.erase(it);
+	Release(x.get());
+	x->finished = true;
+	return x;
+}
+
 HttpExchange *
 HttpTransport::Find(uint64_t id)
 {

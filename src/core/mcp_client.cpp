@@ -142,6 +142,13 @@ public:
 		return true;
 	}
 
+	void Connect() override
+	{
+		if (session_.phase == EndpointSession::Phase::Idle)
+			failed_info_.reset();
+		EnsureEndpoint();
+	}
+
 	size_t InFlight() const override { return calls_.size(); }
 	int EventFd() const override { return transport_.EventFd(); }
 
@@ -169,10 +176,19 @@ public:
 	void Drive() override
 	{
 		transport_.Drive();
-		for (HttpExchange *x : transport_.Live())
+		std::vector<uint64_t> answered;
+		for (HttpExchange *x : transport_.Live()) {
 			Absorb(x);
+			auto it = pending_.find(x->id);
+			if (it != pending_.end() && it->second.response && it->second.purpose != Purpose::Fire)
+				answered.push_back(x->id);
+		}
 		for (std::unique_ptr<HttpExchange> &x : transport_.TakeFinished())
 			Complete(*x);
+		/* The final response SHOULD end its stream; a server that keeps it open is not waited for. */
+		for (uint64_t id : answered)
+			if (std::unique_ptr<HttpExchange> x = transport_.Detach(id))
+				Complete(*x);
 		RunTimers();
 		/* Exchanges started meanwhile may have failed at once (no memory): deliver those now. */
 		for (std::unique_ptr<HttpExchange> &x : transport_.TakeFinished())
@@ -206,6 +222,9 @@ public:
 		if (session_.phase == EndpointSession::Phase::Idle && failed_info_)
 			return *failed_info_; /* what the last, failed, set-up learned */
 		EndpointInfo info;
+		info.state = session_.phase == EndpointSession::Phase::Ready  ? "ready"
+		             : session_.phase == EndpointSession::Phase::Idle ? "idle"
+		                                                               : "probing";
 		info.era = EraName(session_.era);
 		info.protocol_version = session_.version;
 		info.tasks = session_.phase == EndpointSession::Phase::Ready && session_.TasksForTool();
@@ -419,6 +438,10 @@ private:
 
 	void AfterFeatures()
 	{
+		if (config_.tool.empty()) {
+			EndpointReady(); /* no tool to look for */
+			return;
+		}
 		if (!session_.features.capabilities_json.empty() && !session_.features.tools) {
 			FailEndpoint(ConfigError("the MCP server declares no tools capability"));
 			return;
@@ -466,7 +489,7 @@ private:
 		session_.version = step.version;
 		session_.session_id = step.session_id;
 		session_.features = std::move(step.features);
-		if (!session_.features.tools) {
+		if (!session_.features.tools && !config_.tool.empty()) {
 			FailEndpoint(ConfigError("the MCP server declares no tools capability"));
 			return;
 		}
@@ -479,7 +502,7 @@ private:
 	void CompleteInitialized(const HttpExchange &x)
 	{
 		if (x.curl_code == 0 && x.status >= 200 && x.status < 300) {
-			StartToolsList("");
+			AfterFeatures();
 			return;
 		}
 		CallOutcome o = TransportOutcome(x, false);

@@ -129,7 +129,8 @@ JudgeDiscover(const HttpExchange &x, const RpcMessage *response, const std::stri
 	ProbeStep step;
 	std::string error;
 	if (!ParseDiscoverResult(response->result, &step.features, &error))
-		return Failed(ErrorOutcome(ErrorCode::McpError, "malformed server/discover result: " + error));
+		/* Not a DiscoverResult: a legacy server answering an unknown method generically (e.g. with {}). */
+		return Next(ProbeStep::Next::Legacy);
 	ProbeStep chosen = ChooseVersion(step.features.versions, requested);
 	chosen.features = std::move(step.features);
 	return chosen;

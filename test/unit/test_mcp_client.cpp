@@ -443,6 +443,25 @@ TEST_F(ClientTest, StreamClosedWithoutEventIdIsADisconnection)
 	EXPECT_EQ(server.CountHttp("GET"), 0);
 }
 
+// The response arrived but the server keeps the stream open: the call completes without waiting for the end.
+TEST_F(ClientTest, ResponseOnAStreamLeftOpenCompletesTheCall)
+{
+	TestServer server([](const Request &r, int) {
+		if (!r.IsMethod("tools/call"))
+			return Session(r);
+		Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: " + ToolResult(IdOf(r)) + "\n\n"};
+		reply.trickle = {{20000, ": still open\n\n"}};
+		return reply;
+	});
+	auto client = Make(server.Url());
+	auto started = std::chrono::steady_clock::now();
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));
+}
+
 Reply
 Hang(const Request &r)
 {

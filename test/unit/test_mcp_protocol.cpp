@@ -150,6 +150,8 @@ TEST(Session, DiscoverJudgement)
 	          ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(404, "Not Found"), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(405, ""), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
+	RpcMessage generic = One(R"({"jsonrpc":"2.0","id":"d","result":{}})"); // answers any method with {}
+	EXPECT_EQ(JudgeDiscover(Exchange(200, ""), &generic, "2026-07-28").next, ProbeStep::Next::Legacy);
 	RpcMessage unknown = One(R"({"jsonrpc":"2.0","id":"d","error":{"code":-32601,"message":"Method not found"}})");
 	EXPECT_EQ(JudgeDiscover(Exchange(200, ""), &unknown, "2026-07-28").next, ProbeStep::Next::Legacy);
 

@@ -95,6 +95,9 @@ public:
 	/* Abandons an exchange at once (closing its connection, which ends a stream) and frees it. */
 	void Abort(uint64_t id);
 	void AbortAll();
+	/* Ends a live exchange now as if it had completed (its connection is closed): for a stream whose final
+	 * response already arrived while the server keeps it open. Null for an unknown id. */
+	std::unique_ptr<HttpExchange> Detach(uint64_t id);
 
 	HttpExchange *Find(uint64_t id);
 	size_t Count() const { return live_.size(); }

@@ -33,7 +33,8 @@ class SchemaRegistry;
 
 struct ClientConfig {
 	std::string url;                      /* http(s)://host:port/path of the MCP endpoint */
-	std::string tool = "run_diagnosis";   /* tools/call name */
+	std::string tool = "run_diagnosis";   /* tools/call name; "" = none: the endpoint is set up without
+	                                         requiring the tools capability or looking the tool up */
 	std::string auth_token;               /* sent as "Authorization: Bearer <token>" when not empty */
 	long connect_timeout_ms = 10000;
 	long request_timeout_ms = 300000;     /* total per call, session set-up included */
@@ -99,6 +100,7 @@ struct CallTask {
 
 /* What the client knows about the endpoint. */
 struct EndpointInfo {
+	std::string state;            /* "idle", "probing" (discover, initialize, tools/list) or "ready" */
 	std::string era;              /* "modern", "legacy" or "" (not probed yet) */
 	std::string protocol_version; /* negotiated; "" until known */
 	bool tasks = false;           /* tools/call of the configured tool may become a task */
@@ -118,6 +120,9 @@ public:
 
 	/* Applies to calls submitted from now on; a changed url or token drops the session. */
 	virtual void Configure(const ClientConfig &config) = 0;
+
+	/* Sets the endpoint up (probe, initialize, tools/list) without a call; Endpoint() tells how it went. */
+	virtual void Connect() = 0;
 
 	/* Starts a call; false when max_inflight calls are already in flight. */
 	virtual bool Submit(CallRequest request) = 0;
