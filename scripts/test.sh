@@ -3,8 +3,9 @@
 # Installs what it needs, builds the extension and the core, then runs every suite: the core's unit tests and a
 # short fuzz run (ctest), the MCP conformance suite's client scenarios against pg_diagnosis_mcp_check, pg_regress
 # and the isolation specs on a throwaway instance, the reference MCP server's tests, and the integration, crash and
-# chaos suites against a real cluster and the real MCP server; then scripts/sanitize.sh runs pg_regress, the isolation specs and the integration suites again with the extension
-# built under AddressSanitizer and UndefinedBehaviorSanitizer.
+# chaos suites against a real cluster and the real MCP server; then scripts/sanitize.sh runs pg_regress, the
+# isolation specs and the integration suites again with the extension built under AddressSanitizer and
+# UndefinedBehaviorSanitizer.
 # Ends with one line "N passed, N failed" and exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
