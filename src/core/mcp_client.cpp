@@ -867,12 +867,26 @@ private:
 		SchedulePoll(c, c->poll_ms);
 	}
 
+	/* A legacy session that expired under a task poll: set it up again and poll again, once. */
+	bool SessionLostUnderTask(Call *c, const HttpExchange &x, const Pending &p)
+	{
+		if (p.response || x.curl_code != 0 || x.status != 404 || !p.sent_session || c->era != Era::Legacy ||
+		    c->retried)
+			return false;
+		if (p.generation == session_.generation)
+			session_.Reset();
+		Requeue(c, false);
+		return true;
+	}
+
 	void CompleteTaskGet(const HttpExchange &x, Pending &p)
 	{
 		Call *c = CallOf(p);
 		if (!c)
 			return;
 		c->exchange = 0;
+		if (SessionLostUnderTask(c, x, p))
+			return;
 		bool answered = p.response.has_value();
 		RpcMessage error;
 		bool lost = !answered && x.curl_code == 0 &&
@@ -961,6 +975,8 @@ private:
 		if (!c)
 			return;
 		c->exchange = 0;
+		if (SessionLostUnderTask(c, x, p))
+			return;
 		bool answered = p.response.has_value();
 		CallOutcome o = TransportOutcome(x, answered);
 		if (o.code != ErrorCode::None || !answered) {

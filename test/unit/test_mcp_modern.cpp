@@ -169,6 +169,29 @@ TEST_F(ClientTest, EraIsReprobedWhenItStopsFitting)
 	EXPECT_EQ(server.Count("tools/call"), 3); // run-1, run-2 rejected unprocessed, run-2 again
 }
 
+// A modern server that stops supporting our version mid-life answers UnsupportedProtocolVersionError: the client
+// re-probes (server/discover) instead of failing the call, and the call is retried once.
+TEST_F(ClientTest, UnsupportedVersionOnACallReprobes)
+{
+	std::atomic<int> calls{0};
+	ModernServer modern;
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/call") && calls++ == 0)
+			return Reply{Http(400, "application/json",
+			                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+			                      R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2026-07-28"]}}})")};
+		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_EQ(server.Count("server/discover"), 2);
+	EXPECT_EQ(server.Count("tools/call"), 2);
+	EXPECT_EQ(client->Endpoint().era, "modern");
+}
+
 TEST_F(ClientTest, ModernCancelClosesTheStreamWithoutNotifications)
 {
 	ModernServer modern;

@@ -237,6 +237,39 @@ TEST_F(ClientTest, LegacyTaskUsesTasksResult)
 	EXPECT_TRUE(client->Endpoint().tasks);
 }
 
+// The legacy session expires while a task is polled: the client initializes again and polls the same task; the
+// tool is not called again.
+TEST_F(ClientTest, LegacySessionLostUnderATaskPollsAgain)
+{
+	LegacyServer legacy;
+	legacy.version = "2025-11-25";
+	legacy.capabilities = R"({"tools":{},"tasks":{"requests":{"tools":{"call":{}}}}})";
+	legacy.tools = R"({"tools":[{"name":"run_diagnosis","execution":{"taskSupport":"required"}}]})";
+	std::atomic<int> gets{0};
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/call"))
+			return Reply{Json(Result(r, R"({"task":{"taskId":"lt-2","status":"working","ttl":null,"pollInterval":20}})"))};
+		if (r.IsMethod("tasks/get")) {
+			if (gets++ == 0)
+				return Reply{Http(404, "application/json", "{}")}; // the session expired
+			return Reply{Json(Result(r, R"({"taskId":"lt-2","status":"completed","ttl":null})"))};
+		}
+		if (r.IsMethod("tasks/result"))
+			return Reply{Json(Result(r, Diagnosis()))};
+		return legacy(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(2));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_EQ(server.Count("initialize"), 2);
+	EXPECT_EQ(server.Count("tools/call"), 1);
+	EXPECT_EQ(server.Count("tasks/get"), 2);
+	ASSERT_EQ(tasks.size(), 1u);
+	EXPECT_EQ(tasks[0].ttl_ms, -1); // ttl null: unlimited
+}
+
 TEST_F(ClientTest, LegacyToolWithoutTaskSupportIsCalledDirectly)
 {
 	LegacyServer legacy;
