@@ -736,15 +736,10 @@ private:
 		return modern_body;
 	}
 
-	void CompleteToolCall(const HttpExchange &x, Pending &p)
+	void CompleteToolCall(Call *c, const HttpExchange &x, Pending &p)
 	{
-		Call *c = CallOf(p);
-		if (!c)
-			return;
-		c->exchange = 0;
 		bool answered = p.response.has_value();
-
-		if (!answered && x.curl_code == 0 && x.status == 404 && p.sent_session && c->era == Era::Legacy) {
+		if (SessionLost(c, x, p)) {
 			if (c->retried) {
 				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
 				 * attempt with backoff can outlast. */
@@ -753,9 +748,7 @@ private:
 				                       "{\"http_status\":404}"));
 				return;
 			}
-			if (p.generation == session_.generation)
-				session_.Reset();
-			Requeue(c, false);
+			RetryInNewSession(c, p);
 			return;
 		}
 		if (!answered && !p.resumption && EraStoppedFitting(x, c->era) && !c->retried) {
@@ -867,26 +860,26 @@ private:
 		SchedulePoll(c, c->poll_ms);
 	}
 
-	/* A legacy session that expired under a task poll: set it up again and poll again, once. */
-	bool SessionLostUnderTask(Call *c, const HttpExchange &x, const Pending &p)
+	/* A 404 to a request that carried the legacy session id: the session expired. */
+	static bool SessionLost(const Call *c, const HttpExchange &x, const Pending &p)
 	{
-		if (p.response || x.curl_code != 0 || x.status != 404 || !p.sent_session || c->era != Era::Legacy ||
-		    c->retried)
-			return false;
+		return !p.response && x.curl_code == 0 && x.status == 404 && p.sent_session && c->era == Era::Legacy;
+	}
+
+	/* Sets the session up again (once for every call that noticed) and sends the call's request again. */
+	void RetryInNewSession(Call *c, const Pending &p)
+	{
 		if (p.generation == session_.generation)
 			session_.Reset();
 		Requeue(c, false);
-		return true;
 	}
 
-	void CompleteTaskGet(const HttpExchange &x, Pending &p)
+	void CompleteTaskGet(Call *c, const HttpExchange &x, Pending &p)
 	{
-		Call *c = CallOf(p);
-		if (!c)
+		if (SessionLost(c, x, p) && !c->retried) {
+			RetryInNewSession(c, p); /* then poll the same task again */
 			return;
-		c->exchange = 0;
-		if (SessionLostUnderTask(c, x, p))
-			return;
+		}
 		bool answered = p.response.has_value();
 		RpcMessage error;
 		bool lost = !answered && x.curl_code == 0 &&
@@ -969,14 +962,12 @@ private:
 		                                            (task.status_message.empty() ? "" : ": " + task.status_message)));
 	}
 
-	void CompleteTaskResult(const HttpExchange &x, Pending &p)
+	void CompleteTaskResult(Call *c, const HttpExchange &x, Pending &p)
 	{
-		Call *c = CallOf(p);
-		if (!c)
+		if (SessionLost(c, x, p) && !c->retried) {
+			RetryInNewSession(c, p);
 			return;
-		c->exchange = 0;
-		if (SessionLostUnderTask(c, x, p))
-			return;
+		}
 		bool answered = p.response.has_value();
 		CallOutcome o = TransportOutcome(x, answered);
 		if (o.code != ErrorCode::None || !answered) {
@@ -1076,15 +1067,20 @@ private:
 				CompleteToolsList(x, p);
 			return;
 		case Purpose::ToolCall:
-			CompleteToolCall(x, p);
-			return;
 		case Purpose::TaskGet:
-			CompleteTaskGet(x, p);
-			return;
 		case Purpose::TaskResult:
-			CompleteTaskResult(x, p);
-			return;
+			break;
 		}
+		Call *c = CallOf(p);
+		if (!c)
+			return; /* finished meanwhile (cancelled, timed out) */
+		c->exchange = 0;
+		if (p.purpose == Purpose::ToolCall)
+			CompleteToolCall(c, x, p);
+		else if (p.purpose == Purpose::TaskGet)
+			CompleteTaskGet(c, x, p);
+		else
+			CompleteTaskResult(c, x, p);
 	}
 
 	/* Due polls and resumptions; calls past their deadline while no exchange of theirs is open. */
