@@ -37,6 +37,12 @@ bash test/conformance/client.sh "$PWD/build" 2>&1 | tee "$WORK/conformance.log"
 if [[ "$(grep -E '^conformance-client: [0-9]+ passed, [0-9]+ failed$' "$WORK/conformance.log")" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
   record "MCP conformance (client)" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
 else record_exit "MCP conformance (client)" 1; fi
+# The same program against servers built on the official SDKs (v2 modern, v1 with tasks, server-everything).
+echo "== MCP interop with the official SDKs"
+bash test/conformance/interop.sh "$PWD/build" 2>&1 | tee "$WORK/interop.log"
+if [[ "$(grep -E '^interop: [0-9]+ passed, [0-9]+ failed$' "$WORK/interop.log")" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+  record "MCP interop (official SDKs)" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+else record_exit "MCP interop (official SDKs)" 1; fi
 
 regress_suites ""
 
