@@ -113,6 +113,8 @@ public:
 	{
 		bool endpoint_changed = config.url != config_.url || config.auth_token != config_.auth_token ||
 		                        config.tool != config_.tool;
+		if (endpoint_changed)
+			EndSession(); /* with the old URL and token */
 		config_ = config;
 		ApplyLimits();
 		if (endpoint_changed) {
@@ -254,12 +256,7 @@ public:
 			} else
 				++it;
 		}
-		if (session_.era == Era::Legacy && !session_.session_id.empty()) {
-			HttpRequest r = BaseRequest(HttpMethod::Delete, config_.shutdown_timeout_ms);
-			for (std::string &h : session_.Headers("DELETE", ""))
-				r.headers.push_back(std::move(h));
-			Send(std::move(r), Pending());
-		}
+		EndSession();
 		session_.Reset();
 		Clock::time_point end = Clock::now() + std::chrono::milliseconds(std::max(0L, config_.shutdown_timeout_ms));
 		while (transport_.Count() > 0 && Clock::now() < end) {
@@ -332,6 +329,17 @@ private:
 		if (p)
 			p->sent_session = session_.era == Era::Legacy && !session_.session_id.empty();
 		return r;
+	}
+
+	/* DELETE of the legacy session, if there is one: the server may free it at once (a 405 is fine too). */
+	void EndSession()
+	{
+		if (session_.era != Era::Legacy || session_.session_id.empty())
+			return;
+		HttpRequest r = BaseRequest(HttpMethod::Delete, std::max(1L, config_.shutdown_timeout_ms));
+		for (std::string &h : session_.Headers("DELETE", ""))
+			r.headers.push_back(std::move(h));
+		Send(std::move(r), Pending());
 	}
 
 	uint64_t Send(HttpRequest request, Pending p)

@@ -592,6 +592,9 @@ TEST_F(ClientTest, LegacyEraIsCachedForTheClientsLife)
 	EXPECT_EQ(out[1].code, ErrorCode::None) << out[1].message;
 	EXPECT_EQ(server.Count("server/discover"), 1);
 	EXPECT_EQ(server.Count("initialize"), 2);
+	// The session of the old URL was ended, not abandoned.
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; },
+	                    client.get()));
 }
 
 } // namespace
