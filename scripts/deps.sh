@@ -26,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-for dir in mcp-server test; do
+for dir in mcp-server test test/conformance; do
   if [ -f "$dir/package-lock.json" ]; then
     echo "== npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

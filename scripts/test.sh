@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pg_diagnosis's test command (README "Run every test suite"; .ci/run calls it).
 # Installs what it needs, builds the extension and the core, then runs every suite: the core's unit tests and a
-# short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance, the reference MCP server's
-# tests and the official MCP conformance suite's server scenarios, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
+# short fuzz run (ctest), the MCP conformance suite's client scenarios against pg_diagnosis_mcp_check, pg_regress
+# and the isolation specs on a throwaway instance, the reference MCP server's tests and the conformance suite's
+# server scenarios, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
 # scripts/sanitize.sh runs pg_regress, the isolation specs and the integration suites again with the extension
 # built under AddressSanitizer and UndefinedBehaviorSanitizer.
 # Ends with one line "N passed, N failed" and exits non-zero when anything failed.
@@ -29,6 +30,19 @@ ctest_suite "core unit (ctest)" build
 if command -v clang++-14 >/dev/null 2>&1; then
   CXX=clang++-14 ctest_suite "core fuzz (short)" build-fuzz -DPGDIAG_FUZZ=ON
 fi
+
+# The official MCP conformance suite's client scenarios against pg_diagnosis_mcp_check (built in the ctest tree).
+echo "== MCP conformance (client scenarios)"
+bash test/conformance/client.sh "$PWD/build" 2>&1 | tee "$WORK/conformance.log"
+if [[ "$(grep -E '^conformance-client: [0-9]+ passed, [0-9]+ failed$' "$WORK/conformance.log")" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+  record "MCP conformance (client)" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+else record_exit "MCP conformance (client)" 1; fi
+# The same program against servers built on the official SDKs (v2 modern, v1 with tasks, server-everything).
+echo "== MCP interop with the official SDKs"
+bash test/conformance/interop.sh "$PWD/build" 2>&1 | tee "$WORK/interop.log"
+if [[ "$(grep -E '^interop: [0-9]+ passed, [0-9]+ failed$' "$WORK/interop.log")" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+  record "MCP interop (official SDKs)" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+else record_exit "MCP interop (official SDKs)" 1; fi
 
 regress_suites ""
 
