@@ -7,9 +7,11 @@ PGFILEDESC   = "pg_diagnosis - durable, audited diagnosis runs over MCP"
 SRCS         = $(wildcard src/*.cpp) $(wildcard src/core/*.cpp)
 OBJS         = $(SRCS:.cpp=.o)
 
-# sql/pg_diagnosis.sql is the only hand-edited install script; each release adds sql/pg_diagnosis--A--B.sql.
+# sql/pg_diagnosis.sql is the only hand-edited install script (built into the current version's); each release
+# adds sql/pg_diagnosis--A--B.sql, and the install scripts of released versions stay exactly as released
+# (sql/pg_diagnosis--0.1.0.sql), so CREATE EXTENSION ... VERSION and every ALTER EXTENSION ... UPDATE keep working.
 DATA_built   = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA         = $(filter-out $(DATA_built), $(wildcard sql/$(EXTENSION)--*--*.sql))
+DATA         = $(filter-out $(DATA_built), $(wildcard sql/$(EXTENSION)--*.sql))
 
 # pg_regress suites in sql/ and expected/, run on a throwaway cluster that preloads the library.
 REGRESS      = $(shell sed -n 's/^test: *//p' test/regress_schedule 2>/dev/null)
