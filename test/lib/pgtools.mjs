@@ -21,12 +21,14 @@ export const SEQUENCES = ['observations_id_seq', 'audit_log_id_seq'];
 
 /**
  * Every row of every data table (in the record's text form, sorted) and the identity sequences' positions, read
- * with `client` (inside whatever snapshot it holds).
+ * with `client` (inside whatever snapshot it holds). columns: {table: [column, ...]} reads only those columns
+ * (the upgrade test compares the columns a release had before and after its update).
  */
-export async function snapshotData(client) {
+export async function snapshotData(client, columns = {}) {
   const tables = {};
   for (const t of DATA_TABLES) {
-    const r = await client.query(`SELECT t::text AS row FROM diagnosis.${t} t ORDER BY 1`);
+    const row = columns[t] ? `ROW(${columns[t].map((c) => `t."${c}"`).join(', ')})::text` : 't::text';
+    const r = await client.query(`SELECT ${row} AS row FROM diagnosis.${t} t ORDER BY 1`);
     tables[t] = r.rows.map((x) => x.row);
   }
   for (const s of SEQUENCES) {
@@ -34,6 +36,40 @@ export async function snapshotData(client) {
     tables[s] = [`${r.rows[0].last_value} ${r.rows[0].is_called}`];
   }
   return tables;
+}
+
+/** The columns each data table has now, in order: {table: [column, ...]}. */
+export async function dataColumns(client) {
+  const columns = {};
+  for (const t of DATA_TABLES) {
+    const r = await client.query(`SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0
+      AND NOT attisdropped ORDER BY attnum`, [`diagnosis.${t}`]);
+    columns[t] = r.rows.map((x) => x.attname);
+  }
+  return columns;
+}
+
+/**
+ * pg_dump's output as a sorted list of its entries (each from its "-- Name: ..." header to the next), with what
+ * differs between two equal databases removed: comments, \restrict keys and binary-upgrade OIDs.
+ */
+export function dumpEntries(text) {
+  const entries = [];
+  let current = null;
+  for (const line of text.split('\n')) {
+    if (/^-- (Data for )?Name: /.test(line)) {
+      current = [line];
+      entries.push(current);
+    } else if (current && line !== '' && !/^--/.test(line) && !/^\\(un)?restrict /.test(line)
+               && !/binary_upgrade_set_next_/.test(line)) {
+      current.push(line
+        .replace(/binary_upgrade_create_empty_extension\(([^{]*)'\{[0-9,]*\}'/, "binary_upgrade_create_empty_extension($1'{<oids>}'")
+        .replace(/^SET relfrozenxid = '\d+', relminmxid = '\d+'$/, 'SET relfrozenxid = <xid>, relminmxid = <mxid>')
+        .replace(/^WHERE oid = '\d+';$/, 'WHERE oid = <oid>;'));
+    }
+  }
+  // Sequence positions are data (a binary-upgrade dump carries them); backup.test.mjs compares those.
+  return entries.filter((e) => !/; Type: SEQUENCE SET;/.test(e[0])).map((e) => e.join('\n')).sort();
 }
 
 /** Lines "table: missing <row>" / "table: extra <row>", for an assertion message; empty when equal. */
