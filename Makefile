@@ -49,6 +49,14 @@ $(DATA_built): sql/$(EXTENSION).sql
 
 all: $(DATA_built)
 
+# installcheck-update: the same pg_regress suites on a database created at 0.1.0 and updated (sql/update_setup.sql
+# instead of --load-extension), so every update script is held to the fresh install's expected output.
+installcheck-update:
+	$(pg_regress_installcheck) --temp-config=test/regress.conf --temp-instance=$(REGRESS_OUT)/tmp_check_update \
+		--outputdir=$(REGRESS_OUT)/update update_setup $(REGRESS)
+
+.PHONY: installcheck-update format format-check
+
 format:
 	clang-format -i $(SRCS) $(wildcard include/pg_diagnosis/*.hpp include/pg_diagnosis/*/*.hpp)
 
