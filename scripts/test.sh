@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pg_diagnosis's test command (README "Run every test suite"; .ci/run calls it).
-# Installs what it needs, builds the extension and the core, then runs every suite: the core's unit tests and a
-# short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance, the reference MCP server's
+# Installs what it needs, builds and installs the extension, checks the formatting (scripts/format_check.sh),
+# builds, installs and installchecks the Debian package (scripts/package_test.sh), then runs every suite: the
+# core's unit tests and a short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance, the reference MCP server's
 # tests, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
 # scripts/sanitize.sh runs pg_regress, the isolation specs and the integration suites again with the extension
 # built under AddressSanitizer and UndefinedBehaviorSanitizer.
@@ -24,6 +25,12 @@ if make -j2 >"$WORK/build.log" 2>&1 && make install >>"$WORK/build.log" 2>&1; th
 else
   tail -50 "$WORK/build.log"; record_exit "extension build" 1
 fi
+
+# The Debian package built from a clean copy, installed, its files checked and installcheck run against it; then
+# purged and make install's files put back (scripts/package_test.sh; its rows join this summary).
+echo "== Debian package: bash scripts/package_test.sh"
+bash scripts/package_test.sh 2>&1 | tee "$WORK/package.log"
+merge_tally "$WORK/package.log"
 
 ctest_suite "core unit (ctest)" build
 if command -v clang++-14 >/dev/null 2>&1; then
