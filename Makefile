@@ -57,7 +57,11 @@ installcheck-update:
 
 .PHONY: installcheck-update format format-check
 
+# .clang-format matches the tree; the test command runs the check (scripts/format_check.sh, clang-format-14).
 format:
-	clang-format -i $(SRCS) $(wildcard include/pg_diagnosis/*.hpp include/pg_diagnosis/*/*.hpp)
+	bash scripts/format_check.sh --fix
+
+format-check:
+	bash scripts/format_check.sh
 
 -include $(OBJS:.o=.d)

@@ -26,6 +26,10 @@ else
   tail -50 "$WORK/build.log"; record_exit "extension build" 1
 fi
 
+# The C++ is formatted as .clang-format says (scripts/format_check.sh; `make format` fixes it).
+bash scripts/format_check.sh 2>&1 | tee "$WORK/format.log" | tail -40
+merge_tally "$WORK/format.log"
+
 # The Debian package built from a clean copy, installed, its files checked and installcheck run against it; then
 # purged and make install's files put back (scripts/package_test.sh; its rows join this summary).
 echo "== Debian package: bash scripts/package_test.sh"
