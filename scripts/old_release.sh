@@ -6,7 +6,8 @@
 #   bash scripts/old_release.sh COMMIT PREFIX      prints the private bin directory on its last line
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COMMIT=$(git rev-parse --verify "$1^{commit}")
+COMMIT=$(git rev-parse --verify --quiet "$1^{commit}") ||
+  { echo "commit $1 (a released version) is not in this clone's history (git fetch --unshallow)" >&2; exit 1; }
 PREFIX=$(realpath -m "$2")
 if [ -f "$PREFIX/.built-$COMMIT" ]; then
   cat "$PREFIX/.built-$COMMIT"

@@ -2,8 +2,9 @@
 # pg_diagnosis's test command (README "Run every test suite"; .ci/run calls it).
 # Installs what it needs, builds and installs the extension, checks the formatting (scripts/format_check.sh),
 # builds, installs and installchecks the Debian package (scripts/package_test.sh), then runs every suite: the
-# core's unit tests and a short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance, the reference MCP server's
-# tests, and the integration, crash and chaos suites against a real cluster and the real MCP server; then
+# core's unit tests and a short fuzz run (ctest), pg_regress and the isolation specs on a throwaway instance (and
+# pg_regress on a database updated from 0.1.0), the reference MCP server's tests, and the integration (backup and
+# upgrade included), crash and chaos suites against a real cluster and the real MCP server; then
 # scripts/sanitize.sh runs pg_regress, the isolation specs and the integration suites again with the extension
 # built under AddressSanitizer and UndefinedBehaviorSanitizer.
 # Ends with one line "N passed, N failed" and exits non-zero when anything failed.

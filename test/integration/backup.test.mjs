@@ -34,7 +34,8 @@ before(async () => {
   const a = await createOrganization(source, { name: 'North', patients: 12 });
   const b = await createOrganization(source, { name: 'South', patients: 4 });
   await source.query('CREATE ROLE pgd_bk_admin LOGIN; CREATE ROLE pgd_bk_clin LOGIN');
-  await source.query(`INSERT INTO diagnosis.members VALUES ('pgd_bk_admin', $1, 'admin'), ('pgd_bk_clin', $1, 'clinician')`, [a.org]);
+  await source.query(`INSERT INTO diagnosis.members VALUES ('pgd_bk_admin', $1, 'admin'),
+    ('pgd_bk_clin', $1, 'clinician')`, [a.org]);
   await source.query('INSERT INTO diagnosis.patient_assignments VALUES ($1, $2)', [a.patients[0], 'pgd_bk_clin']);
   await source.query(`INSERT INTO diagnosis.result_schemas SELECT 'v1-copy', schema FROM diagnosis.result_schemas WHERE version = 'v1'`);
 

@@ -8,8 +8,8 @@ const BINDIR = process.env.PGDIAG_PG_BINDIR || execFileSync('pg_config', ['--bin
 
 /** Runs a client program against the cluster as postgres (args name the database); returns stdout. */
 export function pgTool(cluster, program, args, { input } = {}) {
-  const result = spawnSync(join(BINDIR, program), ['-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres', ...args],
-    { input, encoding: 'utf8', maxBuffer: 1 << 30 });
+  const connection = ['-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres'];
+  const result = spawnSync(join(BINDIR, program), [...connection, ...args], { input, encoding: 'utf8', maxBuffer: 1 << 30 });
   if (result.status !== 0) throw new Error(`${program} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
   return result.stdout;
 }
@@ -63,7 +63,7 @@ export function dumpEntries(text) {
     } else if (current && line !== '' && !/^--/.test(line) && !/^\\(un)?restrict /.test(line)
                && !/binary_upgrade_set_next_/.test(line)) {
       current.push(line
-        .replace(/binary_upgrade_create_empty_extension\(([^{]*)'\{[0-9,]*\}'/, "binary_upgrade_create_empty_extension($1'{<oids>}'")
+        .replace(/(binary_upgrade_create_empty_extension\([^{]*)'\{[0-9,]*\}'/, "$1'{<oids>}'")
         .replace(/^SET relfrozenxid = '\d+', relminmxid = '\d+'$/, 'SET relfrozenxid = <xid>, relminmxid = <mxid>')
         .replace(/^WHERE oid = '\d+';$/, 'WHERE oid = <oid>;'));
     }
