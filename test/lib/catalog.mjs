@@ -17,7 +17,7 @@ const QUERIES = {
            a.attacl, col_description(a.attrelid, a.attnum))
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    WHERE c.relnamespace = ${SCHEMA} AND a.attnum > 0 AND NOT a.attisdropped`,
+    WHERE c.relnamespace = ${SCHEMA} AND c.relkind NOT IN ('i', 'I') AND a.attnum > 0 AND NOT a.attisdropped`,
   constraint: `
     SELECT format('%s %s', coalesce(nullif(c.conrelid, 0)::regclass::text, c.contypid::regtype::text), c.conname),
            format('%s deferrable=%s deferred=%s validated=%s comment=%s', pg_get_constraintdef(c.oid), c.condeferrable,
