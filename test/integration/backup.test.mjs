@@ -148,6 +148,14 @@ test('pg_dump | psql into a fresh cluster: every row and sequence, recovery, new
   await assertWorksAfterRestore(cluster);
 });
 
+test('pg_dump --inserts is refused at the artifacts (README "Backup and restore": not supported)', async () => {
+  const inserts = pgTool(source, 'pg_dump', ['--inserts', 'postgres']);
+  const cluster = await startCluster({ createExtension: false, settings: { 'diagnosis.workers': 0 } });
+  restored.push(cluster);
+  assert.throws(() => pgTool(cluster, 'psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', 'postgres'], { input: inserts }),
+    /only a pg_diagnosis worker writes artifacts/);
+});
+
 test('the dump carries every data table of the diagnosis schema', async () => {
   const toc = pgTool(source, 'pg_restore', ['-l', dumpFile]);
   for (const t of ['organizations', 'members', 'patients', 'patient_assignments', 'observations', 'result_schemas',
