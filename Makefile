@@ -23,7 +23,7 @@ ISOLATION    = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 ISOLATION_OPTS = --temp-config=test/regress.conf --temp-instance=$(REGRESS_OUT)/tmp_check_iso --inputdir=test/isolation --outputdir=$(REGRESS_OUT)/isolation --load-extension=$(EXTENSION)
 # `make installcheck` brings its own throwaway instance (--temp-instance) that preloads the library: the
 # worker needs shared_preload_libraries, which an existing server may not have.
-EXTRA_CLEAN  = tmp_check tmp_check_iso output_iso results regression.diffs regression.out $(DATA_built) $(OBJS:.o=.d)
+EXTRA_CLEAN  = tmp_check tmp_check_iso tmp_check_update output_iso output_update results regression.diffs regression.out $(DATA_built) $(OBJS:.o=.d)
 
 PG_CONFIG   ?= pg_config
 # The core is C++ without JIT value: no LLVM bitcode (Debian's PGXS would otherwise need clang-14 for it).
@@ -53,7 +53,7 @@ all: $(DATA_built)
 # instead of --load-extension), so every update script is held to the fresh install's expected output.
 installcheck-update:
 	$(pg_regress_installcheck) --temp-config=test/regress.conf --temp-instance=$(REGRESS_OUT)/tmp_check_update \
-		--outputdir=$(REGRESS_OUT)/update update_setup $(REGRESS)
+		--outputdir=$(REGRESS_OUT)/output_update update_setup $(REGRESS)
 
 .PHONY: installcheck-update format format-check
 

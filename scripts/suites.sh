@@ -64,7 +64,7 @@ regress_suites() {
   if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then record "pg_regress (updated db$label)" "${BASH_REMATCH[1]}" 0
   elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
     record "pg_regress (updated db$label)" $((BASH_REMATCH[2] - BASH_REMATCH[1])) "${BASH_REMATCH[1]}"
-    head -80 "$out/update/regression.diffs"
+    head -80 "$out/output_update/regression.diffs"
   else record_exit "pg_regress (updated db$label)" 1; fi
 }
 
