@@ -22,6 +22,8 @@ extern "C" {
 PG_FUNCTION_INFO_V1(pgdiag_restoring);
 }
 
+/* RestoringInto looks at the top-level portal, not the current statement, because a COPY FROM run by a function
+ * (or a trigger of another table's COPY) is no restore. */
 bool
 pgdiag::RestoringInto(Oid relid)
 {
