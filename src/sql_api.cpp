@@ -255,8 +255,8 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 			elog(ERROR, "reading the run's status failed");
 		if (SPI_processed == 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			                errmsg("run \"%s\" does not exist",
-			                       DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(run_id))))));
+			                errmsg("run \"%s\" does not exist", DatumGetCString(DirectFunctionCall1(
+			                                                          uuid_out, UUIDPGetDatum(run_id))))));
 		status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		now = GetCurrentTimestamp();
 		if (IsTerminalStatus(status) || now >= deadline)

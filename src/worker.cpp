@@ -142,8 +142,8 @@ ReadTokenFile(const char *path)
 	size_t n;
 
 	if (file == NULL)
-		ereport(ERROR,
-		        (errcode_for_file_access(), errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
 	initStringInfo(&buffer);
 	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
 		appendBinaryStringInfo(&buffer, chunk, (int) n);

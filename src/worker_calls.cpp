@@ -114,8 +114,9 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 		if (IsTransient(outcome.code) && run.attempt < 1 + run.max_retries) {
 			std::uniform_real_distribution<double> jitter(0.0, 1.0);
 			f.outcome = "queued";
-			f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms, kMaxRetryDelayMs,
-			                                                  outcome.retry_after_ms, jitter(state->rng)));
+			f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms,
+			                                                  kMaxRetryDelayMs, outcome.retry_after_ms,
+			                                                  jitter(state->rng)));
 		} else
 			f.outcome = "failed";
 	}

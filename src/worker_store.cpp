@@ -97,7 +97,8 @@ KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 	if (*cache == NULL) {
 		SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
 		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for pg_diagnosis worker statement: %s", SPI_result_code_string(SPI_result));
+			elog(ERROR, "SPI_prepare failed for pg_diagnosis worker statement: %s",
+			     SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
 		*cache = plan;
@@ -545,14 +546,15 @@ typedef struct PackJob {
 static char *
 ContextPackFunction(void)
 {
-	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0] ? pgdiag_context_pack_function
-	                                                                                   : "diagnosis.build_context_pack";
+	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0]
+	                       ? pgdiag_context_pack_function
+	                       : "diagnosis.build_context_pack";
 	Oid argtypes[1] = {UUIDOID};
 	Oid fn = LookupFuncName(stringToQualifiedNameList(name), 1, argtypes, false);
 
 	if (get_func_rettype(fn) != JSONBOID)
-		ereport(ERROR,
-		        (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("context pack function %s must return jsonb", name)));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("context pack function %s must return jsonb", name)));
 	return quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
 }
 
@@ -584,9 +586,9 @@ BuildPacks(void *arg)
 	for (int i = 0; i < job->n; i++) {
 		char *type = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		if (type == NULL || strcmp(type, "object") != 0)
-			ereport(ERROR,
-			        (errcode(ERRCODE_DATA_EXCEPTION),
-			         errmsg("the context pack function returned %s instead of a JSON object", type ? type : "NULL")));
+			ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+			                errmsg("the context pack function returned %s instead of a JSON object",
+			                       type ? type : "NULL")));
 	}
 	for (int i = 0; i < job->n; i++)
 		job->runs[i].pack = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);

@@ -45,11 +45,11 @@ struct Finished {
 	const char *error_message;      /* NULL on success */
 	const char *error_details_json; /* NULL when none */
 	const char *context_pack_json;
-	const char *mcp_response_json; /* NULL when no answer arrived */
-	const char *diagnosis_json;    /* NULL unless completed */
-	const char *mcp_run_id;        /* NULL when none */
+	const char *mcp_response_json;  /* NULL when no answer arrived */
+	const char *diagnosis_json;     /* NULL unless completed */
+	const char *mcp_run_id;         /* NULL when none */
 	long processing_ms;
-	long retry_delay_ms; /* for "queued" */
+	long retry_delay_ms;            /* for "queued" */
 };
 
 struct Progress {

@@ -105,9 +105,9 @@ struct Transfer {
 	curl_slist *headers = nullptr;
 	std::string request_body;
 	char errbuf[CURL_ERROR_SIZE] = {0};
-	Call *call = nullptr;       /* tools/call only */
-	std::string rpc_id;         /* JSON text of the request id */
-	std::string progress_token; /* tools/call only */
+	Call *call = nullptr;          /* tools/call only */
+	std::string rpc_id;            /* JSON text of the request id */
+	std::string progress_token;    /* tools/call only */
 	bool sent_session = false;
 	uint64_t session_generation = 0;
 	size_t max_bytes = 0;
@@ -119,7 +119,7 @@ struct Transfer {
 	bool is_sse = false;
 	bool type_known = false;
 	SseParser sse;
-	std::string body; /* JSON replies and error bodies */
+	std::string body;              /* JSON replies and error bodies */
 	size_t bytes = 0;
 	bool too_big = false;
 	bool sse_failed = false;
@@ -347,7 +347,8 @@ private:
 			if (!t->type_known) {
 				long status = 0;
 				curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-				t->is_sse = status >= 200 && status < 300 && t->content_type.rfind("text/event-stream", 0) == 0;
+				t->is_sse = status >= 200 && status < 300 &&
+				            t->content_type.rfind("text/event-stream", 0) == 0;
 				t->type_known = true;
 			}
 			if (!t->is_sse) {
@@ -465,7 +466,8 @@ private:
 				t->sent_session = true;
 			}
 			if (!protocol_version_.empty())
-				t->headers = curl_slist_append(t->headers, ("MCP-Protocol-Version: " + protocol_version_).c_str());
+				t->headers =
+				    curl_slist_append(t->headers, ("MCP-Protocol-Version: " + protocol_version_).c_str());
 		}
 		if (t->kind == Kind::ToolCall)
 			t->headers = curl_slist_append(t->headers, ("Idempotency-Key: " + t->call->request.run_id + ":" +
@@ -630,15 +632,15 @@ private:
 			if (!t->callback_error.empty())
 				return Error(ErrorCode::UnknownError, "reading the response failed: " + t->callback_error);
 			if (code == CURLE_OPERATION_TIMEDOUT)
-				return Error(ErrorCode::TimeoutError, std::string("MCP request timed out: ") +
-				                                          (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
+				return Error(ErrorCode::TimeoutError,
+				             std::string("MCP request timed out: ") + (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
 			if (code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE)
 				/* Verification is never turned off; retrying cannot fix a certificate. */
 				return Error(ErrorCode::McpError, std::string("TLS verification failed: ") +
 				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
 			if (code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT)
-				return Error(ErrorCode::McpError,
-				             std::string("bad MCP URL: ") + (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
+				return Error(ErrorCode::McpError, std::string("bad MCP URL: ") +
+				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
 			CallOutcome e = Error(ErrorCode::NetworkError, std::string("MCP request failed: ") +
 			                                                   (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
 			e.http_status = status;
@@ -662,8 +664,8 @@ private:
 		}
 		if (!t->is_sse) {
 			if (t->body.empty())
-				return Error(ErrorCode::McpError,
-				             "HTTP " + std::to_string(status) + " without a JSON-RPC response (protocol violation)");
+				return Error(ErrorCode::McpError, "HTTP " + std::to_string(status) +
+				                                      " without a JSON-RPC response (protocol violation)");
 			rapidjson::Document doc;
 			std::string error;
 			if (!ParseJson(t->body.data(), t->body.size(), doc, &error))
@@ -758,8 +760,7 @@ private:
 				bool accepted = std::any_of(std::begin(kAcceptedVersions), std::end(kAcceptedVersions),
 				                            [&](const char *a) { return version == a; });
 				if (!accepted) {
-					o = Error(ErrorCode::McpError,
-					          "MCP server offered unsupported protocol version \"" + version + "\"");
+					o = Error(ErrorCode::McpError, "MCP server offered unsupported protocol version \"" + version + "\"");
 					ok = false;
 				} else {
 					protocol_version_ = version;
@@ -908,8 +909,8 @@ private:
 			curl_multi_remove_handle(multi_, easy);
 			std::unique_ptr<Transfer> t = std::move(transfers_[easy]);
 			transfers_.erase(easy);
-			CallOutcome o = Error(ErrorCode::TimeoutError,
-			                      "no data from the MCP server for " + std::to_string(t->inactivity_ms) + " ms");
+			CallOutcome o = Error(ErrorCode::TimeoutError, "no data from the MCP server for " +
+			                                                   std::to_string(t->inactivity_ms) + " ms");
 			if (t->kind == Kind::ToolCall) {
 				t->call->transfer = nullptr;
 				Finish(t->call, o);

@@ -33,9 +33,9 @@ struct Request {
 
 // What the scripted server does with one request.
 struct Reply {
-	std::string raw;                                  // written as is (status line, headers, body)
-	bool close = false;                               // close the connection afterwards
-	int hang_ms = 0;                                  // wait before writing (the test server stops waiting at shutdown)
+	std::string raw;       // written as is (status line, headers, body)
+	bool close = false;    // close the connection afterwards
+	int hang_ms = 0;       // wait before writing (the test server stops waiting at shutdown)
 	std::vector<std::pair<int, std::string>> trickle; // (delay ms, bytes) written after raw
 };
 
@@ -70,9 +70,8 @@ IdOf(const Request &r)
 std::string
 ToolResult(const std::string &id, const std::string &diagnosis = kValidDiagnosis)
 {
-	return R"({"jsonrpc":"2.0","id":)" + id +
-	       R"(,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":)" + diagnosis +
-	       R"(,"_meta":{"run_id":"srv-1"}}})";
+	return R"({"jsonrpc":"2.0","id":)" + id + R"(,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":)" +
+	       diagnosis + R"(,"_meta":{"run_id":"srv-1"}}})";
 }
 
 class TestServer {
@@ -241,10 +240,9 @@ Reply
 Session(const Request &r, const std::string &session = "sess-1")
 {
 	if (r.IsMethod("initialize"))
-		return {Json(
-		    R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-		        R"(,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"t","version":"1"}}})",
-		    session.empty() ? "" : "Mcp-Session-Id: " + session + "\r\n")};
+		return {Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+		                 R"(,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"t","version":"1"}}})",
+		             session.empty() ? "" : "Mcp-Session-Id: " + session + "\r\n")};
 	return {"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"};
 }
 
@@ -301,8 +299,9 @@ protected:
 
 TEST_F(ClientTest, JsonReplyAndHeaders)
 {
-	TestServer server(
-	    [](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r); });
+	TestServer server([](const Request &r, int) {
+		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
+	});
 	ClientConfig config;
 	config.auth_token = "s3cret";
 	auto client = Make(server.Url(), config);
@@ -333,9 +332,8 @@ TEST_F(ClientTest, JsonReplyAndHeaders)
 	EXPECT_EQ(call.Get("idempotency-key"), "run-1:1");
 	EXPECT_FALSE(call.Has("expect"));
 	EXPECT_NE(call.body.find("\"id\":\"run-1:1\""), std::string::npos);
-	EXPECT_NE(call.body.find(
-	              "\"arguments\":{\"run_id\":\"run-1\",\"patient_id\":\"patient-1\",\"attempt\":1,"
-	              "\"schema_version\":\"v1\",\"inputs\":{\"reason\":\"test\"},\"context_pack\":{\"observations\":[]}}"),
+	EXPECT_NE(call.body.find("\"arguments\":{\"run_id\":\"run-1\",\"patient_id\":\"patient-1\",\"attempt\":1,"
+	                         "\"schema_version\":\"v1\",\"inputs\":{\"reason\":\"test\"},\"context_pack\":{\"observations\":[]}}"),
 	          std::string::npos)
 	    << call.body;
 	EXPECT_NE(call.body.find("\"_meta\":{\"progressToken\":\"run-1:1\"}"), std::string::npos);
@@ -346,17 +344,15 @@ TEST_F(ClientTest, SseReplyWithProgressAndPing)
 	TestServer server([](const Request &r, int) {
 		if (!r.IsMethod("tools/call"))
 			return r.body.find("\"result\":{}") != std::string::npos ? Reply{Json("")} : Session(r, "");
-		std::string events =
-		    "id: 1\ndata:\n\n"
-		    ": keep-alive\n\n"
-		    "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
-		    "{\"progressToken\":\"run-1:1\",\"progress\":1,\"total\":4,\"message\":\"scoring\"}}\n\n"
-		    "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
-		    "{\"progressToken\":\"someone-else\",\"progress\":3,\"total\":4}}\n\n"
-		    "data: {\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"ping\"}\n\n"
-		    "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"
-		    "data: " +
-		    ToolResult(IdOf(r)) + "\r\n\r\n";
+		std::string events = "id: 1\ndata:\n\n"
+		                     ": keep-alive\n\n"
+		                     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		                     "{\"progressToken\":\"run-1:1\",\"progress\":1,\"total\":4,\"message\":\"scoring\"}}\n\n"
+		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		                     "{\"progressToken\":\"someone-else\",\"progress\":3,\"total\":4}}\n\n"
+		                     "data: {\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"ping\"}\n\n"
+		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"
+		                     "data: " + ToolResult(IdOf(r)) + "\r\n\r\n";
 		Reply reply{Http(200, "text/event-stream", events)};
 		return reply;
 	});
@@ -445,8 +441,7 @@ TEST_F(ClientTest, HttpStatusClassification)
 	    {"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n", ErrorCode::McpError, -1},
 	};
 	for (const StatusCase &c : cases) {
-		TestServer server(
-		    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{c.reply} : Session(r); });
+		TestServer server([&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{c.reply} : Session(r); });
 		auto client = Make(server.Url());
 		outcomes.clear();
 		client->Submit(Call(1));
@@ -466,40 +461,25 @@ TEST_F(ClientTest, ProtocolViolationsAndToolErrors)
 		bool has_response;
 	};
 	std::vector<Case> cases = {
-	    {[](const Request &r) {
-		     return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32602,"message":"bad params"}})");
-	     },
+	    {[](const Request &r) { return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32602,"message":"bad params"}})"); },
 	     ErrorCode::McpError, false},
 	    {[](const Request &) { return Json("{not json"); }, ErrorCode::McpError, false},
-	    {[](const Request &) { return Json(R"({"jsonrpc":"2.0","id":"other","result":{}})"); }, ErrorCode::McpError,
-	     false},
-	    {[](const Request &) { return std::string("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"); },
-	     ErrorCode::McpError, false},
+	    {[](const Request &) { return Json(R"({"jsonrpc":"2.0","id":"other","result":{}})"); }, ErrorCode::McpError, false},
+	    {[](const Request &) { return std::string("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"); }, ErrorCode::McpError, false},
 	    // A stream that ends before the response is a disconnection (transient); one that answers another id is a
 	    // protocol violation.
-	    {[](const Request &r) {
-		     return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":" + IdOf(r) + ",\"res");
-	     },
+	    {[](const Request &r) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":" + IdOf(r) + ",\"res"); },
 	     ErrorCode::NetworkError, false},
-	    {[](const Request &) {
-		     return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":\"other\",\"result\":{}}\n\n");
-	     },
+	    {[](const Request &) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":\"other\",\"result\":{}}\n\n"); },
 	     ErrorCode::McpError, false},
-	    {[](const Request &r) {
-		     return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-		                 R"(,"result":{"isError":true,"content":[{"type":"text","text":"no"}]}})");
-	     },
+	    {[](const Request &r) { return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"result":{"isError":true,"content":[{"type":"text","text":"no"}]}})"); },
 	     ErrorCode::LlmError, true},
-	    {[](const Request &r) { return Json(ToolResult(IdOf(r), R"({"risk_level":"purple"})")); },
-	     ErrorCode::ValidationError, true},
-	    {[](const Request &r) {
-		     return Json(R"([{"jsonrpc":"2.0","method":"notifications/x"},)" + ToolResult(IdOf(r)) + "]");
-	     },
+	    {[](const Request &r) { return Json(ToolResult(IdOf(r), R"({"risk_level":"purple"})")); }, ErrorCode::ValidationError, true},
+	    {[](const Request &r) { return Json(R"([{"jsonrpc":"2.0","method":"notifications/x"},)" + ToolResult(IdOf(r)) + "]"); },
 	     ErrorCode::None, true},
 	};
 	for (size_t i = 0; i < cases.size(); i++) {
-		TestServer server(
-		    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{cases[i].reply(r)} : Session(r); });
+		TestServer server([&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{cases[i].reply(r)} : Session(r); });
 		auto client = Make(server.Url());
 		outcomes.clear();
 		client->Submit(Call(1));
@@ -626,8 +606,7 @@ TEST_F(ClientTest, ManyConcurrentCallsShareOneSessionAndConnections)
 TEST_F(ClientTest, UnsupportedProtocolVersionFailsTheCall)
 {
 	TestServer server([](const Request &r, int) {
-		return Reply{Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-		                  R"(,"result":{"protocolVersion":"1999-01-01","capabilities":{}}})")};
+		return Reply{Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"result":{"protocolVersion":"1999-01-01","capabilities":{}}})")};
 	});
 	auto client = Make(server.Url());
 	client->Submit(Call(1));

@@ -26,9 +26,9 @@ namespace pgdiag {
 class SchemaRegistry;
 
 struct ClientConfig {
-	std::string url;                    /* http(s)://host:port/path of the MCP endpoint */
-	std::string tool = "run_diagnosis"; /* tools/call name */
-	std::string auth_token;             /* sent as "Authorization: Bearer <token>" when not empty */
+	std::string url;                      /* http(s)://host:port/path of the MCP endpoint */
+	std::string tool = "run_diagnosis";   /* tools/call name */
+	std::string auth_token;               /* sent as "Authorization: Bearer <token>" when not empty */
 	long connect_timeout_ms = 10000;
 	long request_timeout_ms = 300000;     /* total per call, session set-up included */
 	long inactivity_timeout_ms = 0;       /* no byte for this long ends the call; 0 = request_timeout_ms */
@@ -40,7 +40,7 @@ struct ClientConfig {
 
 /* One tools/call. The arguments sent are {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
 struct CallRequest {
-	uint64_t tag = 0; /* the owner's handle, echoed in progress and outcome */
+	uint64_t tag = 0;              /* the owner's handle, echoed in progress and outcome */
 	std::string run_id;
 	std::string patient_id;
 	int attempt = 1;
@@ -53,7 +53,7 @@ struct CallRequest {
 struct CallProgress {
 	uint64_t tag = 0;
 	double progress = 0;
-	double total = -1; /* < 0 when the server sent none */
+	double total = -1;        /* < 0 when the server sent none */
 	std::string message;
 };
 
@@ -61,14 +61,14 @@ struct CallProgress {
 struct CallOutcome {
 	uint64_t tag = 0;
 	ErrorCode code = ErrorCode::None;
-	std::string message;         /* for runs.error_message */
-	std::string details_json;    /* a JSON object for runs.error_details, or "" */
-	std::string response_json;   /* the JSON-RPC result object when one arrived (the mcp_response artifact), or "" */
-	std::string result_json;     /* the validated diagnosis on success, or "" */
-	std::string mcp_run_id;      /* result._meta.run_id, or "" */
-	long http_status = 0;        /* of the tools/call response, 0 if none */
-	int64_t retry_after_ms = -1; /* from a Retry-After header, -1 if none */
-	int64_t elapsed_ms = 0;      /* from Submit to the outcome */
+	std::string message;        /* for runs.error_message */
+	std::string details_json;   /* a JSON object for runs.error_details, or "" */
+	std::string response_json;  /* the JSON-RPC result object when one arrived (the mcp_response artifact), or "" */
+	std::string result_json;    /* the validated diagnosis on success, or "" */
+	std::string mcp_run_id;     /* result._meta.run_id, or "" */
+	long http_status = 0;       /* of the tools/call response, 0 if none */
+	int64_t retry_after_ms = -1;/* from a Retry-After header, -1 if none */
+	int64_t elapsed_ms = 0;     /* from Submit to the outcome */
 };
 
 class McpClient {

@@ -27,7 +27,7 @@ constexpr int kStateLen = 32;
 
 struct WorkerSlot {
 	/* Protected by SharedState::mutex. */
-	pid_t pid; /* 0: free */
+	pid_t pid;             /* 0: free */
 	Latch *latch;
 	TimestampTz started_at;
 	char state[kStateLen]; /* starting, idle, working, paused, no_endpoint, waiting_for_extension, stopping */
