@@ -723,8 +723,11 @@ ParseCreateTask(const std::string &result_json, Era era, TaskInfo *task)
 			return TaskParse::NotATask;
 		return ReadTask(doc, era, task) ? TaskParse::Task : TaskParse::Invalid;
 	}
+	/* A CreateTaskResult: "task" at the top (no CallToolResult has one). The official SDK adds an empty
+	 * "content" for 2025-11-25 clients; content with items would make it a tool result. */
 	const rapidjson::Value *t = Member(doc, "task");
-	if (!t || Member(doc, "content"))
+	const rapidjson::Value *content = Member(doc, "content");
+	if (!t || !t->IsObject() || (content && !(content->IsArray() && content->Empty())))
 		return TaskParse::NotATask;
 	return ReadTask(*t, era, task) ? TaskParse::Task : TaskParse::Invalid;
 }

@@ -245,6 +245,13 @@ TEST(Tasks, CreateAndStatusInBothEras)
 	          TaskParse::Task);
 	EXPECT_EQ(l.ttl_ms, 60000);
 	EXPECT_EQ(l.poll_ms, 5000);
+	/* The official SDK adds an empty content to a 2025-11-25 CreateTaskResult; content with items is a tool result. */
+	EXPECT_EQ(ParseCreateTask(R"({"content":[],"task":{"taskId":"c","status":"working","ttl":1000,"pollInterval":250}})",
+	                          Era::Legacy, &l),
+	          TaskParse::Task);
+	EXPECT_EQ(ParseCreateTask(R"({"content":[{"type":"text","text":"{}"}],"task":{"taskId":"d","status":"working"}})",
+	                          Era::Legacy, &l),
+	          TaskParse::NotATask);
 	TaskInfo done;
 	ASSERT_TRUE(ParseTaskStatus(R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})",
 	                            Era::Modern, &done));
