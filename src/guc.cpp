@@ -33,6 +33,7 @@ int pgdiag_max_response_bytes = 8 * 1024 * 1024;
 int pgdiag_max_inputs_bytes = 1024 * 1024;
 double pgdiag_min_confidence = 0.5;
 char *pgdiag_context_pack_function = nullptr;
+char *pgdiag_fhir_source = nullptr;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -90,5 +91,10 @@ pgdiag::InitGucs()
 	                           gettext_noop("Function (patient_id uuid) returning jsonb that builds context packs."),
 	                           gettext_noop("Empty means diagnosis.build_context_pack."), &pgdiag_context_pack_function,
 	                           "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.fhir_source",
+	                           gettext_noop("Table or view of FHIR R4 Observation resources read by "
+	                                        "diagnosis.fhir_context_pack."),
+	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
+	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }
