@@ -945,7 +945,7 @@ CREATE FUNCTION diagnosis._news2_fhir_resource(run_id uuid, patient_id uuid, ris
         FROM jsonb_array_elements(CASE jsonb_typeof($4 #> '{news2,subscores}')
                                   WHEN 'array' THEN $4 #> '{news2,subscores}' ELSE '[]' END)
              WITH ORDINALITY s(entry, ord)
-        JOIN (VALUES ('respiration_rate', 1, '1104301000000104', 'respiration rate score'),
+        JOIN (VALUES ('respiration_rate', NULL, '1104301000000104', 'respiration rate score'),
                      ('spo2', 1, '1104311000000102', 'oxygen saturation scale 1 score'),
                      ('spo2', 2, '1104321000000108', 'oxygen saturation scale 2 score'),
                      ('air_or_oxygen', NULL, '1104331000000105', 'air or oxygen score'),
