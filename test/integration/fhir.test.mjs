@@ -3,6 +3,7 @@
 // the diagnosis read back as a UK Core NEWS2 Observation from diagnosis.news2_fhir under row-level security.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { startCluster } from '../lib/cluster.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
 import { waitTerminal } from '../lib/fixtures.mjs';
@@ -10,6 +11,7 @@ import {
   SOURCE_SQL, loadResources, respiratoryRate, heartRate, bodyTemperature, oxygenSaturation, inspiredOxygen,
   bloodPressure, acvpu,
 } from '../lib/fhir.mjs';
+import { diagnose } from '../../mcp-server/src/news2.js';
 
 const ORG = 'f0000000-0000-4000-8000-00000000000a';
 const OTHER_ORG = 'f0000000-0000-4000-8000-00000000000b';
@@ -192,4 +194,51 @@ test('review_queue: high before medium, newest first within each; the low-risk c
   const rows = (await cluster.query('SELECT patient_id, risk_level, urgency FROM diagnosis.review_queue', [], 'pgd_fhir_admin')).rows;
   assert.deepEqual(rows.map((r) => r.patient_id), [P.oxygenScale1, P.oxygenScale2, P.airScale1]);
   assert.deepEqual(rows.map((r) => r.urgency), [2, 2, 3]);
+});
+
+test('demo --fhir: the cohort charted as FHIR scores as the flat cohort does, except on SpO2 scale 2', async () => {
+  const demo = new URL('../../demo/', import.meta.url);
+  const c = await startCluster({ settings: {
+    'diagnosis.mcp_url': server.url,
+    'diagnosis.context_pack_function': 'diagnosis.fhir_context_pack',
+    'diagnosis.fhir_source': 'fhir.observation',
+  } });
+  try {
+    const client = await c.connect();
+    await client.query(`SELECT set_config('demo.patients', '120', false), set_config('demo.seed', '11', false)`);
+    await client.query(readFileSync(new URL('cohort.sql', demo), 'utf8'));
+    // The reference scoring of the flat cohort, from the default packs, before it is charted as FHIR.
+    const flat = Object.fromEntries((await client.query('SELECT id, diagnosis.build_context_pack(id) AS pack FROM diagnosis.patients'))
+      .rows.map((r) => [r.id, diagnose(r.pack)]));
+    const loaded = await client.query(readFileSync(new URL('fhir_cohort.sql', demo), 'utf8'));
+    await client.end();
+    assert.ok(loaded.at(-1).rows[0].resources > 120 * 10);
+    assert.equal((await c.query('SELECT count(*)::int AS n FROM diagnosis.observations')).rows[0].n, 0);
+    const ids = (await c.query('SELECT diagnosis.enqueue_diagnosis(id) AS id FROM diagnosis.patients')).rows.map((r) => r.id);
+    await waitTerminal(c, ids, 60000);
+    const viaFhir = Object.fromEntries((await c.query(`
+      SELECT r.patient_id, r.status, d.artifact_data AS d, p.artifact_data ->> 'source' AS source
+      FROM diagnosis.runs r
+      JOIN diagnosis.artifacts d ON d.run_id = r.id AND d.artifact_type = 'diagnosis_json'
+      JOIN diagnosis.artifacts p ON p.run_id = r.id AND p.artifact_type = 'context_pack'`)).rows.map((r) => [r.patient_id, r]));
+    const scale2 = new Set((await c.query(`SELECT id FROM diagnosis.patients WHERE data ->> 'spo2_scale' = '2'`)).rows.map((r) => r.id));
+    assert.equal(Object.keys(viaFhir).length, 120);
+    let compared = 0;
+    for (const [patient, { d, source }] of Object.entries(viaFhir)) {
+      assert.equal(source, 'fhir:fhir.observation');
+      if (scale2.has(patient)) {
+        assert.equal(d.news2.spo2_scale, 2);
+        assert.ok(d.news2.aggregate < flat[patient].news2.aggregate, 'SpO2 91 % scores less on scale 2');
+        continue;
+      }
+      const scores = (x) => x.news2?.subscores.map((s) => [s.parameter, s.score]);
+      assert.deepEqual(scores(d), scores(flat[patient]), patient);
+      assert.equal(d.risk_level, flat[patient].risk_level, patient);
+      assert.equal(d.confidence_score, flat[patient].confidence_score, patient);
+      compared++;
+    }
+    assert.ok(compared > 100 && scale2.size > 0, `${compared} compared, ${scale2.size} on scale 2`);
+  } finally {
+    c.destroy();
+  }
 });
