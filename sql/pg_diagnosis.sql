@@ -785,24 +785,32 @@ CREATE FUNCTION diagnosis._fhir_acvpu(resource jsonb) RETURNS text
                                            $1 #>> '{valueCodeableConcept,coding,0,code}')))) x(t)))
 $$;
 
--- One FHIR Observation as context-pack observations ({code, value, unit, observed_at, data}): none when it is not a
--- NEWS2 vital sign this mapping reads (README, "FHIR"). The first coding that maps decides the parameter; a blood
--- pressure panel gives its systolic component; inspired oxygen may also come as components (3151-8 flow, 3150-0
--- concentration, as on US Core's pulse oximetry). Units must be the UCUM units listed (°F is converted): a
--- quantity in another unit is left out rather than guessed.
-CREATE FUNCTION diagnosis._fhir_vitals(resource jsonb) RETURNS jsonb
-    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH effective AS (
-        SELECT diagnosis._fhir_instant(coalesce($1 ->> 'effectiveDateTime', $1 #>> '{effectivePeriod,end}',
-                                                $1 #>> '{effectivePeriod,start}', $1 ->> 'effectiveInstant')) AS at
-    ), components AS (
-        SELECT comp
-        FROM jsonb_array_elements(CASE jsonb_typeof($1 -> 'component') WHEN 'array' THEN $1 -> 'component'
-                                  ELSE '[]' END) comp
+-- FHIR Observations (a jsonb array of resources) as context-pack observations ({code, value, unit, observed_at,
+-- data}), newest first, at most 500; a resource that holds no NEWS2 vital sign this mapping reads gives none
+-- (README, "FHIR"). In each resource the first coding that maps decides the parameter; a blood pressure panel gives
+-- its systolic component; inspired oxygen may also come as components (3151-8 flow, 3150-0 concentration, as on US
+-- Core's pulse oximetry). Units must be the UCUM units listed (°F is converted): a quantity in another unit is left
+-- out rather than guessed. Set-based, one call per patient (a call per resource costs far more than the mapping),
+-- and PL/pgSQL, which keeps the plan for the session where an SQL function would plan it again at every call.
+CREATE FUNCTION diagnosis._fhir_observations(resources jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    WITH resource AS (
+        SELECT r.n, r.body,
+               diagnosis._fhir_instant(coalesce(r.body ->> 'effectiveDateTime', r.body #>> '{effectivePeriod,end}',
+                                                r.body #>> '{effectivePeriod,start}', r.body ->> 'effectiveInstant')) AS at
+        FROM jsonb_array_elements(CASE jsonb_typeof($1) WHEN 'array' THEN $1 ELSE '[]' END) WITH ORDINALITY r(body, n)
+    ), component AS (
+        SELECT r.n, c.comp
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body -> 'component')
+                                                WHEN 'array' THEN r.body -> 'component' ELSE '[]' END) c(comp)
     ), parameter AS (
-        SELECT m.pack_code, m.kind
-        FROM jsonb_array_elements(CASE jsonb_typeof($1 #> '{code,coding}')
-                                  WHEN 'array' THEN $1 #> '{code,coding}' ELSE '[]' END)
+        SELECT DISTINCT ON (r.n) r.n, m.pack_code, m.kind
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body #> '{code,coding}')
+                                                WHEN 'array' THEN r.body #> '{code,coding}' ELSE '[]' END)
              WITH ORDINALITY c(coding, ord)
         JOIN (VALUES ('http://loinc.org', '9279-1', '9279-1', 'rate'),
                      ('http://loinc.org', '8867-4', '8867-4', 'rate'),
@@ -817,24 +825,25 @@ CREATE FUNCTION diagnosis._fhir_vitals(resource jsonb) RETURNS jsonb
                      ('http://snomed.info/sct', '1104441000000107', '1104441000000107', 'acvpu'))
              m(system, code, pack_code, kind)
           ON c.coding ->> 'system' = m.system AND c.coding ->> 'code' = m.code
-        ORDER BY c.ord LIMIT 1
+        ORDER BY r.n, c.ord
     ), reading AS (
-        SELECT p.pack_code, p.kind,
+        SELECT p.n, p.pack_code, p.kind,
                CASE WHEN p.kind = 'pressure_panel'
-                    THEN (SELECT c.comp -> 'valueQuantity' FROM components c
-                          WHERE c.comp -> 'code' -> 'coding' @> '[{"system": "http://loinc.org", "code": "8480-6"}]'
+                    THEN (SELECT c.comp -> 'valueQuantity' FROM component c
+                          WHERE c.n = p.n
+                            AND c.comp -> 'code' -> 'coding' @> '[{"system": "http://loinc.org", "code": "8480-6"}]'
                           LIMIT 1)
-                    ELSE $1 -> 'valueQuantity' END AS quantity
-        FROM parameter p
+                    ELSE r.body -> 'valueQuantity' END AS quantity
+        FROM parameter p JOIN resource r ON r.n = p.n
         UNION ALL
-        SELECT o.pack_code, o.kind, c.comp -> 'valueQuantity'
-        FROM components c
+        SELECT c.n, o.pack_code, o.kind, c.comp -> 'valueQuantity'
+        FROM component c
         JOIN (VALUES ('3151-8', 'flow'), ('3150-0', 'percent')) o(pack_code, kind)
           ON c.comp -> 'code' -> 'coding' @> jsonb_build_array(jsonb_build_object('system', 'http://loinc.org',
                                                                                    'code', o.pack_code))
-        WHERE NOT EXISTS (SELECT 1 FROM parameter p WHERE p.pack_code = o.pack_code)
+        WHERE NOT EXISTS (SELECT 1 FROM parameter p WHERE p.n = c.n AND p.pack_code = o.pack_code)
     ), measured AS (
-        SELECT r.pack_code AS code, u.unit_out AS unit,
+        SELECT r.n, r.pack_code AS code, u.unit_out AS unit,
                CASE WHEN jsonb_typeof(r.quantity -> 'value') <> 'number' THEN NULL
                     WHEN u.factor = 1 AND u.offset_by = 0 THEN (r.quantity ->> 'value')::numeric
                     ELSE trim_scale(round((r.quantity ->> 'value')::numeric * u.factor + u.offset_by, 2)) END AS value
@@ -857,20 +866,25 @@ CREATE FUNCTION diagnosis._fhir_vitals(resource jsonb) RETURNS jsonb
          AND CASE WHEN coalesce(r.quantity ->> 'code', r.quantity ->> 'unit') IS NULL THEN u.is_default
                   ELSE u.unit_in = coalesce(r.quantity ->> 'code', r.quantity ->> 'unit') END
     ), observation AS (
-        SELECT m.code, m.value, m.unit, NULL::text AS acvpu FROM measured m WHERE m.value IS NOT NULL
+        SELECT m.n, m.code, m.value, m.unit, NULL::text AS acvpu FROM measured m WHERE m.value IS NOT NULL
         UNION ALL
-        SELECT r.pack_code, NULL, NULL, diagnosis._fhir_acvpu($1) FROM reading r WHERE r.kind = 'acvpu'
+        SELECT r.n, r.pack_code, NULL, NULL, diagnosis._fhir_acvpu(b.body)
+        FROM reading r JOIN resource b ON b.n = r.n
+        WHERE r.kind = 'acvpu'
     )
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'code', o.code, 'value', o.value, 'unit', o.unit, 'observed_at', e.at,
-               'data', jsonb_strip_nulls(jsonb_build_object('acvpu', o.acvpu,
-                                                            'fhir_reference', 'Observation/' || ($1 ->> 'id'))))
-               ORDER BY o.code), '[]'::jsonb)
-    FROM observation o CROSS JOIN effective e
-    WHERE e.at IS NOT NULL AND (o.code NOT IN ('80288-4', '1104441000000107') OR o.acvpu IS NOT NULL)
+    SELECT coalesce(jsonb_agg(x.obs ORDER BY x.at DESC, x.id, x.code), '[]'::jsonb)
+    FROM (SELECT jsonb_build_object('code', o.code, 'value', o.value, 'unit', o.unit, 'observed_at', r.at,
+                                    'data', jsonb_strip_nulls(jsonb_build_object(
+                                        'acvpu', o.acvpu, 'fhir_reference', 'Observation/' || (r.body ->> 'id'))))
+                 AS obs, r.at, r.body ->> 'id' AS id, o.code
+          FROM observation o JOIN resource r ON r.n = o.n
+          WHERE r.at IS NOT NULL AND (o.code NOT IN ('80288-4', '1104441000000107') OR o.acvpu IS NOT NULL)
+          ORDER BY r.at DESC, r.body ->> 'id', o.code
+          LIMIT 500) x);
+END;
 $$;
-COMMENT ON FUNCTION diagnosis._fhir_vitals(jsonb) IS
-    'One FHIR R4 Observation as an array of context-pack observations, empty when it holds no NEWS2 vital sign.';
+COMMENT ON FUNCTION diagnosis._fhir_observations(jsonb) IS
+    'FHIR R4 Observations (a jsonb array) as context-pack observations, newest first (README, FHIR).';
 
 CREATE FUNCTION diagnosis.fhir_context_pack(patient_id uuid) RETURNS jsonb
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -892,22 +906,17 @@ BEGIN
     -- effective time as text, so the index README documents serves it as one ordered index scan; the 500
     -- newest vital signs among them, ordered by their real time, make the pack (as build_context_pack does).
     EXECUTE format($sql$
-        SELECT coalesce(jsonb_agg(v.obs ORDER BY v.at DESC, v.ref, v.code), '[]'::jsonb)
-        FROM (SELECT o.obs, (o.obs ->> 'observed_at')::timestamptz AS at, o.obs #>> '{data,fhir_reference}' AS ref,
-                     o.obs ->> 'code' AS code
-              FROM (SELECT s.resource
-                    FROM %s s
-                    WHERE (s.resource -> 'subject' ->> 'reference') = $1
-                      AND (s.resource ->> 'resourceType') = 'Observation'
-                      AND (s.resource ->> 'status') IS DISTINCT FROM 'entered-in-error'
-                      AND (s.resource ->> 'status') IS DISTINCT FROM 'cancelled'
-                    ORDER BY (coalesce(s.resource ->> 'effectiveDateTime', s.resource -> 'effectivePeriod' ->> 'end',
-                                       s.resource -> 'effectivePeriod' ->> 'start', s.resource ->> 'effectiveInstant'))
-                             DESC NULLS LAST
-                    LIMIT 2000) r
-              CROSS JOIN LATERAL jsonb_array_elements(diagnosis._fhir_vitals(r.resource)) o(obs)
-              ORDER BY 2 DESC, 3, 4
-              LIMIT 500) v
+        SELECT diagnosis._fhir_observations(coalesce(jsonb_agg(r.resource), '[]'::jsonb))
+        FROM (SELECT s.resource
+              FROM %s s
+              WHERE (s.resource -> 'subject' ->> 'reference') = $1
+                AND (s.resource ->> 'resourceType') = 'Observation'
+                AND (s.resource ->> 'status') IS DISTINCT FROM 'entered-in-error'
+                AND (s.resource ->> 'status') IS DISTINCT FROM 'cancelled'
+              ORDER BY (coalesce(s.resource ->> 'effectiveDateTime', s.resource -> 'effectivePeriod' ->> 'end',
+                                 s.resource -> 'effectivePeriod' ->> 'start', s.resource ->> 'effectiveInstant'))
+                       DESC NULLS LAST
+              LIMIT 2000) r
         $sql$, v_source)
       INTO v_observations
      USING 'Patient/' || fhir_context_pack.patient_id::text;
