@@ -83,7 +83,7 @@ BEGIN
         RETURN NULL;
     END IF;
     RETURN value::timestamptz;
-EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+EXCEPTION WHEN data_exception THEN
     RETURN NULL;
 END;
 $$;
