@@ -17,7 +17,7 @@ INSERT INTO diagnosis.members (role_name, organization_id, member_role) VALUES
 INSERT INTO diagnosis.patients (id, organization_id, display_name, data)
 SELECT ('f0000000-0000-4000-8000-0000000000' || n)::uuid, 'f0000000-0000-4000-8000-00000000000a', 'Patient ' || n,
        CASE WHEN n = '02' THEN '{"spo2_scale": 2}' ELSE '{}' END::jsonb
-FROM unnest(ARRAY['01', '02', '03', '04', '05', '06']) n;
+FROM unnest(ARRAY['01', '02', '03', '04', '05', '06', '07']) n;
 INSERT INTO diagnosis.patient_assignments VALUES ('f0000000-0000-4000-8000-000000000001', 'pgd_fhir_clin');
 
 CREATE SCHEMA fhir;
@@ -294,7 +294,8 @@ INSERT INTO diagnosis.runs (id, patient_id, organization_id, status, inputs_hash
 SELECT ('f1000000-0000-4000-8000-0000000000' || n)::uuid, ('f0000000-0000-4000-8000-0000000000' || n)::uuid,
        'f0000000-0000-4000-8000-00000000000a', 'completed', 'h' || n, 0, 1, at, at, at
 FROM (VALUES ('01', timestamptz '2026-11-24 10:00+00'), ('02', '2026-11-24 09:00+00'), ('03', '2026-11-24 11:00+00'),
-             ('04', '2026-11-24 12:00+00'), ('05', '2026-11-24 08:00+00'), ('06', '2026-11-24 07:00+00')) v(n, at);
+             ('04', '2026-11-24 12:00+00'), ('05', '2026-11-24 08:00+00'), ('06', '2026-11-24 07:00+00'),
+             ('07', '2026-11-24 06:00+00')) v(n, at);
 INSERT INTO diagnosis.artifacts (run_id, patient_id, organization_id, artifact_type, artifact_data, content_sha256,
                                  risk_level, confidence_score, primary_findings, recommendations_count, needs_review,
                                  sequence_order, created_at)
@@ -320,7 +321,11 @@ JOIN (VALUES
     ('04', true, $${"risk_level": "low", "confidence_score": 0.35, "summary": "s", "primary_findings": [], "recommendations": []}$$),
     ('05', false, $${"risk_level": "critical", "confidence_score": 0.95, "summary": "s", "primary_findings": [], "recommendations": []}$$),
     ('06', false, $${"risk_level": "low", "confidence_score": 0.95, "summary": "No vital signs recorded: NEWS2 cannot be scored.",
-       "primary_findings": [], "recommendations": []}$$)) d(n, review, result)
+       "primary_findings": [], "recommendations": []}$$),
+    -- A server's news2 of the wrong shapes: rendered without what is malformed, never an error for the reader.
+    ('07', false, $${"risk_level": "low", "confidence_score": 0.9, "summary": "s", "primary_findings": [], "recommendations": [],
+       "news2": {"aggregate": "7", "spo2_scale": "two", "subscores": [{"parameter": "pulse", "score": "1"},
+         {"parameter": "spo2", "score": 1, "observed_at": "yesterday", "source": 42}, {"parameter": "mood", "score": 3}, 7, null]}}$$)) d(n, review, result)
   ON r.id = ('f1000000-0000-4000-8000-0000000000' || d.n)::uuid;
 RESET session_replication_role;
 
@@ -334,6 +339,10 @@ WHERE patient_id = 'f0000000-0000-4000-8000-000000000002';
 SELECT resource -> 'dataAbsentReason' -> 'coding' -> 0 ->> 'code' AS absent, resource ? 'component' AS has_components,
        resource -> 'interpretation' -> 0 ->> 'text' AS interpretation, resource ->> 'effectiveDateTime' AS effective
 FROM diagnosis.news2_fhir WHERE patient_id = 'f0000000-0000-4000-8000-000000000006';
+
+SELECT resource -> 'valueQuantity' AS value, resource -> 'dataAbsentReason' -> 'coding' -> 0 ->> 'code' AS absent,
+       resource -> 'component' AS components, resource ->> 'effectiveDateTime' AS effective
+FROM diagnosis.news2_fhir WHERE patient_id = 'f0000000-0000-4000-8000-000000000007';
 
 -- The same row-level security as artifacts: the organization's admin, the assigned clinician, another
 -- organization's admin, an outsider.
