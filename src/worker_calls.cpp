@@ -6,6 +6,7 @@
  * never skips a destructor, and every entry point wrapped in CppGuard so no exception reaches PostgreSQL.
  *-------------------------------------------------------------------------
  */
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <random>
@@ -55,6 +56,7 @@ struct FinishedRun {
 	int attempt = 0;
 	long processing_ms = 0;
 	long retry_delay_ms = 0;
+	bool refund_attempt = false;
 };
 
 struct ProgressRow {
@@ -271,6 +273,7 @@ CollectFinished(int *count)
 			v.mcp_run_id = NullIfEmpty(f.mcp_run_id);
 			v.processing_ms = f.processing_ms;
 			v.retry_delay_ms = f.retry_delay_ms;
+			v.refund_attempt = f.refund_attempt;
 			state->finished_views.push_back(v);
 		}
 		*count = static_cast<int>(state->finished_views.size());
@@ -283,11 +286,18 @@ FinishedAt(int i)
 	return &state->finished_views[i];
 }
 
-void
-ClearFinished()
+bool
+ClearFinishedExcept(const char *const *run_ids, int n)
 {
-	state->finished_views.clear();
-	state->finished.clear();
+	return CppGuard([&] {
+		std::vector<std::string> keep(run_ids, run_ids + n);
+		std::vector<FinishedRun> kept;
+		for (FinishedRun &f : state->finished)
+			if (std::find(keep.begin(), keep.end(), f.run_id) != keep.end())
+				kept.push_back(std::move(f));
+		state->finished_views.clear();
+		state->finished = std::move(kept);
+	});
 }
 
 bool

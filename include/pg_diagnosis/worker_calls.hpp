@@ -32,6 +32,7 @@ struct Claimed {
 	const char *schema_version;
 	const char *inputs_json;
 	const char *context_pack_json;
+	const char *traceparent; /* W3C trace context of this attempt, sent with the call */
 	int attempt;
 	int max_retries;
 };
@@ -50,6 +51,7 @@ struct Finished {
 	const char *mcp_run_id;         /* NULL when none */
 	long processing_ms;
 	long retry_delay_ms;            /* for "queued" */
+	bool refund_attempt;            /* "queued" for a local reason (no descriptor, no memory): not the run's fault */
 };
 
 struct Progress {
@@ -73,7 +75,8 @@ bool Drive();
 /* Finished runs since the last ClearFinished(). */
 bool CollectFinished(int *count);
 const Finished *FinishedAt(int i);
-void ClearFinished();
+/* Forgets the finished runs except those listed (their rows were locked: finalize them again later). */
+bool ClearFinishedExcept(const char *const *run_ids, int n);
 
 /* Progress worth writing now: at most one per run per second, never backwards. */
 bool CollectProgress(int *count);
