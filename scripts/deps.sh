@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential g++ make cmake pkg-config clang-14 libclang-rt-14-dev
   libcurl4-openssl-dev rapidjson-dev googletest libgtest-dev
   nodejs npm ca-certificates procps openssl
+  debhelper postgresql-server-dev-all dpkg-dev fakeroot clang-format-14 git
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -26,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-for dir in mcp-server test; do
+for dir in mcp-server test test/conformance; do
   if [ -f "$dir/package-lock.json" ]; then
     echo "== npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

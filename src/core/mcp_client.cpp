@@ -1,47 +1,37 @@
 /*
- * mcp_client.cpp: MCP Streamable HTTP client on libcurl's multi socket interface.
+ * mcp_client.cpp: the McpClient facade: calls, their endpoint and their tasks, over HttpTransport.
  *
- * libcurl reports which sockets to watch (socket callback) and when to come back (timer callback); the client
- * keeps the sockets in its own epoll descriptor so its owner waits on a single descriptor next to its latch.
- * One MCP session per endpoint is shared by every call: initialize, notifications/initialized, then many
- * tools/call requests at once. Replies are application/json or text/event-stream; SSE is parsed as bytes arrive,
- * so progress notifications surface while the call is still running.
- *
- * Callbacks never throw and never call back into the owner: they record what happened in the transfer and
- * return libcurl's abort value; everything else happens in Drive().
+ * A call waits until the endpoint is ready (era probed, legacy session initialized, tool found in tools/list),
+ * then sends tools/call. What comes back on the call's stream is handled as it arrives: progress notifications,
+ * server requests (answered in the legacy era), our response. When the response is a task, the call is polled with
+ * tasks/get on a timer until the task ends. A legacy SSE stream that closes before the response is resumed with
+ * GET + Last-Event-ID after the server's retry interval, within the same call.
  */
 #include <algorithm>
-#include <chrono>
-#include <csignal>
-#include <cstring>
-#include <deque>
 #include <map>
-#include <memory>
-#include <pthread.h>
-#include <stdexcept>
-#include <string>
-#include <sys/epoll.h>
-#include <unistd.h>
+#include <optional>
+#include <poll.h>
 #include <unordered_map>
-#include <vector>
+#include <utility>
 
-#include <curl/curl.h>
-
-#include "pg_diagnosis/core/backoff.hpp"
-#include "pg_diagnosis/core/json.hpp"
+#include "pg_diagnosis/core/http_transport.hpp"
 #include "pg_diagnosis/core/mcp_client.hpp"
+#include "pg_diagnosis/core/mcp_protocol.hpp"
+#include "pg_diagnosis/core/mcp_session.hpp"
 #include "pg_diagnosis/core/result.hpp"
-#include "pg_diagnosis/core/sse_parser.hpp"
 
 #include "pg_diagnosis/core/cpp_only.hpp" // Must be last include.
 
 namespace pgdiag {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-const char *const kProtocolVersion = "2025-06-18";
-const char *const kAcceptedVersions[] = {"2025-06-18", "2025-03-26", "2025-11-25"};
+/* Used when the server suggests no poll interval, and as the floor of the ones it suggests. */
+constexpr int64_t kDefaultPollMs = 1000;
+constexpr int64_t kMinPollMs = 10;
+/* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
+constexpr long kDefaultRetryMs = 1000;
+/* Resumptions in a row that brought no new event before the stream counts as broken. */
+constexpr int kMaxIdleResumes = 5;
 
 int64_t
 MillisUntil(Clock::time_point t, Clock::time_point now)
@@ -49,139 +39,88 @@ MillisUntil(Clock::time_point t, Clock::time_point now)
 	return std::chrono::duration_cast<std::chrono::milliseconds>(t - now).count();
 }
 
-/* libcurl's threaded resolver starts threads: they must be born with every signal blocked, so PostgreSQL's
- * handlers only ever run on the main thread. */
-class SignalBlock {
-public:
-	SignalBlock()
-	{
-		sigset_t all;
-		sigfillset(&all);
-		pthread_sigmask(SIG_BLOCK, &all, &saved_);
+std::string
+Quoted(const std::string &s)
+{
+	std::string out = "\"";
+	for (char c : s) {
+		if (c == '"' || c == '\\')
+			out += '\\';
+		out += c;
 	}
-	~SignalBlock() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+	return out + "\"";
+}
 
-private:
-	sigset_t saved_;
+enum class Purpose {
+	Discover,
+	Initialize,
+	Initialized,
+	ToolsList,
+	ToolCall,   /* tools/call, or the GET that resumes its stream */
+	TaskGet,
+	TaskResult, /* legacy tasks/result */
+	Fire,       /* replies, notifications/cancelled, tasks/cancel, DELETE: nothing to wait for */
 };
 
-void
-GlobalInitOnce()
-{
-	static bool done = false;
-	if (!done) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			throw std::runtime_error("curl_global_init failed");
-		done = true;
-	}
-}
-
-std::string
-Lower(std::string s)
-{
-	for (char &c : s)
-		c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-	return s;
-}
-
-std::string
-Trim(const std::string &s)
-{
-	size_t b = s.find_first_not_of(" \t\r\n");
-	if (b == std::string::npos)
-		return "";
-	size_t e = s.find_last_not_of(" \t\r\n");
-	return s.substr(b, e - b + 1);
-}
-
-struct Call;
-
-enum class Kind { Initialize, Initialized, ToolCall, PingReply };
-
-/* One HTTP request and what came back. */
-struct Transfer {
-	Kind kind = Kind::ToolCall;
-	CURL *easy = nullptr;
-	curl_slist *headers = nullptr;
-	std::string request_body;
-	char errbuf[CURL_ERROR_SIZE] = {0};
-	Call *call = nullptr;          /* tools/call only */
-	std::string rpc_id;            /* JSON text of the request id */
-	std::string progress_token;    /* tools/call only */
+/* An exchange in flight and what the client wants from it. */
+struct Pending {
+	Purpose purpose = Purpose::Fire;
+	uint64_t tag = 0;        /* the call, for ToolCall/TaskGet/TaskResult */
+	uint64_t generation = 0; /* the endpoint generation it was sent in */
+	std::string rpc_id;      /* JSON text of the request id we wait for */
+	std::string progress_token;
 	bool sent_session = false;
-	uint64_t session_generation = 0;
-	size_t max_bytes = 0;
-	Clock::time_point last_byte;
-	long inactivity_ms = 0;
-
-	/* What the callbacks saw. */
-	std::string content_type, session_id, retry_after;
-	bool is_sse = false;
-	bool type_known = false;
-	SseParser sse;
-	std::string body;              /* JSON replies and error bodies */
-	size_t bytes = 0;
-	bool too_big = false;
-	bool sse_failed = false;
-	std::string callback_error;
-	std::string response;          /* the JSON-RPC response addressed to us, as compact JSON */
-	bool foreign_response = false; /* a response with another id arrived (a protocol violation) */
-	std::vector<CallProgress> progress;
-	std::vector<std::string> pings; /* ids of server pings to answer */
-
-	~Transfer()
-	{
-		if (easy)
-			curl_easy_cleanup(easy);
-		if (headers)
-			curl_slist_free_all(headers);
-	}
+	bool resumption = false; /* the GET of a resumed stream */
+	std::optional<RpcMessage> response;
+	bool foreign_response = false;
+	size_t events_seen = 0;
 };
 
 struct Call {
 	CallRequest request;
 	Clock::time_point submitted;
 	Clock::time_point deadline;
-	bool retried_after_404 = false;
-	Transfer *transfer = nullptr; /* null while waiting for the session */
+	bool retried = false;        /* the one retry after a lost session or an era that stopped fitting */
+	uint64_t exchange = 0;       /* the exchange in flight for this call, 0 if none */
+	std::string rpc_id;          /* JSON text of the tools/call id */
+	Era era = Era::Unknown;      /* the era the tools/call went out in */
+
+	/* Stream resumption (legacy). */
+	std::string last_event_id;
+	long retry_ms = -1;
+	bool resume_due = false;
+	Clock::time_point resume_at;
+	int idle_resumes = 0;
+
+	/* Task-backed calls. */
+	std::string task_id;
+	int64_t poll_ms = kDefaultPollMs;
+	bool poll_due = false;
+	Clock::time_point poll_at;
+	std::string last_response; /* the last result seen, for a cancelled outcome */
 };
 
 class Client final : public McpClient {
 public:
 	Client(const ClientConfig &config, const SchemaRegistry *schemas) : config_(config), schemas_(schemas)
 	{
-		GlobalInitOnce();
-		epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-		if (epoll_fd_ < 0)
-			throw std::runtime_error("epoll_create1 failed");
-		multi_ = curl_multi_init();
-		if (!multi_) {
-			close(epoll_fd_);
-			throw std::runtime_error("curl_multi_init failed");
-		}
-		curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, SocketCallback);
-		curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
-		curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, TimerCallback);
-		curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
-		curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(config_.max_inflight + 8));
+		ApplyLimits();
 	}
 
-	~Client() override
-	{
-		AbortAll();
-		curl_multi_cleanup(multi_);
-		close(epoll_fd_);
-	}
+	~Client() override { AbortAll(); }
 
 	void Configure(const ClientConfig &config) override
 	{
-		bool endpoint_changed = config.url != config_.url || config.auth_token != config_.auth_token;
+		bool endpoint_changed = config.url != config_.url || config.auth_token != config_.auth_token ||
+		                        config.tool != config_.tool;
+		if (endpoint_changed)
+			EndSession(); /* with the old URL and token */
 		config_ = config;
-		curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(config_.max_inflight + 8));
+		ApplyLimits();
 		if (endpoint_changed) {
-			DropSession();
+			session_.Reset();
 			if (!waiting_.empty())
-				EnsureSession();
+				EnsureEndpoint();
 		}
 	}
 
@@ -193,760 +132,1018 @@ public:
 		call->submitted = Clock::now();
 		call->deadline = call->submitted + std::chrono::milliseconds(config_.request_timeout_ms);
 		call->request = std::move(request);
+		call->task_id = call->request.resume_task_id;
 		Call *raw = call.get();
 		calls_[raw->request.tag] = std::move(call);
-		if (session_ == Session::Ready)
-			StartToolCall(raw);
+		if (session_.phase == EndpointSession::Phase::Ready)
+			Begin(raw);
 		else {
 			waiting_.push_back(raw);
-			EnsureSession();
+			EnsureEndpoint();
 		}
 		return true;
 	}
 
+	void Connect() override
+	{
+		if (session_.phase == EndpointSession::Phase::Idle)
+			failed_info_.reset();
+		EnsureEndpoint();
+	}
+
 	size_t InFlight() const override { return calls_.size(); }
-	int EventFd() const override { return epoll_fd_; }
+	int EventFd() const override { return transport_.EventFd(); }
 
 	long TimeoutMs() const override
 	{
 		Clock::time_point now = Clock::now();
-		long timeout = -1;
+		long timeout = transport_.TimeoutMs();
 		auto consider = [&](Clock::time_point t) {
 			long ms = static_cast<long>(std::max<int64_t>(0, MillisUntil(t, now)));
 			if (timeout < 0 || ms < timeout)
 				timeout = ms;
 		};
-		if (timer_armed_)
-			consider(timer_deadline_);
-		for (const auto &entry : transfers_)
-			if (entry.second->inactivity_ms > 0)
-				consider(entry.second->last_byte + std::chrono::milliseconds(entry.second->inactivity_ms));
-		for (const Call *call : waiting_)
-			consider(call->deadline);
+		for (const auto &entry : calls_) {
+			const Call &c = *entry.second;
+			if (c.poll_due)
+				consider(c.poll_at);
+			if (c.resume_due)
+				consider(c.resume_at);
+			if (c.exchange == 0)
+				consider(c.deadline);
+		}
 		return timeout;
 	}
 
 	void Drive() override
 	{
-		for (int round = 0; round < 4; round++) {
-			epoll_event events[64];
-			int n = epoll_wait(epoll_fd_, events, 64, 0);
-			for (int i = 0; i < n; i++) {
-				int flags = 0;
-				if (events[i].events & EPOLLIN)
-					flags |= CURL_CSELECT_IN;
-				if (events[i].events & EPOLLOUT)
-					flags |= CURL_CSELECT_OUT;
-				if (events[i].events & (EPOLLERR | EPOLLHUP))
-					flags |= CURL_CSELECT_ERR;
-				SocketAction(events[i].data.fd, flags);
-			}
-			if (timer_armed_ && Clock::now() >= timer_deadline_) {
-				timer_armed_ = false;
-				SocketAction(CURL_SOCKET_TIMEOUT, 0);
-			}
-			FinishDone();
-			CheckDeadlines();
-			/* New transfers started while finishing arm a 0 ms timer: serve it now rather than next loop. */
-			if (!(timer_armed_ && Clock::now() >= timer_deadline_) && n < 64)
-				break;
+		transport_.Drive();
+		std::vector<uint64_t> answered;
+		for (HttpExchange *x : transport_.Live()) {
+			Absorb(x);
+			auto it = pending_.find(x->id);
+			if (it != pending_.end() && it->second.response && it->second.purpose != Purpose::Fire)
+				answered.push_back(x->id);
 		}
+		for (std::unique_ptr<HttpExchange> &x : transport_.TakeFinished())
+			Complete(*x);
+		/* The final response SHOULD end its stream; a server that keeps it open is not waited for. */
+		for (uint64_t id : answered)
+			if (std::unique_ptr<HttpExchange> x = transport_.Detach(id))
+				Complete(*x);
+		RunTimers();
+		/* Exchanges started meanwhile may have failed at once (no memory): deliver those now. */
+		for (std::unique_ptr<HttpExchange> &x : transport_.TakeFinished())
+			Complete(*x);
 	}
 
 	std::vector<CallProgress> TakeProgress() override { return std::exchange(progress_, {}); }
 	std::vector<CallOutcome> TakeOutcomes() override { return std::exchange(outcomes_, {}); }
+	std::vector<CallTask> TakeTasks() override { return std::exchange(tasks_, {}); }
+
+	void Cancel(uint64_t tag) override
+	{
+		auto it = calls_.find(tag);
+		if (it == calls_.end())
+			return;
+		Call *c = it->second.get();
+		CallOutcome o = ErrorOutcome(ErrorCode::McpError, "call cancelled");
+		o.cancelled = true;
+		if (c->exchange) {
+			Pending &p = pending_[c->exchange];
+			if (p.response && !p.response->is_error)
+				c->last_response = p.response->result;
+		}
+		o.response_json = c->last_response;
+		GiveUp(c, "cancelled by pg_diagnosis");
+		Finish(c, std::move(o));
+	}
+
+	EndpointInfo Endpoint() const override
+	{
+		if (session_.phase == EndpointSession::Phase::Idle && failed_info_)
+			return *failed_info_; /* what the last, failed, set-up learned */
+		EndpointInfo info;
+		info.state = session_.phase == EndpointSession::Phase::Ready  ? "ready"
+		             : session_.phase == EndpointSession::Phase::Idle ? "idle"
+		                                                               : "probing";
+		info.era = EraName(session_.era);
+		info.protocol_version = session_.version;
+		info.tasks = session_.phase == EndpointSession::Phase::Ready && session_.TasksForTool();
+		info.last_error = session_.last_error;
+		info.session_id = session_.session_id;
+		info.capabilities_json = session_.features.capabilities_json;
+		info.server_name = session_.features.server_name;
+		info.tool_offered = session_.tool_checked ? (session_.tool.found ? 1 : 0) : -1;
+		info.tool_task_support = session_.tool.task_support;
+		return info;
+	}
+
+	void Shutdown() override
+	{
+		for (auto &entry : calls_) {
+			Call *c = entry.second.get();
+			if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
+				SendCancelled(c, "pg_diagnosis is shutting down");
+			AbortExchange(c);
+		}
+		calls_.clear();
+		waiting_.clear();
+		for (auto it = pending_.begin(); it != pending_.end();) {
+			if (it->second.purpose != Purpose::Fire) {
+				transport_.Abort(it->first);
+				it = pending_.erase(it);
+			} else
+				++it;
+		}
+		EndSession();
+		session_.Reset();
+		Clock::time_point end = Clock::now() + std::chrono::milliseconds(std::max(0L, config_.shutdown_timeout_ms));
+		while (transport_.Count() > 0 && Clock::now() < end) {
+			long wait = std::min<long>(transport_.TimeoutMs() < 0 ? 50 : transport_.TimeoutMs(),
+			                           static_cast<long>(std::max<int64_t>(0, MillisUntil(end, Clock::now()))));
+			pollfd p{transport_.EventFd(), POLLIN, 0};
+			poll(&p, 1, static_cast<int>(std::min(wait, 50L)));
+			transport_.Drive();
+			transport_.TakeFinished();
+		}
+		transport_.AbortAll();
+		transport_.TakeFinished();
+		pending_.clear();
+		outcomes_.clear();
+		progress_.clear();
+	}
 
 	std::vector<uint64_t> AbortAll() override
 	{
 		std::vector<uint64_t> tags;
-		for (auto &entry : transfers_)
-			curl_multi_remove_handle(multi_, entry.first);
-		transfers_.clear();
+		transport_.AbortAll();
+		transport_.TakeFinished();
+		pending_.clear();
 		for (auto &entry : calls_)
 			tags.push_back(entry.first);
 		calls_.clear();
 		waiting_.clear();
-		DropSession();
+		session_.Reset();
 		return tags;
 	}
 
 private:
-	enum class Session { None, Initializing, Notifying, Ready };
-
-	/* ------------------------------------------------------------ libcurl callbacks */
-
-	static int SocketCallback(CURL *, curl_socket_t s, int what, void *userp, void *socketp)
+	void ApplyLimits()
 	{
-		Client *self = static_cast<Client *>(userp);
-		epoll_event ev{};
-		ev.data.fd = s;
-		if (what == CURL_POLL_REMOVE) {
-			epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, s, nullptr);
-			return 0;
-		}
-		ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-		if (epoll_ctl(self->epoll_fd_, EPOLL_CTL_MOD, s, &ev) != 0)
-			epoll_ctl(self->epoll_fd_, EPOLL_CTL_ADD, s, &ev);
-		(void) socketp;
-		return 0;
+		transport_.SetConnectionLimits(config_.max_connections, static_cast<long>(config_.max_inflight + 8));
 	}
 
-	static int TimerCallback(CURLM *, long timeout_ms, void *userp)
+	/* ------------------------------------------------------------ sending */
+
+	HttpRequest BaseRequest(HttpMethod method, long timeout_ms) const
 	{
-		Client *self = static_cast<Client *>(userp);
-		if (timeout_ms < 0)
-			self->timer_armed_ = false;
-		else {
-			self->timer_armed_ = true;
-			self->timer_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
-		}
-		return 0;
-	}
-
-	static size_t HeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
-	{
-		Transfer *t = static_cast<Transfer *>(userdata);
-		size_t n = size * nitems;
-		try {
-			std::string line(buffer, n);
-			if (line.rfind("HTTP/", 0) == 0) { /* a new header block (e.g. after 100 Continue) */
-				t->content_type.clear();
-				t->session_id.clear();
-				t->retry_after.clear();
-				return n;
-			}
-			size_t colon = line.find(':');
-			if (colon == std::string::npos)
-				return n;
-			std::string name = Lower(Trim(line.substr(0, colon)));
-			std::string value = Trim(line.substr(colon + 1));
-			if (name == "content-type")
-				t->content_type = Lower(value);
-			else if (name == "mcp-session-id")
-				t->session_id = value;
-			else if (name == "retry-after")
-				t->retry_after = value;
-			return n;
-		} catch (...) {
-			t->callback_error = "out of memory reading headers";
-			return 0;
-		}
-	}
-
-	static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
-	{
-		Transfer *t = static_cast<Transfer *>(userdata);
-		size_t n = size * nmemb;
-		try {
-			t->last_byte = Clock::now();
-			t->bytes += n;
-			if (t->bytes > t->max_bytes) {
-				t->too_big = true;
-				return 0;
-			}
-			if (!t->type_known) {
-				long status = 0;
-				curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-				t->is_sse = status >= 200 && status < 300 &&
-				            t->content_type.rfind("text/event-stream", 0) == 0;
-				t->type_known = true;
-			}
-			if (!t->is_sse) {
-				t->body.append(ptr, n);
-				return n;
-			}
-			std::vector<SseEvent> events;
-			if (!t->sse.Feed(ptr, n, events)) {
-				t->sse_failed = true;
-				return 0;
-			}
-			for (SseEvent &event : events)
-				HandleMessageText(t, event.data);
-			return n;
-		} catch (const std::exception &e) {
-			t->callback_error = e.what();
-			return 0;
-		} catch (...) {
-			t->callback_error = "unknown error in the write callback";
-			return 0;
-		}
-	}
-
-	/* Any progress callback resets the inactivity clock on any byte, which WriteCallback already does. */
-
-	/* One JSON-RPC message from an SSE event (or a JSON reply). */
-	static void HandleMessageText(Transfer *t, const std::string &text)
-	{
-		if (Trim(text).empty())
-			return; /* priming event */
-		rapidjson::Document doc;
-		std::string error;
-		if (!ParseJson(text.data(), text.size(), doc, &error))
-			return; /* not a message for us; the stream still has to deliver our response */
-		if (doc.IsArray()) {
-			for (auto &item : doc.GetArray())
-				HandleMessage(t, item);
-		} else
-			HandleMessage(t, doc);
-	}
-
-	static void HandleMessage(Transfer *t, const rapidjson::Value &msg)
-	{
-		if (!msg.IsObject())
-			return;
-		auto id = msg.FindMember("id");
-		auto method = msg.FindMember("method");
-		bool has_method = method != msg.MemberEnd() && method->value.IsString();
-		if (!has_method && id != msg.MemberEnd()) {
-			if (ToJson(id->value) == t->rpc_id) {
-				if (t->response.empty())
-					t->response = ToJson(msg);
-			} else
-				t->foreign_response = true;
-			return;
-		}
-		if (!has_method)
-			return;
-		std::string name(method->value.GetString(), method->value.GetStringLength());
-		if (id != msg.MemberEnd()) {
-			if (name == "ping")
-				t->pings.push_back(ToJson(id->value));
-			return; /* other server requests are not supported and ignored */
-		}
-		if (name != "notifications/progress" || t->progress_token.empty())
-			return;
-		auto params = msg.FindMember("params");
-		if (params == msg.MemberEnd() || !params->value.IsObject())
-			return;
-		auto token = params->value.FindMember("progressToken");
-		auto progress = params->value.FindMember("progress");
-		if (token == params->value.MemberEnd() || progress == params->value.MemberEnd() ||
-		    !progress->value.IsNumber() || ToJson(token->value) != t->progress_token)
-			return;
-		CallProgress p;
-		p.tag = t->call ? t->call->request.tag : 0;
-		p.progress = progress->value.GetDouble();
-		auto total = params->value.FindMember("total");
-		if (total != params->value.MemberEnd() && total->value.IsNumber())
-			p.total = total->value.GetDouble();
-		auto message = params->value.FindMember("message");
-		if (message != params->value.MemberEnd() && message->value.IsString())
-			p.message.assign(message->value.GetString(), message->value.GetStringLength());
-		t->progress.push_back(std::move(p));
-	}
-
-	/* ------------------------------------------------------------ requests */
-
-	void SocketAction(curl_socket_t s, int flags)
-	{
-		SignalBlock block;
-		int running = 0;
-		curl_multi_socket_action(multi_, s, flags, &running);
-	}
-
-	Transfer *StartTransfer(std::unique_ptr<Transfer> t, long timeout_ms)
-	{
-		CURL *easy = curl_easy_init();
-		if (!easy)
-			throw std::runtime_error("curl_easy_init failed");
-		t->easy = easy;
-		t->max_bytes = config_.max_response_bytes;
-		t->last_byte = Clock::now();
-		long inactivity = config_.inactivity_timeout_ms > 0 ? config_.inactivity_timeout_ms : 0;
-		t->inactivity_ms = inactivity;
-
-		t->headers = curl_slist_append(t->headers, "Content-Type: application/json");
-		t->headers = curl_slist_append(t->headers, "Accept: application/json, text/event-stream");
-		t->headers = curl_slist_append(t->headers, "Expect:");
+		HttpRequest r;
+		r.method = method;
+		r.url = config_.url;
+		r.timeout_ms = std::max(1L, timeout_ms);
+		r.connect_timeout_ms = config_.connect_timeout_ms;
+		r.inactivity_ms = config_.inactivity_timeout_ms > 0 ? config_.inactivity_timeout_ms : 0;
+		r.max_bytes = config_.max_response_bytes;
+		r.ca_file = config_.ca_file;
+		r.user_agent = config_.user_agent;
+		if (method == HttpMethod::Post) {
+			r.headers.push_back("Content-Type: application/json");
+			r.headers.push_back("Accept: application/json, text/event-stream");
+		} else if (method == HttpMethod::Get)
+			r.headers.push_back("Accept: text/event-stream");
+		r.headers.push_back("Expect:");
 		if (!config_.auth_token.empty())
-			t->headers = curl_slist_append(t->headers, ("Authorization: Bearer " + config_.auth_token).c_str());
-		if (t->kind != Kind::Initialize) {
-			if (!session_id_.empty()) {
-				t->headers = curl_slist_append(t->headers, ("Mcp-Session-Id: " + session_id_).c_str());
-				t->sent_session = true;
-			}
-			if (!protocol_version_.empty())
-				t->headers =
-				    curl_slist_append(t->headers, ("MCP-Protocol-Version: " + protocol_version_).c_str());
-		}
-		if (t->kind == Kind::ToolCall)
-			t->headers = curl_slist_append(t->headers, ("Idempotency-Key: " + t->call->request.run_id + ":" +
-			                                            std::to_string(t->call->request.attempt))
-			                                               .c_str());
-		t->session_generation = session_generation_;
-
-		curl_easy_setopt(easy, CURLOPT_URL, config_.url.c_str());
-		curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-		curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-		curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-		if (!config_.ca_file.empty())
-			curl_easy_setopt(easy, CURLOPT_CAINFO, config_.ca_file.c_str());
-		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
-		curl_easy_setopt(easy, CURLOPT_POST, 1L);
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, t->request_body.c_str());
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->request_body.size()));
-		curl_easy_setopt(easy, CURLOPT_USERAGENT, config_.user_agent.c_str());
-		curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, config_.connect_timeout_ms);
-		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, std::max(1L, timeout_ms));
-		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
-		curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, HeaderCallback);
-		curl_easy_setopt(easy, CURLOPT_HEADERDATA, t.get());
-		curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, WriteCallback);
-		curl_easy_setopt(easy, CURLOPT_WRITEDATA, t.get());
-		curl_easy_setopt(easy, CURLOPT_PRIVATE, t.get());
-		curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-
-		Transfer *raw = t.get();
-		transfers_[easy] = std::move(t);
-		SignalBlock block;
-		if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
-			transfers_.erase(easy);
-			throw std::runtime_error("curl_multi_add_handle failed");
-		}
-		return raw;
+			r.headers.push_back("Authorization: Bearer " + config_.auth_token);
+		return r;
 	}
 
-	long RemainingMs(const Call *call) const
+	/* A POST of `body` for `method` with the endpoint's headers. */
+	HttpRequest Post(const std::string &method, const std::string &name, std::string body, long timeout_ms,
+	                 Pending *p) const
 	{
-		return static_cast<long>(std::max<int64_t>(1, MillisUntil(call->deadline, Clock::now())));
+		HttpRequest r = BaseRequest(HttpMethod::Post, timeout_ms);
+		for (std::string &h : session_.Headers(method, name))
+			r.headers.push_back(std::move(h));
+		r.body = std::move(body);
+		if (p)
+			p->sent_session = session_.era == Era::Legacy && !session_.session_id.empty();
+		return r;
 	}
 
-	void EnsureSession()
+	/* DELETE of the legacy session, if there is one: the server may free it at once (a 405 is fine too). */
+	void EndSession()
 	{
-		if (session_ != Session::None)
+		if (session_.era != Era::Legacy || session_.session_id.empty())
 			return;
-		auto t = std::make_unique<Transfer>();
-		t->kind = Kind::Initialize;
-		t->rpc_id = "\"pg_diagnosis-initialize-" + std::to_string(++initialize_count_) + "\"";
-		t->request_body = "{\"jsonrpc\":\"2.0\",\"id\":" + t->rpc_id +
-		                  ",\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"" + kProtocolVersion +
-		                  "\",\"capabilities\":{},\"clientInfo\":{\"name\":\"pg_diagnosis\",\"version\":\"0.1.0\"}}}";
-		session_ = Session::Initializing;
-		StartTransfer(std::move(t), config_.request_timeout_ms);
+		HttpRequest r = BaseRequest(HttpMethod::Delete, std::max(1L, config_.shutdown_timeout_ms));
+		for (std::string &h : session_.Headers("DELETE", ""))
+			r.headers.push_back(std::move(h));
+		Send(std::move(r), Pending());
 	}
 
-	void DropSession()
+	uint64_t Send(HttpRequest request, Pending p)
 	{
-		session_ = Session::None;
-		session_id_.clear();
-		protocol_version_.clear();
-		session_generation_++;
+		p.generation = session_.generation;
+		HttpExchange *x = transport_.Start(std::move(request));
+		pending_[x->id] = std::move(p);
+		return x->id;
 	}
 
-	void StartToolCall(Call *call)
-	{
-		const CallRequest &r = call->request;
-		rapidjson::StringBuffer buffer;
-		rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-		std::string token = r.run_id + ":" + std::to_string(r.attempt);
-		w.StartObject();
-		w.Key("jsonrpc");
-		w.String("2.0");
-		w.Key("id");
-		w.String(token);
-		w.Key("method");
-		w.String("tools/call");
-		w.Key("params");
-		w.StartObject();
-		w.Key("name");
-		w.String(config_.tool);
-		w.Key("arguments");
-		w.StartObject();
-		w.Key("run_id");
-		w.String(r.run_id);
-		w.Key("patient_id");
-		w.String(r.patient_id);
-		w.Key("attempt");
-		w.Int(r.attempt);
-		w.Key("schema_version");
-		w.String(r.schema_version);
-		w.Key("inputs");
-		w.RawValue(r.inputs_json.data(), r.inputs_json.size(), rapidjson::kObjectType);
-		w.Key("context_pack");
-		w.RawValue(r.context_pack_json.data(), r.context_pack_json.size(), rapidjson::kObjectType);
-		w.EndObject();
-		w.Key("_meta");
-		w.StartObject();
-		w.Key("progressToken");
-		w.String(token);
-		w.EndObject();
-		w.EndObject();
-		w.EndObject();
+	std::string NextId(const char *what) { return std::string("pg_diagnosis-") + what + "-" + std::to_string(++ids_); }
 
-		auto t = std::make_unique<Transfer>();
-		t->kind = Kind::ToolCall;
-		t->call = call;
-		t->rpc_id = ToJson(rapidjson::Value(token.c_str(), static_cast<rapidjson::SizeType>(token.size())));
-		t->progress_token = t->rpc_id;
-		t->request_body.assign(buffer.GetString(), buffer.GetSize());
-		call->transfer = StartTransfer(std::move(t), RemainingMs(call));
+	long RemainingMs(const Call *c) const
+	{
+		return static_cast<long>(std::max<int64_t>(1, MillisUntil(c->deadline, Clock::now())));
 	}
 
-	void SendPingReply(const std::string &id)
+	/* ------------------------------------------------------------ the endpoint */
+
+	void EnsureEndpoint()
 	{
-		auto t = std::make_unique<Transfer>();
-		t->kind = Kind::PingReply;
-		t->request_body = "{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"result\":{}}";
-		StartTransfer(std::move(t), config_.request_timeout_ms);
+		if (session_.phase != EndpointSession::Phase::Idle)
+			return;
+		probes_ = 0;
+		list_pages_ = 0;
+		if (era_cache_.Get(OriginOf(config_.url)) == Era::Legacy)
+			StartInitialize();
+		else {
+			session_.era = Era::Modern;
+			session_.version = kModernVersion;
+			StartDiscover();
+		}
 	}
 
-	/* ------------------------------------------------------------ outcomes */
-
-	void Finish(Call *call, CallOutcome outcome)
+	void StartDiscover()
 	{
-		outcome.tag = call->request.tag;
-		outcome.elapsed_ms = std::max<int64_t>(0, -MillisUntil(call->submitted, Clock::now()));
-		outcomes_.push_back(std::move(outcome));
-		waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), call), waiting_.end());
-		calls_.erase(call->request.tag);
+		session_.phase = EndpointSession::Phase::Discovering;
+		probes_++;
+		Pending p;
+		p.purpose = Purpose::Discover;
+		std::string id = NextId("discover");
+		p.rpc_id = Quoted(id);
+		Send(Post("server/discover", "", BuildDiscover(id, session_.Context()), config_.request_timeout_ms, &p),
+		     std::move(p));
 	}
 
-	static CallOutcome Error(ErrorCode code, std::string message, std::string details = "")
+	void StartInitialize()
 	{
-		CallOutcome o;
-		o.code = code;
-		o.message = std::move(message);
-		o.details_json = std::move(details);
+		session_.era = Era::Legacy;
+		session_.version.clear();
+		session_.session_id.clear();
+		session_.phase = EndpointSession::Phase::Initializing;
+		Pending p;
+		p.purpose = Purpose::Initialize;
+		std::string id = NextId("initialize");
+		p.rpc_id = Quoted(id);
+		Send(Post("initialize", "", BuildInitialize(id, kLegacyRequestVersion), config_.request_timeout_ms, &p),
+		     std::move(p));
+	}
+
+	void StartToolsList(const std::string &cursor)
+	{
+		session_.phase = EndpointSession::Phase::Listing;
+		Pending p;
+		p.purpose = Purpose::ToolsList;
+		std::string id = NextId("tools-list");
+		p.rpc_id = Quoted(id);
+		Send(Post("tools/list", "", BuildToolsList(id, session_.Context(), cursor), config_.request_timeout_ms, &p),
+		     std::move(p));
+	}
+
+	/* The endpoint cannot serve the calls waiting for it. */
+	void FailEndpoint(CallOutcome why)
+	{
+		session_.last_error = why.message;
+		failed_info_ = Endpoint();
+		failed_info_->last_error = why.message;
+		Era era = session_.era;
+		session_.Reset();
+		if (era == Era::Legacy && why.config_error)
+			era_cache_.Forget(OriginOf(config_.url)); /* a cached verdict may be what no longer fits */
+		std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
+		for (Call *c : waiting)
+			Finish(c, why);
+	}
+
+	void EndpointReady()
+	{
+		session_.phase = EndpointSession::Phase::Ready;
+		session_.last_error.clear();
+		failed_info_.reset();
+		std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
+		waiting_.clear();
+		for (Call *c : waiting)
+			Begin(c);
+	}
+
+	CallOutcome ConfigError(const std::string &message)
+	{
+		CallOutcome o = ErrorOutcome(ErrorCode::McpError, message);
+		o.config_error = true;
 		return o;
 	}
 
-	/* What a finished HTTP exchange amounts to, before looking at the JSON-RPC message. ok = a 2xx with our
-	 * response in t->response. */
-	CallOutcome ClassifyTransport(Transfer *t, CURLcode code, long status, bool *ok)
+	void AfterFeatures()
 	{
-		*ok = false;
-		CallOutcome o;
-		o.http_status = status;
-		if (!t->retry_after.empty())
-			o.retry_after_ms = ParseRetryAfterMs(t->retry_after, std::time(nullptr));
-		/* Our response may have arrived before the stream broke: it counts. */
-		bool answered = !t->response.empty() && status >= 200 && status < 300;
-		if (code != CURLE_OK && !answered) {
-			if (t->too_big)
-				return Error(ErrorCode::McpError, "response exceeds diagnosis.max_response_bytes (" +
-				                                      std::to_string(t->max_bytes) + " bytes)");
-			if (t->sse_failed)
-				return Error(ErrorCode::McpError, "an SSE event exceeds diagnosis.max_response_bytes");
-			if (!t->callback_error.empty())
-				return Error(ErrorCode::UnknownError, "reading the response failed: " + t->callback_error);
-			if (code == CURLE_OPERATION_TIMEDOUT)
-				return Error(ErrorCode::TimeoutError,
-				             std::string("MCP request timed out: ") + (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
-			if (code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE)
-				/* Verification is never turned off; retrying cannot fix a certificate. */
-				return Error(ErrorCode::McpError, std::string("TLS verification failed: ") +
-				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
-			if (code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT)
-				return Error(ErrorCode::McpError, std::string("bad MCP URL: ") +
-				                                      (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
-			CallOutcome e = Error(ErrorCode::NetworkError, std::string("MCP request failed: ") +
-			                                                   (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code)));
-			e.http_status = status;
-			return e;
+		if (config_.tool.empty()) {
+			EndpointReady(); /* no tool to look for */
+			return;
 		}
-		if (status >= 300 && status < 400)
-			return Error(ErrorCode::McpError, "HTTP " + std::to_string(status) + ": redirects are not followed");
-		if (status == 408 || status == 429 || status >= 500) {
-			CallOutcome e = Error(status == 408 ? ErrorCode::TimeoutError : ErrorCode::NetworkError,
-			                      "MCP server answered HTTP " + std::to_string(status),
-			                      "{\"http_status\":" + std::to_string(status) + "}");
-			e.http_status = status;
-			e.retry_after_ms = o.retry_after_ms;
-			return e;
+		if (!session_.features.capabilities_json.empty() && !session_.features.tools) {
+			FailEndpoint(ConfigError("the MCP server declares no tools capability"));
+			return;
 		}
-		if (status >= 400 || status < 200) {
-			CallOutcome e = Error(ErrorCode::McpError, "MCP server answered HTTP " + std::to_string(status),
-			                      "{\"http_status\":" + std::to_string(status) + "}");
-			e.http_status = status;
-			return e;
-		}
-		if (!t->is_sse) {
-			if (t->body.empty())
-				return Error(ErrorCode::McpError, "HTTP " + std::to_string(status) +
-				                                      " without a JSON-RPC response (protocol violation)");
-			rapidjson::Document doc;
-			std::string error;
-			if (!ParseJson(t->body.data(), t->body.size(), doc, &error))
-				return Error(ErrorCode::McpError, "malformed JSON from the MCP server: " + error);
-			if (doc.IsArray()) {
-				for (auto &item : doc.GetArray())
-					HandleMessage(t, item);
-			} else
-				HandleMessage(t, doc);
-		}
-		if (t->response.empty()) {
-			if (t->foreign_response || !t->is_sse)
-				return Error(ErrorCode::McpError, "no JSON-RPC response with the request's id");
-			/* MCP treats a closed stream as a disconnection, not as the end of the request: try again later. */
-			return Error(ErrorCode::NetworkError, "the event stream ended before the response (disconnected)");
-		}
-		*ok = true;
-		o.http_status = status;
-		return o;
+		StartToolsList("");
 	}
 
-	/* A JSON-RPC error object, or null when the message carries a result (then *result is set). */
-	static bool RpcResult(const std::string &response, std::string *result, CallOutcome *error)
+	void CompleteDiscover(const HttpExchange &x, const Pending &p)
 	{
-		rapidjson::Document doc;
-		std::string parse_error;
-		if (!ParseJson(response.data(), response.size(), doc, &parse_error) || !doc.IsObject()) {
-			*error = Error(ErrorCode::McpError, "malformed JSON-RPC response");
-			return false;
-		}
-		auto err = doc.FindMember("error");
-		if (err != doc.MemberEnd()) {
-			std::string code = "null", message;
-			if (err->value.IsObject()) {
-				auto c = err->value.FindMember("code");
-				auto m = err->value.FindMember("message");
-				if (c != err->value.MemberEnd())
-					code = ToJson(c->value);
-				if (m != err->value.MemberEnd() && m->value.IsString())
-					message.assign(m->value.GetString(), m->value.GetStringLength());
+		ProbeStep step = JudgeDiscover(x, p.response ? &*p.response : nullptr, session_.version);
+		std::string origin = OriginOf(config_.url);
+		switch (step.next) {
+		case ProbeStep::Next::Modern:
+			era_cache_.Set(origin, Era::Modern);
+			session_.era = Era::Modern;
+			session_.version = step.version;
+			session_.features = std::move(step.features);
+			AfterFeatures();
+			return;
+		case ProbeStep::Next::RetryModern:
+			if (probes_ >= 2) {
+				FailEndpoint(ConfigError("server/discover keeps rejecting protocol version " + step.version));
+				return;
 			}
-			rapidjson::Document details(rapidjson::kObjectType);
-			auto &a = details.GetAllocator();
-			rapidjson::Value code_value;
-			rapidjson::Document code_doc;
-			code_doc.Parse(code.c_str());
-			code_value.CopyFrom(code_doc, a);
-			details.AddMember("jsonrpc_code", code_value, a);
-			details.AddMember("jsonrpc_message", rapidjson::Value(message.c_str(), a), a);
-			*error = Error(ErrorCode::McpError, "JSON-RPC error " + code + ": " + message, ToJson(details));
-			return false;
+			session_.version = step.version;
+			StartDiscover();
+			return;
+		case ProbeStep::Next::Legacy:
+			era_cache_.Set(origin, Era::Legacy);
+			StartInitialize();
+			return;
+		default:
+			FailEndpoint(std::move(step.failure));
+			return;
 		}
-		auto res = doc.FindMember("result");
-		if (res == doc.MemberEnd()) {
-			*error = Error(ErrorCode::McpError, "JSON-RPC response has neither result nor error");
-			return false;
+	}
+
+	void CompleteInitialize(const HttpExchange &x, const Pending &p)
+	{
+		ProbeStep step = JudgeInitialize(x, p.response ? &*p.response : nullptr);
+		if (step.next != ProbeStep::Next::LegacyReady) {
+			FailEndpoint(std::move(step.failure));
+			return;
 		}
-		*result = ToJson(res->value);
+		session_.version = step.version;
+		session_.session_id = step.session_id;
+		session_.features = std::move(step.features);
+		if (!session_.features.tools && !config_.tool.empty()) {
+			FailEndpoint(ConfigError("the MCP server declares no tools capability"));
+			return;
+		}
+		session_.phase = EndpointSession::Phase::Notifying;
+		Pending n;
+		n.purpose = Purpose::Initialized;
+		Send(Post("notifications/initialized", "", BuildInitialized(), config_.request_timeout_ms, &n), std::move(n));
+	}
+
+	void CompleteInitialized(const HttpExchange &x)
+	{
+		if (x.curl_code == 0 && x.status >= 200 && x.status < 300) {
+			AfterFeatures();
+			return;
+		}
+		CallOutcome o = TransportOutcome(x, false);
+		if (o.code == ErrorCode::None)
+			o = ErrorOutcome(ErrorCode::McpError, "HTTP " + std::to_string(x.status));
+		o.message = "MCP notifications/initialized failed: " + o.message;
+		FailEndpoint(std::move(o));
+	}
+
+	void CompleteToolsList(const HttpExchange &x, const Pending &p)
+	{
+		CallOutcome o = TransportOutcome(x, p.response.has_value());
+		if (o.code != ErrorCode::None) {
+			o.message = "MCP tools/list failed: " + o.message;
+			FailEndpoint(std::move(o));
+			return;
+		}
+		if (!p.response) {
+			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
+			return;
+		}
+		if (p.response->is_error) {
+			if (p.response->error_code_int == kRpcMethodNotFound) {
+				EndpointReady(); /* no tools/list to check against: the call will tell */
+				return;
+			}
+			CallOutcome e = RpcErrorOutcome(*p.response);
+			e.message = "MCP tools/list failed: " + e.message;
+			FailEndpoint(std::move(e));
+			return;
+		}
+		ToolEntry entry;
+		std::string cursor, error;
+		if (!ParseToolsList(p.response->result, config_.tool, &entry, &cursor, &error)) {
+			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
+			return;
+		}
+		if (entry.found) {
+			session_.tool = entry;
+			session_.tool_checked = true;
+			EndpointReady();
+		} else if (!cursor.empty() && ++list_pages_ < 100)
+			StartToolsList(cursor);
+		else {
+			session_.tool_checked = true;
+			session_.tool = ToolEntry();
+			FailEndpoint(ConfigError("the MCP server does not offer tool \"" + config_.tool + "\" (tools/list)"));
+		}
+	}
+
+	/* ------------------------------------------------------------ calls */
+
+	/* The endpoint is ready: call the tool, or poll the task being resumed. */
+	void Begin(Call *c)
+	{
+		if (!c->task_id.empty()) {
+			SchedulePoll(c, 0);
+			return;
+		}
+		StartToolCall(c);
+	}
+
+	void StartToolCall(Call *c)
+	{
+		const CallRequest &r = c->request;
+		std::string token = r.run_id + ":" + std::to_string(r.attempt);
+		ToolCallParams params;
+		params.tool = config_.tool;
+		params.progress_token = token;
+		params.traceparent = r.traceparent;
+		params.legacy_task = session_.era == Era::Legacy && session_.TasksForTool();
+		params.call = &r;
+		Pending p;
+		p.purpose = Purpose::ToolCall;
+		p.tag = r.tag;
+		p.rpc_id = Quoted(token);
+		p.progress_token = p.rpc_id;
+		HttpRequest req = Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params),
+		                       RemainingMs(c), &p);
+		req.headers.push_back("Idempotency-Key: " + token);
+		if (!r.traceparent.empty())
+			req.headers.push_back("traceparent: " + r.traceparent);
+		c->rpc_id = p.rpc_id;
+		c->era = session_.era;
+		c->resume_due = false;
+		c->last_event_id.clear();
+		c->retry_ms = -1;
+		c->idle_resumes = 0;
+		c->exchange = Send(std::move(req), std::move(p));
+	}
+
+	/* GET + Last-Event-ID: the legacy way to pick up a stream the server closed. */
+	void StartResume(Call *c)
+	{
+		c->resume_due = false;
+		HttpRequest r = BaseRequest(HttpMethod::Get, RemainingMs(c));
+		for (std::string &h : session_.Headers("GET", ""))
+			r.headers.push_back(std::move(h));
+		r.headers.push_back("Last-Event-ID: " + c->last_event_id);
+		Pending p;
+		p.purpose = Purpose::ToolCall;
+		p.tag = c->request.tag;
+		p.rpc_id = c->rpc_id;
+		p.progress_token = c->rpc_id;
+		p.resumption = true;
+		p.sent_session = !session_.session_id.empty();
+		c->exchange = Send(std::move(r), std::move(p));
+	}
+
+	void StartTaskRequest(Call *c, Purpose purpose)
+	{
+		c->poll_due = false;
+		const char *method = purpose == Purpose::TaskGet ? "tasks/get" : "tasks/result";
+		std::string id = NextId(purpose == Purpose::TaskGet ? "tasks-get" : "tasks-result");
+		Pending p;
+		p.purpose = purpose;
+		p.tag = c->request.tag;
+		p.rpc_id = Quoted(id);
+		HttpRequest r = Post(method, c->task_id,
+		                     BuildTaskRequest(id, session_.Context(), method, c->task_id, c->request.traceparent),
+		                     RemainingMs(c), &p);
+		if (!c->request.traceparent.empty())
+			r.headers.push_back("traceparent: " + c->request.traceparent);
+		c->exchange = Send(std::move(r), std::move(p));
+	}
+
+	void SchedulePoll(Call *c, int64_t delay_ms)
+	{
+		c->exchange = 0;
+		c->poll_due = true;
+		c->poll_at = Clock::now() + std::chrono::milliseconds(delay_ms);
+	}
+
+	/* Fire-and-forget messages. */
+	void SendCancelled(Call *c, const std::string &reason)
+	{
+		if (c->rpc_id.empty())
+			return;
+		Send(Post("notifications/cancelled", "", BuildCancelled(c->rpc_id, reason), 2000, nullptr), Pending());
+	}
+
+	void SendTaskCancel(Call *c)
+	{
+		std::string id = NextId("tasks-cancel");
+		Send(Post("tasks/cancel", c->task_id,
+		          BuildTaskRequest(id, session_.Context(), "tasks/cancel", c->task_id, c->request.traceparent), 5000,
+		          nullptr),
+		     Pending());
+	}
+
+	void AnswerServerRequest(const RpcMessage &m)
+	{
+		/* Modern servers send no requests, and modern clients send no responses. */
+		if (session_.era != Era::Legacy)
+			return;
+		std::string body = m.method == "ping" ? BuildEmptyResult(m.id) : BuildMethodNotFound(m.id, m.method);
+		HttpRequest r = BaseRequest(HttpMethod::Post, config_.request_timeout_ms);
+		for (std::string &h : session_.Headers("", ""))
+			r.headers.push_back(std::move(h));
+		r.body = std::move(body);
+		Send(std::move(r), Pending());
+	}
+
+	void AbortExchange(Call *c)
+	{
+		if (c->exchange) {
+			transport_.Abort(c->exchange);
+			pending_.erase(c->exchange);
+			c->exchange = 0;
+		}
+	}
+
+	/* Stops the call's work on the server: tasks/cancel for a task, notifications/cancelled for a legacy request;
+	 * for a modern request closing its stream (the abort) is the cancellation. */
+	void GiveUp(Call *c, const std::string &reason)
+	{
+		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready)
+			SendTaskCancel(c);
+		else if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
+			SendCancelled(c, reason); /* the tools/call went out: the server may still be working on it */
+		AbortExchange(c);
+	}
+
+	void Finish(Call *c, CallOutcome outcome)
+	{
+		outcome.tag = c->request.tag;
+		outcome.elapsed_ms = std::max<int64_t>(0, -MillisUntil(c->submitted, Clock::now()));
+		if (outcome.task_id.empty())
+			outcome.task_id = c->task_id;
+		AbortExchange(c);
+		waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), c), waiting_.end());
+		outcomes_.push_back(std::move(outcome));
+		calls_.erase(c->request.tag);
+	}
+
+	Call *CallOf(const Pending &p)
+	{
+		auto it = calls_.find(p.tag);
+		return it == calls_.end() ? nullptr : it->second.get();
+	}
+
+	/* The call goes back to wait for the endpoint, which is probed (or initialized) anew. */
+	void Requeue(Call *c, bool forget_era)
+	{
+		c->retried = true;
+		c->exchange = 0;
+		if (forget_era) {
+			era_cache_.Forget(OriginOf(config_.url));
+			if (session_.phase == EndpointSession::Phase::Ready)
+				session_.Reset();
+		}
+		if (session_.phase == EndpointSession::Phase::Ready)
+			Begin(c); /* another call already set the endpoint up again */
+		else {
+			waiting_.push_back(c);
+			EnsureEndpoint();
+		}
+	}
+
+	/* The era no longer fits a 4xx answer: a modern server rejecting our version, or a legacy one rejecting a
+	 * modern request (or the reverse after a server change). */
+	bool EraStoppedFitting(const HttpExchange &x, Era era) const
+	{
+		if (x.curl_code != 0 || x.status < 400 || x.status >= 500 || x.status == 401 || x.status == 403 ||
+		    x.status == 408 || x.status == 429 || x.status == 404)
+			return false;
+		RpcMessage error;
+		bool modern_body = IsModernErrorBody(x, &error);
+		if (era == Era::Modern)
+			return !modern_body || error.error_code_int == kRpcUnsupportedVersion;
+		return modern_body;
+	}
+
+	void CompleteToolCall(Call *c, const HttpExchange &x, Pending &p)
+	{
+		bool answered = p.response.has_value();
+		if (SessionLost(c, x, p)) {
+			if (c->retried) {
+				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
+				 * attempt with backoff can outlast. */
+				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
+				                       "MCP session lost again (HTTP 404) after re-initializing",
+				                       "{\"http_status\":404}"));
+				return;
+			}
+			RetryInNewSession(c, p);
+			return;
+		}
+		if (!answered && !p.resumption && EraStoppedFitting(x, c->era) && !c->retried) {
+			Requeue(c, true);
+			return;
+		}
+		if (p.resumption && !answered && x.curl_code == 0 && x.status == 405) {
+			Finish(c, ErrorOutcome(ErrorCode::NetworkError, "the event stream ended before the response and the "
+			                                                "server does not resume streams (HTTP 405 to GET)"));
+			return;
+		}
+		if (!answered && ResumeIfPossible(c, x, p))
+			return;
+
+		CallOutcome o = TransportOutcome(x, answered);
+		if (o.code != ErrorCode::None) {
+			if (x.timed_out)
+				GiveUp(c, "timed out");
+			Finish(c, std::move(o));
+			return;
+		}
+		if (!answered) {
+			if (p.foreign_response || !x.is_sse)
+				Finish(c, ErrorOutcome(ErrorCode::McpError, x.body.empty() && !x.is_sse
+				                                                ? "HTTP " + std::to_string(x.status) +
+				                                                      " without a JSON-RPC response (protocol violation)"
+				                                                : "no JSON-RPC response with the request's id"));
+			else
+				/* MCP treats a closed stream as a disconnection, not as the end of the request: try again later. */
+				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
+				                       "the event stream ended before the response (disconnected)"));
+			return;
+		}
+		HandleResponse(c, *p.response, x.status, p.purpose);
+	}
+
+	/* A legacy SSE stream closed (or broke) before our response after giving an event id: resume it after the
+	 * server's retry interval, within the same call. */
+	bool ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p)
+	{
+		if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || !x.callback_error.empty() ||
+		    x.timed_out || x.local_failure)
+			return false;
+		if (!x.sse.LastEventId().empty())
+			c->last_event_id = x.sse.LastEventId();
+		if (x.sse.RetryMs() >= 0)
+			c->retry_ms = x.sse.RetryMs();
+		if (c->last_event_id.empty())
+			return false;
+		c->idle_resumes = p.events_seen > 0 ? 0 : c->idle_resumes + 1;
+		if (c->idle_resumes > kMaxIdleResumes)
+			return false;
+		long delay = c->retry_ms >= 0 ? c->retry_ms : kDefaultRetryMs;
+		if (Clock::now() + std::chrono::milliseconds(delay) >= c->deadline)
+			return false;
+		c->resume_due = true;
+		c->resume_at = Clock::now() + std::chrono::milliseconds(delay);
 		return true;
 	}
 
-	void FailWaiting(const CallOutcome &why)
+	/* Our JSON-RPC response to tools/call or tasks/result. */
+	void HandleResponse(Call *c, const RpcMessage &response, long status, Purpose purpose)
 	{
-		std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
-		for (Call *call : waiting)
-			Finish(call, why);
-	}
-
-	void FinishSessionTransfer(Transfer *t, CURLcode code, long status)
-	{
-		bool ok = false;
-		if (t->session_generation != session_generation_) {
-			/* The session was dropped meanwhile (new URL or token): start over for the calls still waiting. */
-			if (session_ == Session::None && !waiting_.empty())
-				EnsureSession();
+		if (response.is_error) {
+			CallOutcome o = RpcErrorOutcome(response);
+			o.http_status = status;
+			Finish(c, std::move(o));
 			return;
 		}
-		if (t->kind == Kind::Initialize) {
-			CallOutcome o = ClassifyTransport(t, code, status, &ok);
-			std::string result;
-			if (ok && !RpcResult(t->response, &result, &o))
-				ok = false;
-			if (ok) {
-				rapidjson::Document doc;
-				std::string error;
-				std::string version;
-				if (ParseJson(result.data(), result.size(), doc, &error) && doc.IsObject()) {
-					auto v = doc.FindMember("protocolVersion");
-					if (v != doc.MemberEnd() && v->value.IsString())
-						version = v->value.GetString();
-				}
-				bool accepted = std::any_of(std::begin(kAcceptedVersions), std::end(kAcceptedVersions),
-				                            [&](const char *a) { return version == a; });
-				if (!accepted) {
-					o = Error(ErrorCode::McpError, "MCP server offered unsupported protocol version \"" + version + "\"");
-					ok = false;
-				} else {
-					protocol_version_ = version;
-					session_id_ = t->session_id;
-					session_ = Session::Notifying;
-					auto n = std::make_unique<Transfer>();
-					n->kind = Kind::Initialized;
-					n->request_body = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
-					StartTransfer(std::move(n), config_.request_timeout_ms);
-					return;
-				}
-			}
-			session_ = Session::None;
-			o.message = "MCP initialize failed: " + o.message;
-			FailWaiting(o);
-			return;
-		}
-		/* notifications/initialized: 202 Accepted (or 200) with no JSON-RPC response expected. */
-		if (code == CURLE_OK && status >= 200 && status < 300) {
-			session_ = Session::Ready;
-			std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
-			waiting_.clear();
-			for (Call *call : waiting)
-				StartToolCall(call);
-			return;
-		}
-		CallOutcome o = ClassifyTransport(t, code, status, &ok);
-		if (ok || o.code == ErrorCode::None)
-			o = Error(ErrorCode::McpError, "HTTP " + std::to_string(status));
-		o.message = "MCP notifications/initialized failed: " + o.message;
-		DropSession();
-		FailWaiting(o);
-	}
-
-	void FinishToolCall(Transfer *t, CURLcode code, long status)
-	{
-		Call *call = t->call;
-		call->transfer = nullptr;
-		for (CallProgress &p : t->progress)
-			progress_.push_back(std::move(p));
-		t->progress.clear();
-
-		if (status == 404 && t->sent_session && code == CURLE_OK) {
-			if (call->retried_after_404) {
-				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
-				 * attempt with backoff can outlast. (A wrong URL fails initialize itself, permanently.) */
-				Finish(call, Error(ErrorCode::NetworkError, "MCP session lost again (HTTP 404) after re-initializing",
-				                   "{\"http_status\":404}"));
+		c->last_response = response.result;
+		if (purpose == Purpose::ToolCall && c->task_id.empty()) {
+			TaskInfo task;
+			switch (ParseCreateTask(response.result, c->era, &task)) {
+			case TaskParse::Task:
+				TaskCreated(c, task);
+				return;
+			case TaskParse::Invalid: {
+				CallOutcome o = ErrorOutcome(ErrorCode::McpError, "malformed task in the tools/call result");
+				o.response_json = response.result;
+				Finish(c, std::move(o));
 				return;
 			}
-			/* The session expired: set up a new one (once for every call that noticed) and retry this call. */
-			call->retried_after_404 = true;
-			if (t->session_generation == session_generation_)
-				DropSession();
-			if (session_ == Session::Ready)
-				StartToolCall(call);
-			else {
-				waiting_.push_back(call);
-				EnsureSession();
+			case TaskParse::NotATask:
+				break;
 			}
+		}
+		if (response.result.find("\"resultType\":\"input_required\"") != std::string::npos) {
+			CallOutcome o = ErrorOutcome(ErrorCode::McpError, "the MCP server asked for input (input_required), "
+			                                                  "which pg_diagnosis cannot give");
+			o.response_json = response.result;
+			Finish(c, std::move(o));
 			return;
 		}
-
-		bool ok = false;
-		CallOutcome o = ClassifyTransport(t, code, status, &ok);
-		if (!ok) {
-			Finish(call, std::move(o));
-			return;
-		}
-		std::string result;
-		if (!RpcResult(t->response, &result, &o)) {
-			o.http_status = status;
-			Finish(call, std::move(o));
-			return;
-		}
-		ResultCheck check = CheckToolResult(result, call->request.schema_version, *schemas_);
-		CallOutcome done;
-		done.code = check.code;
-		done.message = std::move(check.message);
-		done.details_json = std::move(check.details_json);
-		done.result_json = std::move(check.result_json);
-		done.mcp_run_id = std::move(check.mcp_run_id);
-		done.response_json = std::move(result);
+		CallOutcome done = ToolResultOutcome(response.result, c->request.schema_version, *schemas_);
 		done.http_status = status;
-		Finish(call, std::move(done));
+		Finish(c, std::move(done));
 	}
 
-	void FinishDone()
+	void TaskCreated(Call *c, const TaskInfo &task)
 	{
-		CURLMsg *msg;
-		int left = 0;
-		while ((msg = curl_multi_info_read(multi_, &left))) {
-			if (msg->msg != CURLMSG_DONE)
-				continue;
-			CURL *easy = msg->easy_handle;
-			CURLcode code = msg->data.result;
-			curl_multi_remove_handle(multi_, easy);
-			auto it = transfers_.find(easy);
-			if (it == transfers_.end())
-				continue;
-			std::unique_ptr<Transfer> t = std::move(it->second);
-			transfers_.erase(it);
-			Complete(t.get(), code);
+		c->task_id = task.task_id;
+		CallTask t;
+		t.tag = c->request.tag;
+		t.task_id = task.task_id;
+		t.ttl_ms = task.ttl_ms;
+		tasks_.push_back(std::move(t));
+		if (task.poll_ms >= 0)
+			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+		SchedulePoll(c, c->poll_ms);
+	}
+
+	/* A 404 to a request that carried the legacy session id: the session expired. */
+	static bool SessionLost(const Call *c, const HttpExchange &x, const Pending &p)
+	{
+		return !p.response && x.curl_code == 0 && x.status == 404 && p.sent_session && c->era == Era::Legacy;
+	}
+
+	/* Sets the session up again (once for every call that noticed) and sends the call's request again. */
+	void RetryInNewSession(Call *c, const Pending &p)
+	{
+		if (p.generation == session_.generation)
+			session_.Reset();
+		Requeue(c, false);
+	}
+
+	void CompleteTaskGet(Call *c, const HttpExchange &x, Pending &p)
+	{
+		if (SessionLost(c, x, p) && !c->retried) {
+			RetryInNewSession(c, p); /* then poll the same task again */
+			return;
+		}
+		bool answered = p.response.has_value();
+		RpcMessage error;
+		bool lost = !answered && x.curl_code == 0 &&
+		            (x.status == 404 || (x.status >= 400 && x.status < 500 && IsModernErrorBody(x, &error)) ||
+		             (x.status == 400 && x.body.find("-32602") != std::string::npos));
+		if (!lost && answered && p.response->is_error)
+			lost = true;
+		if (lost) {
+			CallOutcome o = answered ? RpcErrorOutcome(*p.response)
+			                         : ErrorOutcome(ErrorCode::McpError, "HTTP " + std::to_string(x.status));
+			o.message = "task " + c->task_id + " is unknown to the MCP server (expired or lost): " + o.message;
+			o.task_lost = true;
+			Finish(c, std::move(o));
+			return;
+		}
+		CallOutcome o = TransportOutcome(x, answered);
+		if (o.code != ErrorCode::None || !answered) {
+			if (o.config_error || o.local_failure) {
+				Finish(c, std::move(o));
+				return;
+			}
+			/* The task lives on the server: a failed poll is retried at the next interval, until the deadline. */
+			SchedulePoll(c, c->poll_ms);
+			return;
+		}
+		TaskInfo task;
+		if (!ParseTaskStatus(p.response->result, c->era, &task)) {
+			CallOutcome bad = ErrorOutcome(ErrorCode::McpError, "malformed tasks/get result");
+			bad.response_json = p.response->result;
+			Finish(c, std::move(bad));
+			return;
+		}
+		if (task.poll_ms >= 0)
+			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+		if (task.status == "working") {
+			SchedulePoll(c, c->poll_ms);
+			return;
+		}
+		if (task.status == "input_required" && c->era == Era::Modern) {
+			GiveUp(c, "input required");
+			Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " asks for input (input_required), "
+			                                            "which pg_diagnosis cannot give"));
+			return;
+		}
+		if (c->era == Era::Legacy && (task.status == "completed" || task.status == "failed" ||
+		                              task.status == "input_required")) {
+			/* 2025-11-25: the result (or the JSON-RPC error) comes from tasks/result. */
+			StartTaskRequest(c, Purpose::TaskResult);
+			return;
+		}
+		if (task.status == "completed") {
+			if (task.result.empty()) {
+				Finish(c, ErrorOutcome(ErrorCode::McpError, "completed task " + c->task_id + " carries no result"));
+				return;
+			}
+			RpcMessage response;
+			response.kind = RpcMessage::Kind::Response;
+			response.result = task.result;
+			HandleResponse(c, response, x.status, Purpose::TaskResult);
+			return;
+		}
+		if (task.status == "failed") {
+			std::vector<RpcMessage> wrapped;
+			std::string parse_error;
+			RpcMessage failure;
+			failure.kind = RpcMessage::Kind::Response;
+			failure.is_error = true;
+			failure.error_code = "null";
+			failure.error_message = task.status_message.empty() ? "task failed" : task.status_message;
+			if (!task.error.empty() &&
+			    ParseMessages("{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":" + task.error + "}", &wrapped, &parse_error) &&
+			    wrapped.size() == 1)
+				failure = wrapped[0];
+			HandleResponse(c, failure, x.status, Purpose::TaskResult);
+			return;
+		}
+		/* cancelled, or a status this client does not know */
+		Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " ended as \"" + task.status +
+		                                            "\" on the MCP server" +
+		                                            (task.status_message.empty() ? "" : ": " + task.status_message)));
+	}
+
+	void CompleteTaskResult(Call *c, const HttpExchange &x, Pending &p)
+	{
+		if (SessionLost(c, x, p) && !c->retried) {
+			RetryInNewSession(c, p);
+			return;
+		}
+		bool answered = p.response.has_value();
+		CallOutcome o = TransportOutcome(x, answered);
+		if (o.code != ErrorCode::None || !answered) {
+			if (o.config_error || o.local_failure) {
+				Finish(c, std::move(o));
+				return;
+			}
+			SchedulePoll(c, c->poll_ms); /* ask again; the task keeps its result */
+			return;
+		}
+		HandleResponse(c, *p.response, x.status, Purpose::TaskResult);
+	}
+
+	/* ------------------------------------------------------------ what arrives */
+
+	/* Takes the SSE events (and, once finished, the JSON body) of an exchange: our response, progress, server
+	 * requests. */
+	void Absorb(HttpExchange *x)
+	{
+		auto it = pending_.find(x->id);
+		if (it == pending_.end()) {
+			x->events.clear();
+			return;
+		}
+		Pending &p = it->second;
+		std::vector<SseEvent> events = std::exchange(x->events, {});
+		p.events_seen += events.size();
+		for (const SseEvent &e : events)
+			Messages(p, e.data);
+		/* A body cut short (size cap, reset) may still parse: only a complete one counts. */
+		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 &&
+		    !x->body.empty())
+			Messages(p, x->body);
+	}
+
+	void Messages(Pending &p, const std::string &text)
+	{
+		if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+			return; /* priming event */
+		std::vector<RpcMessage> messages;
+		std::string error;
+		if (!ParseMessages(text, &messages, &error))
+			return; /* not a message for us; the stream still has to deliver our response */
+		for (RpcMessage &m : messages) {
+			switch (m.kind) {
+			case RpcMessage::Kind::Response:
+				if (m.id == p.rpc_id) {
+					if (!p.response)
+						p.response = std::move(m);
+				} else
+					p.foreign_response = true;
+				break;
+			case RpcMessage::Kind::Request:
+				AnswerServerRequest(m);
+				break;
+			case RpcMessage::Kind::Notification: {
+				CallProgress progress;
+				if (ProgressOf(m, p.progress_token, &progress)) {
+					progress.tag = p.tag;
+					progress_.push_back(std::move(progress));
+				}
+				break;
+			}
+			}
 		}
 	}
 
-	void Complete(Transfer *t, CURLcode code)
+	void Complete(HttpExchange &x)
 	{
-		long status = 0;
-		curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-		std::vector<std::string> pings = std::move(t->pings);
-		switch (t->kind) {
-		case Kind::PingReply:
-			break;
-		case Kind::Initialize:
-		case Kind::Initialized:
-			FinishSessionTransfer(t, code, status);
-			break;
-		case Kind::ToolCall:
-			FinishToolCall(t, code, status);
+		Absorb(&x);
+		auto it = pending_.find(x.id);
+		if (it == pending_.end())
+			return;
+		Pending p = std::move(it->second);
+		pending_.erase(it);
+		bool stale = p.generation != session_.generation;
+		switch (p.purpose) {
+		case Purpose::Fire:
+			return;
+		case Purpose::Discover:
+		case Purpose::Initialize:
+		case Purpose::Initialized:
+		case Purpose::ToolsList:
+			if (stale) {
+				/* The endpoint changed meanwhile (new URL or token): start over for the calls still waiting. */
+				if (session_.phase == EndpointSession::Phase::Idle && !waiting_.empty())
+					EnsureEndpoint();
+				return;
+			}
+			if (p.purpose == Purpose::Discover)
+				CompleteDiscover(x, p);
+			else if (p.purpose == Purpose::Initialize)
+				CompleteInitialize(x, p);
+			else if (p.purpose == Purpose::Initialized)
+				CompleteInitialized(x);
+			else
+				CompleteToolsList(x, p);
+			return;
+		case Purpose::ToolCall:
+		case Purpose::TaskGet:
+		case Purpose::TaskResult:
 			break;
 		}
-		for (const std::string &id : pings)
-			SendPingReply(id);
+		Call *c = CallOf(p);
+		if (!c)
+			return; /* finished meanwhile (cancelled, timed out) */
+		c->exchange = 0;
+		if (p.purpose == Purpose::ToolCall)
+			CompleteToolCall(c, x, p);
+		else if (p.purpose == Purpose::TaskGet)
+			CompleteTaskGet(c, x, p);
+		else
+			CompleteTaskResult(c, x, p);
 	}
 
-	/* Inactivity timeouts (no byte for inactivity_ms) and calls still waiting for a session past their deadline.
-	 * Pings seen so far on live streams are answered here too, without waiting for the stream to end. */
-	void CheckDeadlines()
+	/* Due polls and resumptions; calls past their deadline while no exchange of theirs is open. */
+	void RunTimers()
 	{
 		Clock::time_point now = Clock::now();
-		std::vector<CURL *> idle;
-		std::vector<std::string> pings;
-		for (auto &entry : transfers_) {
-			Transfer *t = entry.second.get();
-			for (CallProgress &p : t->progress)
-				progress_.push_back(std::move(p));
-			t->progress.clear();
-			for (std::string &id : t->pings)
-				pings.push_back(std::move(id));
-			t->pings.clear();
-			if (t->inactivity_ms > 0 && now - t->last_byte >= std::chrono::milliseconds(t->inactivity_ms))
-				idle.push_back(entry.first);
-		}
-		for (CURL *easy : idle) {
-			curl_multi_remove_handle(multi_, easy);
-			std::unique_ptr<Transfer> t = std::move(transfers_[easy]);
-			transfers_.erase(easy);
-			CallOutcome o = Error(ErrorCode::TimeoutError, "no data from the MCP server for " +
-			                                                   std::to_string(t->inactivity_ms) + " ms");
-			if (t->kind == Kind::ToolCall) {
-				t->call->transfer = nullptr;
-				Finish(t->call, o);
-			} else if (t->kind != Kind::PingReply && t->session_generation == session_generation_) {
-				DropSession();
-				FailWaiting(o);
-			}
-		}
 		std::vector<Call *> expired;
-		for (Call *call : waiting_)
-			if (now >= call->deadline)
-				expired.push_back(call);
-		for (Call *call : expired)
-			Finish(call, Error(ErrorCode::TimeoutError, "timed out waiting for the MCP session"));
-		for (const std::string &id : pings)
-			SendPingReply(id);
+		for (auto &entry : calls_) {
+			Call *c = entry.second.get();
+			if (c->exchange)
+				continue;
+			if (now >= c->deadline) {
+				expired.push_back(c);
+				continue;
+			}
+			bool due = (c->poll_due && now >= c->poll_at) || (c->resume_due && now >= c->resume_at);
+			if (session_.phase != EndpointSession::Phase::Ready) {
+				/* The endpoint is being set up again (a lost session): the call waits for it, then starts over
+				 * (a task is polled again; a stream that belonged to the old session cannot be resumed). */
+				if (due && std::find(waiting_.begin(), waiting_.end(), c) == waiting_.end()) {
+					c->poll_due = c->resume_due = false;
+					waiting_.push_back(c);
+					EnsureEndpoint();
+				}
+				continue;
+			}
+			if (c->poll_due && now >= c->poll_at)
+				StartTaskRequest(c, Purpose::TaskGet);
+			else if (c->resume_due && now >= c->resume_at)
+				StartResume(c);
+		}
+		for (Call *c : expired) {
+			bool waiting = std::find(waiting_.begin(), waiting_.end(), c) != waiting_.end();
+			GiveUp(c, "timed out");
+			Finish(c, ErrorOutcome(ErrorCode::TimeoutError, waiting ? "timed out waiting for the MCP endpoint"
+			                                                        : "MCP call timed out"));
+		}
 	}
 
 	ClientConfig config_;
 	const SchemaRegistry *schemas_;
-	int epoll_fd_ = -1;
-	CURLM *multi_ = nullptr;
-	bool timer_armed_ = false;
-	Clock::time_point timer_deadline_;
-
-	Session session_ = Session::None;
-	std::string session_id_;
-	std::string protocol_version_;
-	uint64_t session_generation_ = 0;
-	uint64_t initialize_count_ = 0;
+	HttpTransport transport_;
+	EndpointSession session_;
+	EraCache era_cache_;
+	std::optional<EndpointInfo> failed_info_;
+	int probes_ = 0;
+	int list_pages_ = 0;
+	uint64_t ids_ = 0;
 
 	std::map<uint64_t, std::unique_ptr<Call>> calls_;
-	std::deque<Call *> waiting_;
-	std::unordered_map<CURL *, std::unique_ptr<Transfer>> transfers_;
+	std::vector<Call *> waiting_;
+	std::unordered_map<uint64_t, Pending> pending_;
 	std::vector<CallProgress> progress_;
 	std::vector<CallOutcome> outcomes_;
+	std::vector<CallTask> tasks_;
 };
 
 } // namespace

@@ -106,7 +106,12 @@ SseParser::ProcessLine(std::vector<SseEvent> &out)
 		if (value.find('\0') == std::string::npos)
 			last_id_ = value;
 	}
-	/* retry: and unknown fields are ignored. */
+	else if (field == "retry") {
+		/* Only ASCII digits count (WHATWG); an absurd value is capped rather than overflowing. */
+		if (!value.empty() && value.find_first_not_of("0123456789") == std::string::npos)
+			retry_ms_ = value.size() > 9 ? 999999999L : std::stol(value);
+	}
+	/* Unknown fields are ignored. */
 }
 
 } // namespace pgdiag

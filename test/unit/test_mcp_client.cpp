@@ -1,301 +1,10 @@
-// McpClient against a scripted HTTP/1.1 server on 127.0.0.1, driven exactly as the worker drives it: poll() on
-// EventFd() for at most TimeoutMs(), then Drive(), then collect outcomes and progress.
-#include <arpa/inet.h>
-#include <atomic>
-#include <chrono>
-#include <functional>
-#include <gtest/gtest.h>
-#include <map>
-#include <mutex>
-#include <netinet/in.h>
-#include <poll.h>
-#include <string>
-#include <sys/socket.h>
-#include <thread>
-#include <unistd.h>
-#include <vector>
+// McpClient against a scripted handshake-era (legacy) server: the era fallback, the session, the 0.1 behaviour, SSE
+// resumption, server requests, cancellation, shutdown and configuration errors.
+#include "test_server.hpp"
 
-#include "pg_diagnosis/core/mcp_client.hpp"
-#include "pg_diagnosis/core/result.hpp"
-#include "schema_v1.hpp"
-
-using namespace pgdiag;
+using namespace pgdiag_test;
 
 namespace {
-
-struct Request {
-	std::string method, path, body;
-	std::map<std::string, std::string> headers; // lower-case names
-	bool Has(const std::string &h) const { return headers.count(h) > 0; }
-	std::string Get(const std::string &h) const { return Has(h) ? headers.at(h) : ""; }
-	bool IsMethod(const std::string &m) const { return body.find("\"method\":\"" + m + "\"") != std::string::npos; }
-};
-
-// What the scripted server does with one request.
-struct Reply {
-	std::string raw;       // written as is (status line, headers, body)
-	bool close = false;    // close the connection afterwards
-	int hang_ms = 0;       // wait before writing (the test server stops waiting at shutdown)
-	std::vector<std::pair<int, std::string>> trickle; // (delay ms, bytes) written after raw
-};
-
-std::string
-Http(int status, const std::string &content_type, const std::string &body, const std::string &extra_headers = "")
-{
-	return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: " + content_type +
-	       "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers + "\r\n" + body;
-}
-
-std::string
-Json(const std::string &body, const std::string &extra_headers = "")
-{
-	return Http(200, "application/json", body, extra_headers);
-}
-
-std::string
-IdOf(const Request &r)
-{
-	size_t p = r.body.find("\"id\":");
-	if (p == std::string::npos)
-		return "null";
-	size_t start = p + 5, end = start;
-	if (r.body[start] == '"')
-		end = r.body.find('"', start + 1) + 1;
-	else
-		while (end < r.body.size() && r.body[end] != ',' && r.body[end] != '}')
-			end++;
-	return r.body.substr(start, end - start);
-}
-
-std::string
-ToolResult(const std::string &id, const std::string &diagnosis = kValidDiagnosis)
-{
-	return R"({"jsonrpc":"2.0","id":)" + id + R"(,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":)" +
-	       diagnosis + R"(,"_meta":{"run_id":"srv-1"}}})";
-}
-
-class TestServer {
-public:
-	using Handler = std::function<Reply(const Request &, int index)>;
-
-	explicit TestServer(Handler handler) : handler_(std::move(handler))
-	{
-		listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-		int one = 1;
-		setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		sockaddr_in addr{};
-		addr.sin_family = AF_INET;
-		addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		bind(listen_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof(addr));
-		socklen_t len = sizeof(addr);
-		getsockname(listen_fd_, reinterpret_cast<sockaddr *>(&addr), &len);
-		port_ = ntohs(addr.sin_port);
-		listen(listen_fd_, 128);
-		acceptor_ = std::thread([this] { Accept(); });
-	}
-
-	~TestServer()
-	{
-		stopping_ = true;
-		shutdown(listen_fd_, SHUT_RDWR);
-		close(listen_fd_);
-		acceptor_.join();
-		std::vector<std::thread> threads;
-		{
-			std::lock_guard<std::mutex> lock(mutex_);
-			for (int fd : open_fds_)
-				shutdown(fd, SHUT_RDWR);
-			threads.swap(threads_);
-		}
-		for (auto &t : threads)
-			t.join();
-	}
-
-	std::string Url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/mcp"; }
-	int Port() const { return port_; }
-
-	std::vector<Request> Requests()
-	{
-		std::lock_guard<std::mutex> lock(mutex_);
-		return requests_;
-	}
-	int Count(const std::string &method)
-	{
-		int n = 0;
-		for (const Request &r : Requests())
-			n += r.IsMethod(method);
-		return n;
-	}
-	int Connections() const { return connections_; }
-
-private:
-	void Accept()
-	{
-		while (!stopping_) {
-			int fd = accept(listen_fd_, nullptr, nullptr);
-			if (fd < 0)
-				return;
-			connections_++;
-			std::lock_guard<std::mutex> lock(mutex_);
-			open_fds_.push_back(fd);
-			threads_.emplace_back([this, fd] { Serve(fd); });
-		}
-	}
-
-	bool SleepUnlessStopping(int ms)
-	{
-		for (int waited = 0; waited < ms; waited += 10) {
-			if (stopping_)
-				return false;
-			std::this_thread::sleep_for(std::chrono::milliseconds(10));
-		}
-		return !stopping_;
-	}
-
-	void Serve(int fd)
-	{
-		std::string buffer;
-		char chunk[65536];
-		for (;;) {
-			size_t end;
-			while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
-				ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-				if (n <= 0) {
-					close(fd);
-					return;
-				}
-				buffer.append(chunk, n);
-			}
-			Request r;
-			std::string head = buffer.substr(0, end);
-			size_t line_end = head.find("\r\n");
-			std::string first = head.substr(0, line_end);
-			r.method = first.substr(0, first.find(' '));
-			r.path = first.substr(first.find(' ') + 1, first.rfind(' ') - first.find(' ') - 1);
-			size_t pos = line_end + 2;
-			while (pos < head.size()) {
-				size_t next = head.find("\r\n", pos);
-				if (next == std::string::npos)
-					next = head.size();
-				std::string line = head.substr(pos, next - pos);
-				size_t colon = line.find(':');
-				std::string name = line.substr(0, colon);
-				for (char &c : name)
-					c = static_cast<char>(tolower(c));
-				std::string value = colon + 1 < line.size() ? line.substr(colon + 1) : "";
-				value.erase(0, value.find_first_not_of(' '));
-				r.headers[name] = value;
-				pos = next + 2;
-			}
-			size_t length = r.Has("content-length") ? std::stoul(r.Get("content-length")) : 0;
-			buffer.erase(0, end + 4);
-			while (buffer.size() < length) {
-				ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-				if (n <= 0) {
-					close(fd);
-					return;
-				}
-				buffer.append(chunk, n);
-			}
-			r.body = buffer.substr(0, length);
-			buffer.erase(0, length);
-			int index;
-			{
-				std::lock_guard<std::mutex> lock(mutex_);
-				requests_.push_back(r);
-				index = static_cast<int>(requests_.size()) - 1;
-			}
-			Reply reply = handler_(r, index);
-			if (reply.hang_ms && !SleepUnlessStopping(reply.hang_ms)) {
-				close(fd);
-				return;
-			}
-			send(fd, reply.raw.data(), reply.raw.size(), MSG_NOSIGNAL);
-			for (auto &[delay, bytes] : reply.trickle) {
-				if (!SleepUnlessStopping(delay))
-					break;
-				send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-			}
-			if (reply.close) {
-				close(fd);
-				return;
-			}
-		}
-	}
-
-	Handler handler_;
-	int listen_fd_ = -1;
-	int port_ = 0;
-	std::atomic<bool> stopping_{false};
-	std::atomic<int> connections_{0};
-	std::thread acceptor_;
-	std::mutex mutex_;
-	std::vector<std::thread> threads_;
-	std::vector<int> open_fds_;
-	std::vector<Request> requests_;
-};
-
-// The standard MCP server behaviour for initialize and notifications/initialized.
-Reply
-Session(const Request &r, const std::string &session = "sess-1")
-{
-	if (r.IsMethod("initialize"))
-		return {Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-		                 R"(,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"t","version":"1"}}})",
-		             session.empty() ? "" : "Mcp-Session-Id: " + session + "\r\n")};
-	return {"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"};
-}
-
-class ClientTest : public ::testing::Test {
-protected:
-	void SetUp() override
-	{
-		std::string error;
-		ASSERT_TRUE(schemas.Add("v1", SchemaV1(), &error));
-	}
-
-	std::unique_ptr<McpClient> Make(const std::string &url, ClientConfig config = {})
-	{
-		config.url = url;
-		if (config.request_timeout_ms == 300000)
-			config.request_timeout_ms = 5000;
-		config.connect_timeout_ms = 2000;
-		return McpClient::Create(config, &schemas);
-	}
-
-	static CallRequest Call(uint64_t tag, const std::string &run = "run-1", int attempt = 1)
-	{
-		CallRequest r;
-		r.tag = tag;
-		r.run_id = run;
-		r.patient_id = "patient-1";
-		r.attempt = attempt;
-		r.inputs_json = R"({"reason":"test"})";
-		r.context_pack_json = R"({"observations":[]})";
-		return r;
-	}
-
-	// Drives the client like the worker until `count` outcomes arrived or 10 s passed.
-	std::vector<CallOutcome> RunUntil(McpClient &client, size_t count)
-	{
-		auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-		while (outcomes.size() < count && std::chrono::steady_clock::now() < deadline) {
-			long timeout = client.TimeoutMs();
-			pollfd p{client.EventFd(), POLLIN, 0};
-			poll(&p, 1, timeout < 0 || timeout > 50 ? 50 : static_cast<int>(timeout));
-			client.Drive();
-			for (CallOutcome &o : client.TakeOutcomes())
-				outcomes.push_back(std::move(o));
-			for (CallProgress &p2 : client.TakeProgress())
-				progress.push_back(std::move(p2));
-		}
-		return outcomes;
-	}
-
-	SchemaRegistry schemas;
-	std::vector<CallOutcome> outcomes;
-	std::vector<CallProgress> progress;
-};
 
 TEST_F(ClientTest, JsonReplyAndHeaders)
 {
@@ -317,14 +26,21 @@ TEST_F(ClientTest, JsonReplyAndHeaders)
 	EXPECT_EQ(out[0].http_status, 200);
 	EXPECT_EQ(client->InFlight(), 0u);
 
+	// Modern first: server/discover got a 400 without a modern error body, so the client fell back to initialize.
 	auto requests = server.Requests();
-	ASSERT_EQ(requests.size(), 3u);
-	EXPECT_TRUE(requests[0].IsMethod("initialize"));
-	EXPECT_FALSE(requests[0].Has("mcp-protocol-version"));
-	EXPECT_FALSE(requests[0].Has("mcp-session-id"));
-	EXPECT_TRUE(requests[1].IsMethod("notifications/initialized"));
-	EXPECT_EQ(requests[1].Get("mcp-session-id"), "sess-1");
-	const Request &call = requests[2];
+	ASSERT_EQ(requests.size(), 5u);
+	EXPECT_TRUE(requests[0].IsMethod("server/discover"));
+	EXPECT_EQ(requests[0].Get("mcp-protocol-version"), "2026-07-28");
+	EXPECT_EQ(requests[0].Get("mcp-method"), "server/discover");
+	EXPECT_TRUE(requests[1].IsMethod("initialize"));
+	EXPECT_NE(requests[1].body.find("\"protocolVersion\":\"2025-11-25\""), std::string::npos) << requests[1].body;
+	EXPECT_FALSE(requests[1].Has("mcp-protocol-version"));
+	EXPECT_FALSE(requests[1].Has("mcp-session-id"));
+	EXPECT_TRUE(requests[2].IsMethod("notifications/initialized"));
+	EXPECT_EQ(requests[2].Get("mcp-session-id"), "sess-1");
+	EXPECT_TRUE(requests[3].IsMethod("tools/list"));
+	EXPECT_EQ(requests[3].Get("mcp-session-id"), "sess-1");
+	const Request &call = requests[4];
 	EXPECT_EQ(call.Get("mcp-session-id"), "sess-1");
 	EXPECT_EQ(call.Get("mcp-protocol-version"), "2025-06-18");
 	EXPECT_EQ(call.Get("accept"), "application/json, text/event-stream");
@@ -337,13 +53,25 @@ TEST_F(ClientTest, JsonReplyAndHeaders)
 	          std::string::npos)
 	    << call.body;
 	EXPECT_NE(call.body.find("\"_meta\":{\"progressToken\":\"run-1:1\"}"), std::string::npos);
+	EXPECT_FALSE(call.Has("mcp-method")); // the modern headers belong to the modern era
+	EXPECT_EQ(call.body.find("io.modelcontextprotocol/protocolVersion"), std::string::npos);
+	EXPECT_EQ(call.body.find("\"task\""), std::string::npos); // the server offers no tasks
+
+	EndpointInfo info = client->Endpoint();
+	EXPECT_EQ(info.era, "legacy");
+	EXPECT_EQ(info.protocol_version, "2025-06-18");
+	EXPECT_FALSE(info.tasks);
+	EXPECT_EQ(info.tool_offered, 1);
+	EXPECT_EQ(info.session_id, "sess-1");
 }
 
 TEST_F(ClientTest, SseReplyWithProgressAndPing)
 {
 	TestServer server([](const Request &r, int) {
 		if (!r.IsMethod("tools/call"))
-			return r.body.find("\"result\":{}") != std::string::npos ? Reply{Json("")} : Session(r, "");
+			return r.body.find("\"result\":{}") != std::string::npos || r.body.find("\"error\"") != std::string::npos
+			           ? Reply{Json("")}
+			           : Session(r, "");
 		std::string events = "id: 1\ndata:\n\n"
 		                     ": keep-alive\n\n"
 		                     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
@@ -351,6 +79,7 @@ TEST_F(ClientTest, SseReplyWithProgressAndPing)
 		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
 		                     "{\"progressToken\":\"someone-else\",\"progress\":3,\"total\":4}}\n\n"
 		                     "data: {\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"ping\"}\n\n"
+		                     "data: {\"jsonrpc\":\"2.0\",\"id\":\"s-1\",\"method\":\"sampling/createMessage\",\"params\":{}}\n\n"
 		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"
 		                     "data: " + ToolResult(IdOf(r)) + "\r\n\r\n";
 		Reply reply{Http(200, "text/event-stream", events)};
@@ -367,16 +96,14 @@ TEST_F(ClientTest, SseReplyWithProgressAndPing)
 	EXPECT_DOUBLE_EQ(progress[0].total, 4);
 	EXPECT_EQ(progress[0].message, "scoring");
 	// The ping was answered with an empty result; no session id was ever sent (stateless server).
-	for (int i = 0; i < 50 && server.Requests().size() < 4; i++) {
-		client->Drive();
-		std::this_thread::sleep_for(std::chrono::milliseconds(20));
-	}
-	bool pong = false;
-	for (const Request &r : server.Requests()) {
-		pong |= r.body == R"({"jsonrpc":"2.0","id":99,"result":{}})";
+	// Every server request is answered: ping with an empty result, anything else with -32601.
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.body == R"({"jsonrpc":"2.0","id":99,"result":{}})"; },
+	                    client.get()));
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) {
+		return r.body.find(R"("id":"s-1","error":{"code":-32601)") != std::string::npos;
+	}, client.get()));
+	for (const Request &r : server.Requests())
 		EXPECT_FALSE(r.Has("mcp-session-id"));
-	}
-	EXPECT_TRUE(pong);
 }
 
 TEST_F(ClientTest, SessionExpiryReinitializesOnceAndRetries)
@@ -419,6 +146,8 @@ TEST_F(ClientTest, SecondNotFoundIsTransientButInitializeNotFoundIsPermanent)
 	out = RunUntil(*client2, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_EQ(out[0].code, ErrorCode::McpError) << out[0].message;
+	EXPECT_TRUE(out[0].config_error); // a wrong URL pauses the worker rather than failing runs
+	EXPECT_EQ(wrong.Count("initialize"), 1);
 	EXPECT_EQ(wrong.Count("tools/call"), 0);
 	EXPECT_EQ(server.Count("tools/call"), 2);
 }
@@ -427,6 +156,7 @@ struct StatusCase {
 	std::string reply;
 	ErrorCode code;
 	int64_t retry_after_ms;
+	bool config_error = false;
 };
 
 TEST_F(ClientTest, HttpStatusClassification)
@@ -437,7 +167,8 @@ TEST_F(ClientTest, HttpStatusClassification)
 	    {Http(429, "text/plain", "slow down", "Retry-After: 2\r\n"), ErrorCode::NetworkError, 2000},
 	    {Http(408, "text/plain", "timeout"), ErrorCode::TimeoutError, -1},
 	    {Http(400, "text/plain", "bad"), ErrorCode::McpError, -1},
-	    {Http(401, "text/plain", "who"), ErrorCode::McpError, -1},
+	    {Http(401, "text/plain", "who"), ErrorCode::McpError, -1, true},
+	    {Http(403, "text/plain", "no"), ErrorCode::McpError, -1, true},
 	    {"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n", ErrorCode::McpError, -1},
 	};
 	for (const StatusCase &c : cases) {
@@ -449,6 +180,8 @@ TEST_F(ClientTest, HttpStatusClassification)
 		ASSERT_EQ(out.size(), 1u) << c.reply;
 		EXPECT_EQ(out[0].code, c.code) << c.reply << " -> " << out[0].message;
 		EXPECT_EQ(out[0].retry_after_ms, c.retry_after_ms) << c.reply;
+		EXPECT_EQ(out[0].config_error, c.config_error) << c.reply;
+		EXPECT_FALSE(out[0].local_failure) << c.reply;
 		EXPECT_EQ(server.Count("tools/call"), 1); // never followed a redirect, never retried inside the attempt
 	}
 }
@@ -605,14 +338,15 @@ TEST_F(ClientTest, ManyConcurrentCallsShareOneSessionAndConnections)
 
 TEST_F(ClientTest, UnsupportedProtocolVersionFailsTheCall)
 {
-	TestServer server([](const Request &r, int) {
-		return Reply{Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"result":{"protocolVersion":"1999-01-01","capabilities":{}}})")};
-	});
+	LegacyServer legacy;
+	legacy.version = "1999-01-01";
+	TestServer server([&](const Request &r, int) { return legacy(r); });
 	auto client = Make(server.Url());
 	client->Submit(Call(1));
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_EQ(out[0].code, ErrorCode::McpError);
+	EXPECT_TRUE(out[0].config_error);
 	EXPECT_NE(out[0].message.find("protocol version"), std::string::npos) << out[0].message;
 }
 
@@ -646,6 +380,221 @@ TEST_F(ClientTest, BadUrlIsPermanent)
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_EQ(out[0].code, ErrorCode::McpError) << out[0].message;
+	EXPECT_TRUE(out[0].config_error) << out[0].message;
+}
+
+// SEP-1699: the server closes the call's SSE stream early after an event id and a retry interval; the client
+// resumes with GET + Last-Event-ID after that interval, within the same call, and gets the response there.
+TEST_F(ClientTest, ClosedStreamIsResumedWithLastEventId)
+{
+	TestServer server([](const Request &r, int) {
+		if (r.method == "GET") {
+			if (r.Get("last-event-id") != "ev-2")
+				return Reply{Http(400, "text/plain", "bad Last-Event-ID")};
+			Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+			            "id: ev-3\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+			            "{\"progressToken\":\"run-1:1\",\"progress\":2,\"total\":2}}\n\n"
+			            "id: ev-4\ndata: " + ToolResult("\"run-1:1\"") + "\n\n"};
+			reply.close = true;
+			return reply;
+		}
+		if (!r.IsMethod("tools/call"))
+			return Session(r);
+		Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+		            "id: ev-1\nretry: 300\ndata:\n\n"
+		            "id: ev-2\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		            "{\"progressToken\":\"run-1:1\",\"progress\":1,\"total\":2}}\n\n"};
+		reply.close = true; // the server disconnects on purpose (SSE polling)
+		return reply;
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_EQ(server.Count("tools/call"), 1);
+	ASSERT_EQ(server.CountHttp("GET"), 1);
+	Request call = server.First("tools/call"), get;
+	for (const Request &r : server.Requests())
+		if (r.method == "GET")
+			get = r;
+	EXPECT_EQ(get.Get("mcp-session-id"), "sess-1");
+	EXPECT_EQ(get.Get("mcp-protocol-version"), "2025-06-18");
+	EXPECT_EQ(get.Get("accept"), "text/event-stream");
+	EXPECT_GE(get.at - call.at, std::chrono::milliseconds(290)); // honoured retry: 300
+	ASSERT_EQ(progress.size(), 2u);
+	EXPECT_DOUBLE_EQ(progress[1].progress, 2);
+}
+
+TEST_F(ClientTest, StreamClosedWithoutEventIdIsADisconnection)
+{
+	TestServer server([](const Request &r, int) {
+		if (!r.IsMethod("tools/call"))
+			return Session(r);
+		Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata:\n\n"};
+		reply.close = true;
+		return reply;
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::NetworkError) << out[0].message;
+	EXPECT_EQ(server.CountHttp("GET"), 0);
+}
+
+// The response arrived but the server keeps the stream open: the call completes without waiting for the end.
+TEST_F(ClientTest, ResponseOnAStreamLeftOpenCompletesTheCall)
+{
+	TestServer server([](const Request &r, int) {
+		if (!r.IsMethod("tools/call"))
+			return Session(r);
+		Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: " + ToolResult(IdOf(r)) + "\n\n"};
+		reply.trickle = {{20000, ": still open\n\n"}};
+		return reply;
+	});
+	auto client = Make(server.Url());
+	auto started = std::chrono::steady_clock::now();
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));
+}
+
+Reply
+Hang(const Request &r)
+{
+	if (!r.IsMethod("tools/call"))
+		return Session(r);
+	Reply reply{""};
+	reply.hang_ms = 20000;
+	return reply;
+}
+
+bool
+IsCancelledFor(const Request &r, const std::string &request_id)
+{
+	return r.IsMethod("notifications/cancelled") &&
+	       r.body.find("\"requestId\":\"" + request_id + "\"") != std::string::npos;
+}
+
+TEST_F(ClientTest, CancelSendsNotificationsCancelled)
+{
+	TestServer server([](const Request &r, int) { return Hang(r); });
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	client->Submit(Call(2, "run-2"));
+	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
+	DriveFor(*client, 100);
+	client->Cancel(1);
+	client->Cancel(42); // unknown: ignored
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].tag, 1u);
+	EXPECT_TRUE(out[0].cancelled);
+	EXPECT_NE(out[0].code, ErrorCode::None);
+	EXPECT_EQ(client->InFlight(), 1u);
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
+	Request cancelled;
+	for (const Request &r : server.Requests())
+		if (r.IsMethod("notifications/cancelled"))
+			cancelled = r;
+	EXPECT_EQ(cancelled.Get("mcp-session-id"), "sess-1");
+	EXPECT_EQ(server.Count("notifications/cancelled"), 1);
+}
+
+TEST_F(ClientTest, TimeoutSendsNotificationsCancelled)
+{
+	TestServer server([](const Request &r, int) { return Hang(r); });
+	ClientConfig config;
+	config.request_timeout_ms = 500;
+	auto client = Make(server.Url(), config);
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::TimeoutError) << out[0].message;
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
+}
+
+TEST_F(ClientTest, ShutdownCancelsCallsAndDeletesTheSession)
+{
+	TestServer server([](const Request &r, int) {
+		if (r.method == "DELETE")
+			return Reply{"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"};
+		return Hang(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
+	DriveFor(*client, 50);
+	auto started = std::chrono::steady_clock::now();
+	client->Shutdown();
+	EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(1500)); // bounded
+	EXPECT_EQ(client->InFlight(), 0u);
+	EXPECT_TRUE(client->TakeOutcomes().empty());
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }));
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; }));
+}
+
+TEST_F(ClientTest, NoToolsCapabilityIsAConfigurationError)
+{
+	LegacyServer legacy;
+	legacy.capabilities = R"({"prompts":{}})";
+	TestServer server([&](const Request &r, int) { return legacy(r); });
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::McpError);
+	EXPECT_TRUE(out[0].config_error);
+	EXPECT_NE(out[0].message.find("tools capability"), std::string::npos) << out[0].message;
+	EXPECT_EQ(server.Count("tools/call"), 0);
+	EXPECT_NE(client->Endpoint().last_error.find("tools capability"), std::string::npos);
+}
+
+TEST_F(ClientTest, ToolNotOfferedIsAConfigurationError)
+{
+	LegacyServer legacy;
+	legacy.tools = R"({"tools":[{"name":"a"}],"nextCursor":"page-2"})";
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/list") && r.body.find("page-2") != std::string::npos)
+			return Reply{Json(Result(r, R"({"tools":[{"name":"b"}]})"))};
+		return legacy(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_TRUE(out[0].config_error) << out[0].message;
+	EXPECT_NE(out[0].message.find("run_diagnosis"), std::string::npos) << out[0].message;
+	EXPECT_EQ(server.Count("tools/list"), 2); // followed nextCursor
+	EXPECT_EQ(server.Count("tools/call"), 0);
+	EXPECT_EQ(client->Endpoint().tool_offered, 0);
+}
+
+TEST_F(ClientTest, LegacyEraIsCachedForTheClientsLife)
+{
+	TestServer server([](const Request &r, int) {
+		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	RunUntil(*client, 1);
+	// A new URL on the same origin (the session is dropped), then calls again: no second probe.
+	ClientConfig config;
+	config.url = server.Url() + "?v=2";
+	config.request_timeout_ms = 5000;
+	client->Configure(config);
+	client->Submit(Call(2, "run-2"));
+	auto out = RunUntil(*client, 2);
+	ASSERT_EQ(out.size(), 2u);
+	EXPECT_EQ(out[1].code, ErrorCode::None) << out[1].message;
+	EXPECT_EQ(server.Count("server/discover"), 1);
+	EXPECT_EQ(server.Count("initialize"), 2);
+	// The session of the old URL was ended, not abandoned.
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; },
+	                    client.get()));
 }
 
 } // namespace

@@ -4,13 +4,19 @@
  * The owner (the background worker) never blocks inside the client. It waits on EventFd() becoming
  * readable (an epoll descriptor that aggregates every socket libcurl asked to watch) together with its own
  * latch, for at most TimeoutMs(); then it calls Drive(), which performs whatever I/O and timers are due, and
- * collects finished calls with TakeOutcomes() and progress notifications with TakeProgress().
+ * collects finished calls with TakeOutcomes(), progress notifications with TakeProgress() and the tasks the server
+ * created with TakeTasks().
  *
- * One MCP session per endpoint is shared by all calls: initialize, notifications/initialized, then
- * concurrent tools/call requests. Calls submitted before the session is ready wait for it inside the client.
- * On a 404 to a request that carried Mcp-Session-Id the session is re-initialized once and the call retried
- * once. No exception escapes a public member except std::bad_alloc; no exception or error ever crosses a
- * libcurl callback.
+ * Dual-era: the endpoint is probed with the current revision (2026-07-28: server/discover, per-request _meta, no
+ * sessions) and falls back to the initialize handshake (2025-11-25, accepting 2025-03-26 and 2025-06-18) when the
+ * server is legacy; the era is cached per origin. In the legacy era one session per endpoint is shared by every call;
+ * on a 404 to a request that carried Mcp-Session-Id the session is re-initialized once and the call retried once.
+ * Calls submitted before the endpoint is ready wait for it inside the client. When the server offers tasks for the
+ * tool, a call becomes a task that is polled with tasks/get. No exception escapes a public member except
+ * std::bad_alloc; no exception or error ever crosses a libcurl callback.
+ *
+ * The facade over three units: http_transport (libcurl + epoll), mcp_session (era and session), mcp_protocol
+ * (JSON-RPC messages and outcome classification).
  */
 #pragma once
 
@@ -27,7 +33,8 @@ class SchemaRegistry;
 
 struct ClientConfig {
 	std::string url;                      /* http(s)://host:port/path of the MCP endpoint */
-	std::string tool = "run_diagnosis";   /* tools/call name */
+	std::string tool = "run_diagnosis";   /* tools/call name; "" = none: the endpoint is set up without
+	                                         requiring the tools capability or looking the tool up */
 	std::string auth_token;               /* sent as "Authorization: Bearer <token>" when not empty */
 	long connect_timeout_ms = 10000;
 	long request_timeout_ms = 300000;     /* total per call, session set-up included */
@@ -36,6 +43,9 @@ struct ClientConfig {
 	int max_inflight = 64;                /* tools/call requests at once */
 	std::string ca_file;                  /* extra CA bundle for TLS tests; "" = system default */
 	std::string user_agent = "pg_diagnosis";
+	long max_connections = 0;             /* sockets open at once (CURLMOPT_MAX_TOTAL_CONNECTIONS); 0 = no cap.
+	                                         Calls beyond it queue inside libcurl instead of failing. */
+	long shutdown_timeout_ms = 1000;      /* how long Shutdown() may take to deliver its messages */
 };
 
 /* One tools/call. The arguments sent are {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
@@ -47,6 +57,8 @@ struct CallRequest {
 	std::string schema_version = "v1";
 	std::string inputs_json = "{}";       /* a JSON object, embedded as is */
 	std::string context_pack_json = "{}"; /* a JSON object, embedded as is */
+	std::string traceparent;    /* W3C traceparent: params._meta.traceparent and the traceparent header; "" = none */
+	std::string resume_task_id; /* poll this task (created by an earlier call) instead of calling the tool */
 };
 
 /* A notifications/progress for a call's progressToken. */
@@ -69,6 +81,35 @@ struct CallOutcome {
 	long http_status = 0;       /* of the tools/call response, 0 if none */
 	int64_t retry_after_ms = -1;/* from a Retry-After header, -1 if none */
 	int64_t elapsed_ms = 0;     /* from Submit to the outcome */
+	bool config_error = false;  /* the setting cannot work (tool not offered, no tools capability, protocol version
+	                               rejected, HTTP 401/403, wrong URL): pause, do not spend an attempt */
+	bool local_failure = false; /* this process ran out of descriptors or memory: requeue, do not spend an attempt */
+	bool task_lost = false;     /* the task (resume_task_id or created by this call) is unknown or expired on the
+	                               server: start a new attempt with a fresh call */
+	bool cancelled = false;     /* ended by Cancel(); code is McpError, result_json is "", response_json holds any
+	                               result that still arrived */
+	std::string task_id;        /* the task that backed this call, "" if none */
+};
+
+/* A task the server created for a call: the worker commits it so that a restart resumes polling it. */
+struct CallTask {
+	uint64_t tag = 0;
+	std::string task_id;
+	int64_t ttl_ms = -1; /* -1 unknown or unlimited */
+};
+
+/* What the client knows about the endpoint. */
+struct EndpointInfo {
+	std::string state;            /* "idle", "probing" (discover, initialize, tools/list) or "ready" */
+	std::string era;              /* "modern", "legacy" or "" (not probed yet) */
+	std::string protocol_version; /* negotiated; "" until known */
+	bool tasks = false;           /* tools/call of the configured tool may become a task */
+	std::string last_error;       /* the last endpoint-level failure (probe, initialize, tools/list), "" if none */
+	std::string session_id;       /* legacy session, "" if none */
+	std::string capabilities_json;/* the server's capabilities object, "" until known */
+	std::string server_name;      /* "name version" the server reported */
+	int tool_offered = -1;        /* tools/list listed the tool: 1, did not: 0, not checked: -1 */
+	std::string tool_task_support;/* the tool's execution.taskSupport, "" if none */
 };
 
 class McpClient {
@@ -79,6 +120,9 @@ public:
 
 	/* Applies to calls submitted from now on; a changed url or token drops the session. */
 	virtual void Configure(const ClientConfig &config) = 0;
+
+	/* Sets the endpoint up (probe, initialize, tools/list) without a call; Endpoint() tells how it went. */
+	virtual void Connect() = 0;
 
 	/* Starts a call; false when max_inflight calls are already in flight. */
 	virtual bool Submit(CallRequest request) = 0;
@@ -93,6 +137,19 @@ public:
 
 	virtual std::vector<CallProgress> TakeProgress() = 0;
 	virtual std::vector<CallOutcome> TakeOutcomes() = 0;
+	/* Tasks created since the last call (each once), to be committed by the owner. */
+	virtual std::vector<CallTask> TakeTasks() = 0;
+
+	/* Gives up one call: tasks/cancel for a task-backed call, notifications/cancelled (legacy) or closing the
+	 * stream (modern) otherwise. Its outcome arrives with cancelled = true. Unknown tags are ignored. */
+	virtual void Cancel(uint64_t tag) = 0;
+
+	virtual EndpointInfo Endpoint() const = 0;
+
+	/* Orderly end: calls in flight end without an outcome (notifications/cancelled for legacy direct calls; tasks
+	 * are left running so a restart resumes them), then the legacy session is DELETEd. Takes at most
+	 * shutdown_timeout_ms; the client is idle afterwards. */
+	virtual void Shutdown() = 0;
 
 	/* Ends every call in flight at once without an outcome (shutdown); returns their tags. */
 	virtual std::vector<uint64_t> AbortAll() = 0;

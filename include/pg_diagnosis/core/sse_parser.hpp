@@ -26,6 +26,10 @@ public:
 	 * call is false and yields nothing). */
 	bool Feed(const char *bytes, size_t length, std::vector<SseEvent> &out);
 	bool Failed() const { return failed_; }
+	/* The stream's last event ID (kept across events, as a reconnecting client sends it in Last-Event-ID). */
+	const std::string &LastEventId() const { return last_id_; }
+	/* The last valid retry: field in milliseconds (the reconnection time), -1 when the stream sent none. */
+	long RetryMs() const { return retry_ms_; }
 
 private:
 	void ProcessLine(std::vector<SseEvent> &out);
@@ -39,6 +43,7 @@ private:
 	std::string type_;
 	std::string last_id_;
 	bool has_data_ = false;
+	long retry_ms_ = -1;
 };
 
 } // namespace pgdiag

@@ -1,0 +1,141 @@
+/*
+ * http_transport.hpp: HTTP exchanges on libcurl's multi socket interface, behind one epoll descriptor.
+ *
+ * libcurl says which sockets to watch (socket callback) and when to come back (timer callback); the transport keeps
+ * the sockets in its own epoll descriptor so its owner waits on a single descriptor next to its latch. Responses are
+ * recorded as they arrive: text/event-stream bodies are parsed into SSE events while the stream is still open, so the
+ * owner sees notifications before the exchange ends. The transport knows nothing of MCP.
+ *
+ * Callbacks never throw and never call back into the owner: they record what happened in the exchange and return
+ * libcurl's abort value; everything else happens in Drive().
+ */
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "pg_diagnosis/core/sse_parser.hpp"
+
+struct curl_sockaddr;
+
+namespace pgdiag {
+
+using Clock = std::chrono::steady_clock;
+
+enum class HttpMethod { Post, Get, Delete };
+
+struct HttpRequest {
+	HttpMethod method = HttpMethod::Post;
+	std::string url;
+	std::vector<std::string> headers; /* "Name: value" lines */
+	std::string body;                 /* POST only */
+	long timeout_ms = 300000;         /* the whole exchange */
+	long connect_timeout_ms = 10000;
+	long inactivity_ms = 0;           /* no byte for this long ends the exchange; 0 = no limit */
+	size_t max_bytes = 8u << 20;      /* response body cap, enforced in the write callback */
+	std::string ca_file;              /* "" = the system's CA bundle */
+	std::string user_agent = "pg_diagnosis";
+};
+
+/* One exchange and what came back so far. */
+struct HttpExchange {
+	uint64_t id = 0;
+	HttpRequest request;
+
+	/* The response, filled in while it arrives. */
+	long status = 0;
+	std::string content_type; /* lower case */
+	std::string session_id;   /* Mcp-Session-Id */
+	std::string retry_after;  /* Retry-After */
+	bool is_sse = false;      /* a 2xx text/event-stream */
+	std::string body;         /* every non-SSE body, error bodies included */
+	std::vector<SseEvent> events; /* SSE events not yet taken by the owner */
+	SseParser sse;
+	size_t bytes = 0;
+	Clock::time_point last_byte;
+
+	/* How it ended (valid once finished). */
+	bool finished = false;
+	int curl_code = 0;        /* CURLcode; 0 = the transfer completed */
+	long os_errno = 0;        /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
+	int socket_errno = 0;     /* errno of a failed socket() (the open-socket callback) */
+	std::string error;        /* libcurl's message for curl_code, "" when 0 */
+	bool timed_out = false;   /* the total or connect timeout */
+	bool inactive = false;    /* ended by the transport's inactivity limit */
+	bool too_big = false;     /* max_bytes exceeded */
+	bool sse_failed = false;  /* an SSE event exceeded max_bytes */
+	bool local_failure = false; /* this process ran out of descriptors or memory: not the peer's fault */
+	std::string callback_error;
+
+	/* libcurl's handle and header list: owned by the transport. */
+	void *easy = nullptr;
+	void *header_list = nullptr;
+	char errbuf[256] = {0};
+};
+
+class HttpTransport {
+public:
+	/* Throws std::runtime_error when the epoll descriptor or the multi handle cannot be made. */
+	HttpTransport();
+	~HttpTransport();
+	HttpTransport(const HttpTransport &) = delete;
+	HttpTransport &operator=(const HttpTransport &) = delete;
+
+	/* At most `total` connections at once (CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = no cap): further exchanges wait
+	 * inside libcurl for a free connection instead of opening more sockets. `cache` idle connections are kept. */
+	void SetConnectionLimits(long total, long cache);
+
+	/* Starts an exchange. It is never null: an exchange that cannot even start is returned already finished (with
+	 * local_failure when libcurl had no memory), and TakeFinished() delivers it. */
+	HttpExchange *Start(HttpRequest request);
+	/* Abandons an exchange at once (closing its connection, which ends a stream) and frees it. */
+	void Abort(uint64_t id);
+	void AbortAll();
+	/* Ends a live exchange now as if it had completed (its connection is closed): for a stream whose final
+	 * response already arrived while the server keeps it open. Null for an unknown id. */
+	std::unique_ptr<HttpExchange> Detach(uint64_t id);
+
+	HttpExchange *Find(uint64_t id);
+	size_t Count() const { return live_.size(); }
+	/* The exchanges still open, for reading their SSE events and progress. */
+	std::vector<HttpExchange *> Live();
+
+	/* Readable when Drive() has socket work to do. Stable for the transport's life. */
+	int EventFd() const { return epoll_fd_; }
+	/* Milliseconds until Drive() must run for timers; -1 when none is pending. */
+	long TimeoutMs() const;
+	/* Performs due socket I/O and timers without blocking; finished exchanges move to TakeFinished(). */
+	void Drive();
+	std::vector<std::unique_ptr<HttpExchange>> TakeFinished();
+
+private:
+	static int SocketCallback(void *easy, int s, int what, void *userp, void *socketp);
+	static int TimerCallback(void *multi, long timeout_ms, void *userp);
+	static size_t HeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata);
+	static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
+	static int OpenSocketCallback(void *clientp, int purpose, struct curl_sockaddr *address);
+
+	void SocketAction(int socket, int flags);
+	void CollectDone();
+	void ExpireInactive();
+	void Finish(uint64_t id, int code);
+	void Release(HttpExchange *exchange);
+
+	int epoll_fd_ = -1;
+	void *multi_ = nullptr;
+	bool timer_armed_ = false;
+	Clock::time_point timer_deadline_;
+	uint64_t next_id_ = 0;
+	std::unordered_map<uint64_t, std::unique_ptr<HttpExchange>> live_;
+	std::vector<std::unique_ptr<HttpExchange>> finished_;
+};
+
+/* True for an errno that means this process, not the network, is short of a resource (EMFILE, ENFILE, ENOMEM,
+ * ENOBUFS). */
+bool IsLocalResourceErrno(long err);
+
+} // namespace pgdiag
