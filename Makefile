@@ -29,7 +29,7 @@ PG_CONFIG   ?= pg_config
 # The core is C++ without JIT value: no LLVM bitcode (Debian's PGXS would otherwise need clang-14 for it).
 override with_llvm = no
 
-PG_CPPFLAGS  = -Iinclude -MMD -MP
+PG_CPPFLAGS  = -Iinclude -MMD -MP -DPGDIAG_EXTVERSION=\"$(EXTVERSION)\"
 PG_CXXFLAGS  = -std=c++17 -Wno-register -fexceptions -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK  += -lcurl -lstdc++
 # SANITIZE: extra compile and link flags, e.g. "-fsanitize=address,undefined" (scripts/sanitize.sh builds a copy

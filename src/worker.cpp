@@ -361,6 +361,7 @@ typedef struct LoopState {
 	TimestampTz extension_check_at; /* when to look for CREATE EXTENSION again */
 	TimestampTz recovery_at;        /* next recovery pass; DT_NOEND: none until a worker exits or a claim */
 	TimestampTz claim_at;           /* when a claim may find work; DT_NOEND: only a wake-up brings work */
+	TimestampTz cancel_check_at;    /* when to look for cancel requests of this worker's runs */
 	TimestampTz paused_until;       /* a setting that cannot work: no claim before this */
 	int pause_ms;                   /* the pause's current backoff; 0 when not paused */
 	int call_limit;                 /* calls in flight that fit in the descriptor budget */
@@ -413,6 +414,8 @@ NextTimeoutMs(const LoopState *st)
 		wake = Min(wake, st->extension_check_at);
 	else {
 		wake = Min(wake, st->recovery_at);
+		if (pgdiag::calls::InFlight() > 0)
+			wake = Min(wake, st->cancel_check_at);
 		if (CanClaim(st, now, &state))
 			wake = Min(wake, st->claim_at);
 		else if (st->pause_reason && EndpointConfigured() && pgdiag_enabled)
@@ -435,8 +438,10 @@ ObserveWakeups(LoopState *st)
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (enqueues != st->seen_enqueues) {
+		/* Enqueues and cancel requests both wake the workers at commit. */
 		st->seen_enqueues = enqueues;
 		st->claim_at = now;
+		st->cancel_check_at = now;
 	}
 	if (exits != st->seen_exits) {
 		st->seen_exits = exits;
@@ -461,14 +466,18 @@ OnReload(LoopState *st)
 static bool
 ExtensionStep(LoopState *st, TimestampTz now)
 {
+	pgdiag::ExtensionState extension;
+
 	if (st->extension_ready)
 		return true;
 	if (now < st->extension_check_at)
 		return false;
-	st->extension_ready = pgdiag::ExtensionReady();
+	extension = pgdiag::ExtensionReady();
+	st->extension_ready = extension == pgdiag::ExtensionState::Ready;
 	if (!st->extension_ready) {
 		st->extension_check_at = Later(now, pgdiag_poll_interval_ms);
-		SetSlotState("waiting_for_extension", 0, NULL);
+		SetSlotState(extension == pgdiag::ExtensionState::Missing ? "waiting_for_extension" : "waiting_for_update", 0,
+		             NULL);
 		return false;
 	}
 	pgdiag::LoadResultSchemas();
@@ -477,20 +486,61 @@ ExtensionStep(LoopState *st, TimestampTz now)
 	return true;
 }
 
-/* Writes progress and finished calls; a finished call frees a slot, so a claim may follow at once. */
+/* Copies the endpoint's era and negotiated version into the slot for worker_status(). */
+static void
+PublishEndpoint(void)
+{
+	pgdiag::SharedState *shared = pgdiag::Shared();
+	pgdiag::WorkerSlot *slot = MySlot();
+	char era[pgdiag::kEraLen];
+	char version[pgdiag::kVersionLen];
+
+	if (!slot)
+		return;
+	pgdiag::calls::Endpoint(era, sizeof(era), version, sizeof(version));
+	SpinLockAcquire(&shared->mutex);
+	strlcpy(slot->era, era, sizeof(slot->era));
+	strlcpy(slot->protocol_version, version, sizeof(slot->protocol_version));
+	SpinLockRelease(&shared->mutex);
+}
+
+static void Pause(LoopState *st, TimestampTz now, const char *reason);
+
+/* Writes progress, new tasks and finished calls; a finished call frees a slot, so a claim may follow at once. A
+ * call that said a setting cannot work (its run went back to the queue unspent) pauses claiming. */
 static void
 SettleStep(LoopState *st, TimestampTz now)
 {
 	pgdiag::FinalizeResult result;
+	char config_error[pgdiag::kLastErrorLen];
 	const char *state;
 
 	pgdiag::WriteProgress();
+	pgdiag::RecordTasks();
 	pgdiag::FinalizeFinishedRuns(&result);
-	(void) CanClaim(st, now, &state);
-	SetSlotState(state, result.terminal, st->pause_reason ? st->pause_reason : result.last_error);
+	PublishEndpoint();
 	if (result.settled > 0)
 		st->claim_at = now;
 	st->claim_at = Min(st->claim_at, result.next_retry);
+	if (pgdiag::calls::TakeConfigError(config_error, sizeof(config_error)))
+		Pause(st, now, config_error);
+	(void) CanClaim(st, now, &state);
+	SetSlotState(state, result.terminal, st->pause_reason ? st->pause_reason : result.last_error);
+}
+
+/* Stops the calls whose cancel was requested: at the wake-up of the cancelling commit, and every poll interval
+ * while calls are in flight (no query otherwise). */
+static void
+CancelStep(LoopState *st, TimestampTz now)
+{
+	if (pgdiag::calls::InFlight() == 0) {
+		st->cancel_check_at = DT_NOEND;
+		return;
+	}
+	if (now < st->cancel_check_at)
+		return;
+	pgdiag::StopCancelledCalls();
+	st->cancel_check_at = Later(now, pgdiag_poll_interval_ms);
 }
 
 /* Puts back runs of dead workers and expired leases: when due, then every poll interval while runs are
@@ -592,8 +642,9 @@ ShutDown(WaitEventSet *wait_set, bool extension_ready)
 		pgdiag::FinalizeFinishedRuns(&result);
 		SetSlotState("stopping", result.terminal, NULL);
 	}
-	if (!pgdiag::calls::AbortAll(&aborted))
-		elog(ERROR, "pg_diagnosis: aborting calls failed: %s", pgdiag::cpp_guard_message);
+	/* Legacy calls get notifications/cancelled, the session its DELETE; tasks keep running for the next start. */
+	if (!pgdiag::calls::Shutdown(&aborted))
+		elog(ERROR, "pg_diagnosis: ending the calls failed: %s", pgdiag::cpp_guard_message);
 	if (extension_ready)
 		(void) pgdiag::RecoverRuns(true, NULL);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
@@ -625,6 +676,7 @@ pgdiag_worker_main(Datum main_arg)
 	st.extension_check_at = GetCurrentTimestamp();
 	st.recovery_at = DT_NOEND;
 	st.claim_at = DT_NOEND;
+	st.cancel_check_at = DT_NOEND;
 	st.seen_exits = pg_atomic_read_u64(&shared->exit_generation);
 	st.seen_enqueues = pg_atomic_read_u64(&shared->enqueue_generation);
 
@@ -660,6 +712,7 @@ pgdiag_worker_main(Datum main_arg)
 		if (!ExtensionStep(&st, now))
 			continue;
 		SettleStep(&st, now);
+		CancelStep(&st, now);
 		RecoveryStep(&st, now);
 		ClaimStep(&st, now);
 	}

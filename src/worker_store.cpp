@@ -16,8 +16,13 @@
 #include "pg_diagnosis/worker_calls.hpp"
 
 extern "C" {
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -29,6 +34,7 @@ extern "C" {
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -149,18 +155,60 @@ InSubtransaction(void (*body)(void *), void *arg)
 
 /* ---------------------------------------------------------------- extension and schemas */
 
-bool
-pgdiag::ExtensionReady()
-{
-	bool ready;
+/* The version of the extension's SQL this library drives: the control file's default_version (Makefile). */
+#define LIBRARY_EXTENSION_VERSION PGDIAG_EXTVERSION
 
+/* The installed version of the extension in this database, palloc'd in the caller's context, or NULL. */
+static char *
+InstalledVersion(void)
+{
 	MemoryContext caller = CurrentMemoryContext;
+	char *version = NULL;
 
 	StartTransactionCommand();
-	ready = OidIsValid(get_extension_oid("pg_diagnosis", true));
+	if (OidIsValid(get_extension_oid("pg_diagnosis", true))) {
+		/* pg_extension.extversion, through the catalog cache of extension.c's own lookup */
+		Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple tuple;
+
+		ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum("pg_diagnosis"));
+		scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+		tuple = systable_getnext(scan);
+		if (HeapTupleIsValid(tuple)) {
+			bool isnull;
+			Datum d = heap_getattr(tuple, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+			if (!isnull)
+				version = MemoryContextStrdup(caller, TextDatumGetCString(d));
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);
-	return ready;
+	return version;
+}
+
+pgdiag::ExtensionState
+pgdiag::ExtensionReady()
+{
+	static bool said_version = false;
+	char *version = InstalledVersion();
+
+	if (version == NULL)
+		return ExtensionState::Missing;
+	if (strcmp(version, LIBRARY_EXTENSION_VERSION) != 0) {
+		/* A new library on an old schema (between the package upgrade and ALTER EXTENSION UPDATE): wait. */
+		if (!said_version)
+			ereport(LOG, (errmsg("pg_diagnosis: the extension is at version %s, this library needs %s; the worker "
+			                     "waits for ALTER EXTENSION pg_diagnosis UPDATE",
+			                     version, LIBRARY_EXTENSION_VERSION)));
+		said_version = true;
+		return ExtensionState::OtherVersion;
+	}
+	said_version = false;
+	return ExtensionState::Ready;
 }
 
 void
@@ -274,11 +322,11 @@ static const char *finalize_sql =
     "         i.error_details::jsonb AS error_details, i.context_pack::jsonb AS context_pack,"
     "         i.mcp_response::jsonb AS mcp_response, i.diagnosis::jsonb AS diagnosis,"
     "         i.processing_ms::int AS processing_ms, i.mcp_run_id, i.retry_delay_ms::bigint AS retry_delay_ms,"
-    "         i.refund::bool AS refund"
+    "         i.refund::bool AS refund, i.task_lost::bool AS task_lost"
     "  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-    "              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $15::text[])"
+    "              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $15::text[], $16::text[])"
     "       AS i(id, attempt, outcome, error_code, error_message, error_details, context_pack, mcp_response,"
-    "            diagnosis, processing_ms, mcp_run_id, retry_delay_ms, refund)"
+    "            diagnosis, processing_ms, mcp_run_id, retry_delay_ms, refund, task_lost)"
     "), target AS ("
     "  SELECT r.id, r.cancel_requested_at, r.cancel_requested_by,"
     "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
@@ -298,6 +346,8 @@ static const char *finalize_sql =
     "    error_message = CASE WHEN t.outcome = 'cancelled' THEN NULL ELSE i.error_message END,"
     "    error_details = CASE WHEN t.outcome = 'cancelled' THEN NULL ELSE i.error_details END,"
     "    mcp_run_id = coalesce(i.mcp_run_id, r.mcp_run_id),"
+    "    mcp_task_id = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_id END,"
+    "    mcp_task_expires_at = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_expires_at END,"
     "    processing_time_ms = i.processing_ms,"
     "    progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,"
     "    updated_at = now()"
@@ -347,7 +397,7 @@ typedef struct FinalizeBatch {
 	int n;
 	const char **id, **attempt, **outcome, **error_code, **error_message, **error_details, **context_pack,
 	    **mcp_response, **diagnosis, **processing_ms, **mcp_run_id, **retry_delay_ms;
-	const char **refund;
+	const char **refund, **task_lost;
 	int terminal;           /* result: runs that reached completed, failed or cancelled */
 	char **deferred;        /* result: ids of runs another transaction held locked, in the caller's context */
 	int ndeferred;
@@ -372,6 +422,7 @@ NewBatch(int n)
 	ALLOC_COLUMN(mcp_run_id);
 	ALLOC_COLUMN(retry_delay_ms);
 	ALLOC_COLUMN(refund);
+	ALLOC_COLUMN(task_lost);
 #undef ALLOC_COLUMN
 	return b;
 }
@@ -393,6 +444,7 @@ AddToBatch(FinalizeBatch *b, const pgdiag::calls::Finished *f)
 	b->mcp_run_id[i] = f->mcp_run_id;
 	b->retry_delay_ms[i] = IntText(f->retry_delay_ms);
 	b->refund[i] = f->refund_attempt ? "true" : "false";
+	b->task_lost[i] = f->task_lost ? "true" : "false";
 }
 
 static void
@@ -400,11 +452,11 @@ ExecuteFinalize(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	FinalizeBatch *b = (FinalizeBatch *) arg;
-	Oid argtypes[15];
-	Datum values[15];
+	Oid argtypes[16];
+	Datum values[16];
 	bool isnull;
 
-	for (int i = 0; i < 15; i++)
+	for (int i = 0; i < 16; i++)
 		argtypes[i] = TEXTARRAYOID;
 	argtypes[12] = FLOAT8OID;
 	argtypes[13] = INT4OID;
@@ -423,7 +475,8 @@ ExecuteFinalize(void *arg)
 	values[12] = Float8GetDatum(pgdiag_min_confidence);
 	values[13] = Int32GetDatum(MyProcPid);
 	values[14] = TextArray(b->refund, b->n);
-	if (SPI_execute_plan(KeptPlan(&plan, finalize_sql, 15, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+	values[15] = TextArray(b->task_lost, b->n);
+	if (SPI_execute_plan(KeptPlan(&plan, finalize_sql, 16, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "finalize statement failed");
 	{
 		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -533,6 +586,107 @@ pgdiag::FinalizeFinishedRuns(FinalizeResult *result)
 		ConditionVariableBroadcast(&Shared()->run_finished);
 }
 
+/* ---------------------------------------------------------------- tasks and cancels */
+
+/*
+ * Commits the tasks the server created, in the runs' own rows, so a recovered run polls its task instead of
+ * calling the tool again. Guarded like finalize (running, same attempt); a row another transaction holds locked
+ * is skipped and written on a later pass.
+ */
+static const char *tasks_sql =
+    "WITH t AS (SELECT id::uuid AS id, attempt::int AS attempt, task_id, ttl_ms::bigint AS ttl_ms"
+    "             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(id, attempt, task_id, ttl_ms)),"
+    " target AS (SELECT r.id FROM diagnosis.runs r JOIN t ON r.id = t.id AND r.status = 'running'"
+    "                   AND r.attempt = t.attempt FOR NO KEY UPDATE OF r SKIP LOCKED),"
+    " upd AS (UPDATE diagnosis.runs r SET mcp_task_id = t.task_id,"
+    "                mcp_task_expires_at = CASE WHEN t.ttl_ms >= 0 THEN now() + t.ttl_ms * interval '1 millisecond' END"
+    "           FROM t JOIN target USING (id) WHERE r.id = t.id RETURNING r.id)"
+    "SELECT array_agg(t.id::text) FROM t JOIN diagnosis.runs r ON r.id = t.id AND r.status = 'running'"
+    " AND r.attempt = t.attempt WHERE t.id NOT IN (SELECT id FROM target)";
+
+void
+pgdiag::RecordTasks()
+{
+	static SPIPlanPtr plan = NULL;
+	Oid argtypes[4] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum values[4];
+	const char **ids, **attempts, **task_ids, **ttls;
+	const char **keep;
+	int nkeep = 0;
+	int count = 0;
+	bool isnull;
+	Datum locked;
+
+	if (!calls::CollectTasks(&count))
+		elog(ERROR, "pg_diagnosis: collecting tasks failed: %s", cpp_guard_message);
+	if (count == 0)
+		return;
+	ids = (const char **) palloc(sizeof(char *) * count);
+	attempts = (const char **) palloc(sizeof(char *) * count);
+	task_ids = (const char **) palloc(sizeof(char *) * count);
+	ttls = (const char **) palloc(sizeof(char *) * count);
+	keep = (const char **) palloc(sizeof(char *) * count);
+	for (int i = 0; i < count; i++) {
+		const calls::Task *t = calls::TaskAt(i);
+		ids[i] = t->run_id;
+		attempts[i] = IntText(t->attempt);
+		task_ids[i] = t->task_id;
+		ttls[i] = psprintf("%lld", t->ttl_ms);
+	}
+	BeginWork("pg_diagnosis: record tasks");
+	values[0] = TextArray(ids, count);
+	values[1] = TextArray(attempts, count);
+	values[2] = TextArray(task_ids, count);
+	values[3] = TextArray(ttls, count);
+	if (SPI_execute_plan(KeptPlan(&plan, tasks_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "recording tasks failed");
+	locked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull) {
+		Datum *elems;
+		int n;
+		deconstruct_array(DatumGetArrayTypeP(locked), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+			keep[nkeep++] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(elems[i]));
+	}
+	EndWork();
+	if (!calls::ClearTasksExcept(keep, nkeep))
+		elog(ERROR, "pg_diagnosis: %s", cpp_guard_message);
+}
+
+/* This worker's runs whose cancel was requested: their calls are stopped (each once; the outcome follows). */
+static const char *cancels_sql =
+    "SELECT id::text, attempt FROM diagnosis.runs"
+    " WHERE status = 'running' AND worker_token = $1 AND cancel_requested_at IS NOT NULL";
+
+void
+pgdiag::StopCancelledCalls()
+{
+	static SPIPlanPtr plan = NULL;
+	Oid argtypes[1] = {INT8OID};
+	Datum values[1];
+	char **run_ids;
+	int *attempts;
+	int n;
+
+	BeginWork("pg_diagnosis: look for cancel requests");
+	values[0] = Int64GetDatum(MyWorkerToken());
+	if (SPI_execute_plan(KeptPlan(&plan, cancels_sql, 1, argtypes), values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "looking for cancel requests failed");
+	n = (int) SPI_processed;
+	run_ids = (char **) MemoryContextAlloc(work_caller_context, sizeof(char *) * Max(n, 1));
+	attempts = (int *) MemoryContextAlloc(work_caller_context, sizeof(int) * Max(n, 1));
+	for (int i = 0; i < n; i++) {
+		bool isnull;
+		run_ids[i] = MemoryContextStrdup(work_caller_context,
+		                                 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	EndWork();
+	for (int i = 0; i < n; i++)
+		if (!calls::Cancel(run_ids[i], attempts[i]))
+			elog(ERROR, "pg_diagnosis: cancelling the call of run %s failed: %s", run_ids[i], cpp_guard_message);
+}
+
 /* ---------------------------------------------------------------- progress */
 
 /* Best effort: a row another transaction holds locked skips this report (a later one supersedes it). */
@@ -636,15 +790,17 @@ static const char *claim_sql =
     "  FROM picked p WHERE r.id = p.id"
     "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, r.max_retries, r.schema_version, r.inputs,"
     "            '00-' || replace(r.id::text, '-', '') || '-' || lpad(to_hex(r.attempt), 16, '0') || '-01'"
-    "              AS traceparent"
+    "              AS traceparent,"
+    "            CASE WHEN r.mcp_task_expires_at IS NULL OR r.mcp_task_expires_at > now() THEN r.mcp_task_id END"
+    "              AS resume_task_id"
     "), locked AS ("
     "  INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,"
     "                                   worker_pid, details)"
     "  SELECT id, organization_id, 'LOCKED', 'queued', 'running', attempt, current_user, $3,"
     "         jsonb_build_object('traceparent', traceparent) FROM claimed"
     ")"
-    "SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent"
-    "  FROM claimed";
+    "SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent,"
+    "       resume_task_id FROM claimed";
 
 static const char *next_due_sql = "SELECT min(run_after) FROM diagnosis.runs WHERE status = 'queued'";
 
@@ -654,6 +810,7 @@ typedef struct ClaimedRun {
 	char *schema_version;
 	char *inputs;
 	char *traceparent;
+	char *resume_task_id; /* NULL: call the tool */
 	int attempt;
 	int max_retries;
 	char *pack;       /* the context pack with the run's inputs merged in */
@@ -794,6 +951,10 @@ ClaimStatement(int limit, MemoryContext caller_context, ClaimedRun **runs)
 		run->schema_version = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 5));
 		run->inputs = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 6));
 		run->traceparent = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 7));
+		{
+			char *task = SPI_getvalue(tuple, desc, 8);
+			run->resume_task_id = task ? MemoryContextStrdup(caller_context, task) : NULL;
+		}
 	}
 	return n;
 }
@@ -869,6 +1030,7 @@ SubmitClaimed(ClaimedRun *runs, int n)
 		c.inputs_json = runs[i].inputs;
 		c.context_pack_json = runs[i].pack;
 		c.traceparent = runs[i].traceparent;
+		c.resume_task_id = runs[i].resume_task_id;
 		c.attempt = runs[i].attempt;
 		c.max_retries = runs[i].max_retries;
 		if (!pgdiag::calls::Submit(c))

@@ -12,8 +12,10 @@ extern "C" {
 
 namespace pgdiag {
 
-/* True when CREATE EXTENSION pg_diagnosis has run in this database. */
-bool ExtensionReady();
+enum class ExtensionState { Missing, OtherVersion, Ready };
+
+/* Whether CREATE EXTENSION pg_diagnosis has run in this database, at the version this library drives. */
+ExtensionState ExtensionReady();
 
 /* Compiles every result schema into the C++ registry. */
 void LoadResultSchemas();
@@ -49,6 +51,12 @@ struct FinalizeResult {
 /* Writes every finished run: artifacts, status and audit row, guarded by status and attempt; rows another
  * transaction holds locked are kept for the next pass, never waited for. */
 void FinalizeFinishedRuns(FinalizeResult *result);
+
+/* Commits the tasks the server created for calls in flight (task id and expiry in the run's row). */
+void RecordTasks();
+
+/* Stops the calls of this worker's runs whose cancel was requested. */
+void StopCancelledCalls();
 
 /* Writes due progress reports of runs in flight. */
 void WriteProgress();
