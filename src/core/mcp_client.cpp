@@ -577,6 +577,8 @@ private:
 		}
 		c->answer_if_era_holds.reset();
 		if (!c->task_id.empty()) {
+			/* A resumed task is polled in the endpoint's era (2025-11-25 fetches the result with tasks/result). */
+			c->era = session_.era;
 			SchedulePoll(c, 0);
 			return;
 		}

@@ -237,6 +237,31 @@ TEST_F(ClientTest, LegacyTaskUsesTasksResult)
 	EXPECT_TRUE(client->Endpoint().tasks);
 }
 
+// A 2025-11-25 task resumed after a crash: polled, and its result fetched with tasks/result; the tool is not called.
+TEST_F(ClientTest, ResumedLegacyTaskFetchesItsResult)
+{
+	LegacyServer legacy;
+	legacy.version = "2025-11-25";
+	legacy.capabilities = R"({"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}})";
+	legacy.tools = R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tasks/get"))
+			return Reply{Json(Result(r, R"({"taskId":"lt-9","status":"completed","ttl":30000,"pollInterval":40})"))};
+		if (r.IsMethod("tasks/result"))
+			return Reply{Json(Result(r, Diagnosis()))};
+		return legacy(r);
+	});
+	auto client = Make(server.Url());
+	CallRequest call = Call(3);
+	call.resume_task_id = "lt-9";
+	client->Submit(call);
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+	EXPECT_EQ(server.Count("tools/call"), 0);
+	EXPECT_EQ(server.Count("tasks/result"), 1);
+}
+
 // The legacy session expires while a task is polled: the client initializes again and polls the same task; the
 // tool is not called again.
 TEST_F(ClientTest, LegacySessionLostUnderATaskPollsAgain)
