@@ -152,6 +152,10 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 		f.retry_delay_ms = kLocalRetryDelayMs;
 		if (outcome.config_error)
 			state->config_error = f.error_message;
+	} else if (outcome.task_lost && !outcome.cancelled && run.attempt < 1 + run.max_retries) {
+		/* The server no longer knows the task (expired, or lost with its store): a new attempt calls again. */
+		f.outcome = "queued";
+		f.retry_delay_ms = 0;
 	} else if (outcome.cancelled || !ScheduleRetry(run, outcome, f))
 		f.outcome = "failed";
 	state->finished.push_back(std::move(f));
