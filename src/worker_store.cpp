@@ -864,6 +864,11 @@ LookupPackFunction(void *arg)
 	lookup->fn->qualified_name = MemoryContextStrdup(
 	    work_caller_context, quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
 	ReleaseSysCache(tuple);
+	/* The shipped FHIR pack needs diagnosis.fhir_source too: a source that cannot work pauses like a missing
+	 * function, instead of failing every run with CONTEXT_PACK_ERROR. */
+	if (strcmp(lookup->fn->qualified_name, "diagnosis.fhir_context_pack") == 0 &&
+	    SPI_execute("SELECT diagnosis._fhir_source()", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking diagnosis.fhir_source failed");
 }
 
 /*

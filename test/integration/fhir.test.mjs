@@ -263,3 +263,18 @@ test('demo --fhir: the cohort charted as FHIR scores as the flat cohort does, ex
     c.destroy();
   }
 });
+
+test('a diagnosis.fhir_source that cannot work pauses claiming; the runs stay queued and complete once it is fixed', async () => {
+  await cluster.reload({ 'diagnosis.fhir_source': 'fhir.no_such_table' });
+  const id = (await cluster.query(`SELECT diagnosis.enqueue_diagnosis($1, '{"reason":"paused source"}') AS id`, [P.airScale1])).rows[0].id;
+  const status = await cluster.waitFor(async () => {
+    const s = (await cluster.query('SELECT state, last_error FROM diagnosis.worker_status()')).rows[0];
+    return s.state === 'config_error' ? s : null;
+  }, { what: 'the worker paused' });
+  assert.match(status.last_error, /fhir_source "fhir\.no_such_table" does not exist/);
+  const queued = (await cluster.query('SELECT status, attempt FROM diagnosis.runs WHERE id = $1', [id])).rows[0];
+  assert.deepEqual(queued, { status: 'queued', attempt: 0 });
+  await cluster.reload({ 'diagnosis.fhir_source': 'fhir.observation' });
+  await waitTerminal(cluster, [id], 30000);
+  assert.equal((await cluster.query('SELECT status FROM diagnosis.runs WHERE id = $1', [id])).rows[0].status, 'completed');
+});
