@@ -706,6 +706,18 @@ private:
 		AbortExchange(c);
 	}
 
+	/* Ends this attempt at a call on our side (its deadline passed). A task is left running: it is durable on the
+	 * server and the run's next attempt polls it again instead of calling the tool twice. A direct call is given
+	 * up as above. */
+	void GiveUpAttempt(Call *c, const std::string &reason)
+	{
+		if (!c->task_id.empty()) {
+			AbortExchange(c);
+			return;
+		}
+		GiveUp(c, reason);
+	}
+
 	void Finish(Call *c, CallOutcome outcome)
 	{
 		outcome.tag = c->request.tag;
@@ -791,7 +803,7 @@ private:
 		CallOutcome o = TransportOutcome(x, answered);
 		if (o.code != ErrorCode::None) {
 			if (x.timed_out)
-				GiveUp(c, "timed out");
+				GiveUpAttempt(c, "timed out");
 			Finish(c, std::move(o));
 			return;
 		}
@@ -1139,7 +1151,7 @@ private:
 		}
 		for (Call *c : expired) {
 			bool waiting = std::find(waiting_.begin(), waiting_.end(), c) != waiting_.end();
-			GiveUp(c, "timed out");
+			GiveUpAttempt(c, "timed out");
 			Finish(c, ErrorOutcome(ErrorCode::TimeoutError, waiting ? "timed out waiting for the MCP endpoint"
 			                                                        : "MCP call timed out"));
 		}
