@@ -287,7 +287,8 @@ function readFileSafe(path) {
 /**
  * Creates and starts the formation. nodeSettings: postgresql.conf lines for both data nodes (diagnosis.mcp_url,
  * ...); setup(node): called once on the first primary after it runs (CREATE EXTENSION, fixtures), before the
- * secondary is cloned from it. replicationQuorum false makes the secondary asynchronous.
+ * secondary is cloned from it. replicationQuorum false makes both nodes
+ * asynchronous standbys when they are not the primary (pg_autoctl --replication-quorum).
  */
 export async function startFormation({ nodeSettings = {}, setup = async () => {}, replicationQuorum = true,
   log = () => {} } = {}) {
@@ -317,7 +318,7 @@ export async function startFormation({ nodeSettings = {}, setup = async () => {}
       formation.autoctl(['create', 'postgres', '--pgdata', node.pgdata, '--pgport', String(node.port),
         '--listen', '127.0.0.1', '--hostname', '127.0.0.1', '--auth', 'trust', '--no-ssl', '--dbname', formation.database,
         '--name', name, '--monitor', formation.monitorUri(), '--pgctl', join(NODE_BINDIR, 'pg_ctl'),
-        ...(i > 0 ? ['--replication-quorum', String(replicationQuorum)] : [])]);
+        '--replication-quorum', String(replicationQuorum)]);
       for (const [key, value] of Object.entries(NODE_TIMEOUTS)) {
         formation.autoctl(['config', 'set', '--pgdata', node.pgdata, key, String(value)]);
       }
