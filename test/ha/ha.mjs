@@ -91,21 +91,25 @@ async function measureStandby(node, seconds) {
 
 /** Polls the node being promoted: when recovery ended and when it first took writes (pg_auto_failover keeps a
  *  promoted node read-only until the old primary's demote timeout has passed). */
-function watchPromotion(node, t0) {
-  const seen = { promoted_ms: null, writable_ms: null };
-  let stop = false;
-  const done = (async () => {
-    while (!stop && seen.writable_ms === null) {
+function watchPromotion(node, t0, timeout = 120000) {
+  const seen = { promoted_ms: null, writable_ms: null, synchronous_standby_names: null };
+  const writable = (async () => {
+    while (seen.writable_ms === null) {
+      if (Date.now() - t0 > timeout) throw new Error(`${node.name} did not take writes within ${timeout} ms`);
       try {
-        const r = (await node.query(
-          "SELECT pg_is_in_recovery() AS rec, current_setting('transaction_read_only') = 'on' AS ro")).rows[0];
+        const r = (await node.query(`SELECT pg_is_in_recovery() AS rec, current_setting('transaction_read_only') = 'on' AS ro,
+                                            current_setting('synchronous_standby_names') AS sync`)).rows[0];
         if (!r.rec && seen.promoted_ms === null) seen.promoted_ms = Date.now() - t0;
-        if (!r.rec && !r.ro) seen.writable_ms = Date.now() - t0;
+        if (!r.rec && !r.ro) {
+          seen.writable_ms = Date.now() - t0;
+          seen.synchronous_standby_names = r.sync; // pg_auto_failover's wait_primary: no standby to wait for
+        }
       } catch { /* restarting */ }
       await sleep(25);
     }
   })();
-  return { seen, stop: async () => { stop = true; await done; } };
+  writable.catch(() => {}); // awaited below
+  return { seen, writable };
 }
 
 export async function runHa({
@@ -180,8 +184,9 @@ export async function runHa({
         return r.running >= 5 && (r.sync > 0 || !replicationQuorum) ? r.running : null;
       }, 60000, 'runs in flight on the primary');
       const logOffset = secondary.serverLog().length;
-      const t0 = Date.now();
+      // Time zero is when every SIGKILL has been sent: a row the old primary wrote after it cannot exist.
       const killed = primary.kill();
+      const t0 = Date.now();
       const promotion = watchPromotion(secondary, t0);
       await primary.waitGone();
 
@@ -191,7 +196,7 @@ export async function runHa({
           FROM diagnosis.audit_log WHERE event = 'COMPLETED' AND created_at > to_timestamp($1 / 1000.0)`, [t0])).rows[0];
         return r.t === null ? null : Number(r.t);
       }, 120000, `a run completed on ${secondary.name} after failover ${i}`);
-      await promotion.stop();
+      await promotion.writable;
       const after = (await secondary.query(`
         SELECT (extract(epoch FROM min(created_at) FILTER (WHERE event = 'LOCKED')) * 1000)::bigint AS first_claim,
                (extract(epoch FROM min(created_at) FILTER (WHERE event = 'RECOVERED')) * 1000)::bigint AS first_recovered,
@@ -217,6 +222,7 @@ export async function runHa({
         recovery_after_writable_ms: after.first_recovered === null || promotion.seen.writable_ms === null ? null
           : Number(after.last_recovered) - t0 - promotion.seen.writable_ms,
         worker_read_only_errors: readOnlyErrors,
+        synchronous_standby_names_while_alone: promotion.seen.synchronous_standby_names,
         new_primary_ok: healthy.primary === secondary, rejoined_ms: Date.now() - restartedAt,
         rewound: /pg_rewind/.test(rejoinLog), old_primary_workers: primary.workerProcesses().length,
       };
@@ -301,6 +307,7 @@ export function formatReport(r) {
     `first claim after kill   ${range('first_claim_ms')}`,
     `recovered runs           ${r.recovered} (per failover: ${list('recovered')}; by lease expiry: ${list('recovered_by_lease')}; last recovered after writable: ${list('recovery_after_writable_ms')} ms)`,
     `worker read-only errors  ${list('worker_read_only_errors')}  (worker exits while the promoted node is still read-only)`,
+    `new primary, alone       synchronous_standby_names ${r.failovers.map((f) => `'${f.synchronous_standby_names_while_alone}'`).join(', ')} until the old primary rejoined (pg_auto_failover's wait_primary)`,
     `MCP calls                ${r.mcp_calls}; repeated ${r.calls_repeated} (runs called more than once: ${r.runs_with_repeated_calls})`,
     `enqueue retries          ${r.enqueue_retries} (deduplicated enqueues ${r.deduplicated_enqueues})`,
     `standby                  ${r.standby.node} over ${r.standby.seconds} s: in recovery ${r.standby.in_recovery}, pg_diagnosis preloaded ${r.standby.preloaded}, worker processes seen ${r.standby.worker_processes_seen}, worker CPU ${r.standby.worker_cpu_s} s; whole instance ${r.standby.instance_cpu_s} s CPU (${r.standby.instance_cpu_pct} % of one core)`,
