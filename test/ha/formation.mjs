@@ -127,6 +127,13 @@ export class DataNode {
     return processTree(pm).slice(1).filter((pid) => /pg_diagnosis worker/.test(processTitle(pid)));
   }
 
+  /** The PIDs of the walsenders streaming to the other node. */
+  walsenderPids() {
+    const pm = this.postmasterPid();
+    if (!pm) return [];
+    return processTree(pm).slice(1).filter((pid) => /walsender/.test(processTitle(pid)));
+  }
+
   /** The server log files (logging_collector writes them under pgdata/log). */
   serverLog() {
     const dir = join(this.pgdata, 'log');

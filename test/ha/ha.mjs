@@ -5,7 +5,7 @@
 // At the end every run must be terminal exactly once, no enqueue that returned a run id lost, recovery done at the
 // new primary's workers' start, and no pg_diagnosis worker ever running on a standby.
 // Usable as a module (the short suite in integration/) and as a command (scripts/ha.sh):
-//   node ha/ha.mjs --failovers 3 --min-runs 3000 --rate 40 --cpu-seconds 60
+//   node ha/ha.mjs --failovers 3 --min-runs 3000 --rate 40 --cpu-seconds 60 [--lag-ms 1000] [--replication-quorum false]
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -114,13 +114,13 @@ function watchPromotion(node, t0, timeout = 120000) {
 
 export async function runHa({
   failovers = 1, minRuns = 300, rate = 30, clients = 4, batch = 10, latencyMs = 1000, workers = 2, patients = 50,
-  settleMs = 4000, cpuSeconds = 10, replicationQuorum = true, drainTimeoutMs = 300000, log = console.log,
+  settleMs = 4000, cpuSeconds = 10, replicationQuorum = true, lagMs = 0, drainTimeoutMs = 300000, log = console.log,
 } = {}) {
   const started = Date.now();
   const server = await startMcpServer(['--port', String(await freePort()), '--mode', 'stateful', '--reply', 'sse',
     '--latency-ms', String(latencyMs)]);
   let formation;
-  const report = { failovers: [], standby: null, enqueue_retries: 0, replication_quorum: replicationQuorum };
+  const report = { failovers: [], standby: null, enqueue_retries: 0, replication_quorum: replicationQuorum, lag_ms: lagMs };
   try {
     formation = await startFormation({
       nodeSettings: {
@@ -184,6 +184,12 @@ export async function runHa({
         return r.running >= 5 && (r.sync > 0 || !replicationQuorum) ? r.running : null;
       }, 60000, 'runs in flight on the primary');
       const logOffset = secondary.serverLog().length;
+      // A standby that lags: the primary's walsenders are stopped for lagMs before the kill, so the last lagMs of
+      // commits never reach the standby. A synchronous standby holds those commits unacknowledged; an asynchronous
+      // one loses them although their enqueues returned.
+      const frozen = lagMs > 0 ? primary.walsenderPids() : [];
+      for (const pid of frozen) process.kill(pid, 'SIGSTOP');
+      if (lagMs > 0) await sleep(lagMs);
       // Time zero is when every SIGKILL has been sent: a row the old primary wrote after it cannot exist.
       const killed = primary.kill();
       const t0 = Date.now();
@@ -215,6 +221,7 @@ export async function runHa({
       const rejoinLog = primary.autoctlLog().slice(autoctlOffset);
       const entry = {
         failover: i, from: primary.name, to: secondary.name, in_flight_at_kill: inFlight, killed_pids: killed.length,
+        walsenders_stopped: frozen.length,
         promoted_ms: promotion.seen.promoted_ms, writable_ms: promotion.seen.writable_ms,
         failover_ms: firstCompleted - t0,
         first_claim_ms: after.first_claim === null ? null : Number(after.first_claim) - t0,
@@ -301,7 +308,7 @@ export function formatReport(r) {
     `replication              ${r.replication_quorum ? 'synchronous standby' : 'asynchronous standby'} (synchronous_standby_names '${r.synchronous_standby_names}', synchronous_commit ${r.synchronous_commit})`,
     `runs enqueued            ${r.runs} through "${r.conninfo}" (total rows ${r.total}, completed ${r.completed}, failed ${r.failed}); run ids returned ${r.returned_ids}`,
     `failovers                ${r.failovers.length}: ${r.failovers.map((f) => `${f.from} -> ${f.to}`).join(', ')}; each old primary rejoined as a standby (pg_rewind: ${list('rewound')})`,
-    `runs in flight at kill   ${list('in_flight_at_kill')}`,
+    `runs in flight at kill   ${list('in_flight_at_kill')}${r.lag_ms ? `; the standby lagging ${r.lag_ms} ms (walsenders stopped: ${list('walsenders_stopped')})` : ''}`,
     `failover time            ${range('failover_ms')}  (kill to the first run completed on the new primary)`,
     `promotion                end of recovery ${range('promoted_ms')}; writable ${range('writable_ms')}  (after the kill)`,
     `first claim after kill   ${range('first_claim_ms')}`,
