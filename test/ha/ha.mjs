@@ -265,7 +265,7 @@ export async function runHa({
              (SELECT count(*)::int FROM generate_series(0, $1 - 1) n
                 WHERE NOT EXISTS (SELECT 1 FROM diagnosis.runs r WHERE r.idempotency_key = 'ha-' || n)) AS keys_without_run,
              (SELECT count(*)::int FROM unnest($2::uuid[]) AS u(id)
-                WHERE NOT EXISTS (SELECT 1 FROM diagnosis.runs r WHERE r.id = u.id)) AS returned_ids_lost,
+                WHERE NOT EXISTS (SELECT 1 FROM diagnosis.runs r WHERE r.id = u.id)) AS returned_ids_missing,
              (SELECT count(*)::int FROM diagnosis.audit_log WHERE event = 'RECOVERED') AS recovered,
              (SELECT count(*)::int FROM diagnosis.audit_log WHERE event = 'DEDUPLICATED') AS deduplicated_enqueues
       FROM diagnosis.runs`, [runs, [...returned.values()]])).rows[0];
@@ -280,7 +280,8 @@ export async function runHa({
       if (n > 1) runsRepeated++;
     }
     Object.assign(report, counts, guarantees, {
-      runs, returned_ids: returned.size, lost: counts.returned_ids_lost + counts.keys_without_run,
+      // Lost: a run id an enqueue returned that the final primary does not have (every key was returned once).
+      runs, returned_ids: returned.size, lost: counts.returned_ids_missing,
       duplicated: guarantees.duplicate_diagnoses + guarantees.duplicate_terminal_events,
       mcp_calls: calls, calls_repeated: repeated, runs_with_repeated_calls: runsRepeated,
       duration_s: Math.round((Date.now() - started) / 100) / 10,
@@ -335,7 +336,8 @@ export function failures(r, failovers) {
   if (r.illegal !== 0) bad.push(`illegal audit chains = ${r.illegal}`);
   if (r.incomplete_artifact_sets !== 0) bad.push(`incomplete artifact sets = ${r.incomplete_artifact_sets}`);
   if (r.diagnoses_on_unfinished_runs !== 0) bad.push(`diagnoses on unfinished runs = ${r.diagnoses_on_unfinished_runs}`);
-  if (r.total !== r.runs) bad.push(`${r.total} rows for ${r.runs} idempotency keys`);
+  if (r.total !== r.runs || r.keys_without_run !== 0) bad.push(`${r.total} rows for ${r.runs} idempotency keys`);
+  if (r.returned_ids !== r.runs) bad.push(`${r.returned_ids} run ids returned for ${r.runs} keys`);
   if (r.failovers.length !== failovers) bad.push(`${r.failovers.length} of ${failovers} failovers`);
   for (const f of r.failovers) {
     if (!f.new_primary_ok) bad.push(`failover ${f.failover}: ${f.to} is not the primary after ${f.from} rejoined`);
