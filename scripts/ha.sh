@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 [ -n "${PGDIAG_DEPS_INSTALLED:-}" ] || scripts/deps.sh
 if [ -z "${PGDIAG_PG_BINDIR:-}" ]; then
   PRIVATE=$(mktemp -d /tmp/pg_diagnosis-ha.XXXXXX)
+  chmod 755 "$PRIVATE" # the postgres user runs the servers from it
   trap 'rm -rf "$PRIVATE"' EXIT
   echo "== build this checkout into a private PostgreSQL installation"
   PGDIAG_PG_BINDIR=$(bash scripts/private_pg.sh "$PRIVATE/pg" | tail -1)
