@@ -34,7 +34,10 @@ export const NODE_TIMEOUTS = { 'timeout.network_partition_timeout': 2 };
 
 const live = new Set();
 process.on('exit', () => {
-  for (const formation of live) formation.killAllSync();
+  for (const formation of live) {
+    formation.killAllSync();
+    if (!process.env.PGDIAG_HA_KEEP) rmSync(formation.dir, { recursive: true, force: true });
+  }
 });
 
 function settingLine(key, value) {
