@@ -231,7 +231,10 @@ export async function runHa({
         worker_read_only_errors: readOnlyErrors,
         synchronous_standby_names_while_alone: promotion.seen.synchronous_standby_names,
         new_primary_ok: healthy.primary === secondary, rejoined_ms: Date.now() - restartedAt,
-        rewound: /pg_rewind/.test(rejoinLog), old_primary_workers: primary.workerProcesses().length,
+        rewound: /pg_rewind/.test(rejoinLog), rebuilt: /pg_basebackup/.test(rejoinLog),
+        rejoin_steps: rejoinLog.split('\n').filter((l) => /FSM transition|pg_rewind|pg_basebackup|ERROR|WARN/.test(l))
+          .map((l) => l.slice(0, 200)),
+        old_primary_workers: primary.workerProcesses().length,
       };
       report.failovers.push(entry);
       log(`ha: failover ${i} ${entry.from} -> ${entry.to}: ${entry.in_flight_at_kill} runs in flight, promoted ` +
@@ -320,6 +323,9 @@ export function formatReport(r) {
     `enqueue retries          ${r.enqueue_retries} (deduplicated enqueues ${r.deduplicated_enqueues})`,
     `standby                  ${r.standby.node} over ${r.standby.seconds} s: in recovery ${r.standby.in_recovery}, pg_diagnosis preloaded ${r.standby.preloaded}, worker processes seen ${r.standby.worker_processes_seen}, worker CPU ${r.standby.worker_cpu_s} s; whole instance ${r.standby.instance_cpu_s} s CPU (${r.standby.instance_cpu_pct} % of one core)`,
     `old primaries' workers   ${list('old_primary_workers')} after rejoining`,
+    `old primaries' rejoin    ${range('rejoined_ms')}; rebuilt with pg_basebackup instead of rewound: ${list('rebuilt')}`,
+    ...r.failovers.filter((f) => f.rejoined_ms > 10000).map((f) =>
+      `slow rejoin of ${f.from} (failover ${f.failover}), pg_autoctl said:\n  ${f.rejoin_steps.join('\n  ')}`),
     `lost = ${r.lost}`,
     `duplicated = ${r.duplicated}`,
     `not terminal = ${r.not_terminal}, illegal audit chains = ${r.illegal}, incomplete artifact sets = ${r.incomplete_artifact_sets}, diagnoses on unfinished runs = ${r.diagnoses_on_unfinished_runs}`,
