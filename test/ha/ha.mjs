@@ -231,8 +231,11 @@ export async function runHa({
         worker_read_only_errors: readOnlyErrors,
         synchronous_standby_names_while_alone: promotion.seen.synchronous_standby_names,
         new_primary_ok: healthy.primary === secondary, rejoined_ms: Date.now() - restartedAt,
-        rewound: /pg_rewind/.test(rejoinLog), rebuilt: /pg_basebackup/.test(rejoinLog),
-        rejoin_steps: rejoinLog.split('\n').filter((l) => /FSM transition|pg_rewind|pg_basebackup|ERROR|WARN/.test(l))
+        // pg_autoctl logs pg_rewind's own output ("no rewind required" when nothing diverged, else "Done!") and
+        // the pg_basebackup command line when it rebuilds the node instead.
+        rewound: /pg_rewind: (no rewind required|Done!)/.test(rejoinLog), rebuilt: /bin\/pg_basebackup /.test(rejoinLog),
+        rejoin_steps: rejoinLog.split('\n')
+          .filter((l) => /FSM transition|pg_rewind|bin\/pg_basebackup|crash recovery|ERROR|WARN/.test(l))
           .map((l) => l.slice(0, 200)),
         old_primary_workers: primary.workerProcesses().length,
       };
