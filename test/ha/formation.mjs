@@ -2,7 +2,8 @@
 // temporary directory, run as the `postgres` user without systemd (pg_autoctl keeps its configuration, state and
 // pid files under XDG_CONFIG_HOME, XDG_DATA_HOME and XDG_RUNTIME_DIR, pointed into that directory for every call).
 // pg_diagnosis is preloaded on both data nodes; everything started here is stopped when the process exits, even
-// after a failure, by the PIDs this module started.
+// after a failure, by the PIDs this module started; the directory is removed too (PGDIAG_HA_KEEP=1 keeps it, with
+// the logs, for a post-mortem).
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, appendFileSync, readFileSync, readdirSync, existsSync, openSync, closeSync, rmSync,
   chownSync } from 'node:fs';
