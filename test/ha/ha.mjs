@@ -231,9 +231,10 @@ export async function runHa({
         worker_read_only_errors: readOnlyErrors,
         synchronous_standby_names_while_alone: promotion.seen.synchronous_standby_names,
         new_primary_ok: healthy.primary === secondary, rejoined_ms: Date.now() - restartedAt,
-        // pg_autoctl logs pg_rewind's own output ("no rewind required" when nothing diverged, else "Done!") and
-        // the pg_basebackup command line when it rebuilds the node instead.
-        rewound: /pg_rewind: (no rewind required|Done!)/.test(rejoinLog), rebuilt: /bin\/pg_basebackup /.test(rejoinLog),
+        // pg_autoctl logs the command lines it runs, and "Failed to rewind" before it falls back to pg_basebackup
+        // (pg_rewind's own output reaches its log in arbitrary pieces, so it is not matched).
+        rewound: /bin\/pg_rewind --target-pgdata/.test(rejoinLog) && !/Failed to rewind/.test(rejoinLog),
+        rebuilt: /bin\/pg_basebackup /.test(rejoinLog),
         rejoin_steps: rejoinLog.split('\n')
           .filter((l) => /FSM transition|rewind|basebackup|crash recovery|ERROR|WARN/i.test(l))
           .map((l) => l.slice(0, 200)),
