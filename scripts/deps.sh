@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   postgresql-15 postgresql-server-dev-15 postgresql-contrib
+  postgresql-15-auto-failover pg-auto-failover-cli
   build-essential g++ make cmake pkg-config clang-14 libclang-rt-14-dev
   libcurl4-openssl-dev rapidjson-dev googletest libgtest-dev
   nodejs npm ca-certificates procps openssl
