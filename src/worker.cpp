@@ -506,6 +506,31 @@ PublishEndpoint(void)
 
 static void Pause(LoopState *st, TimestampTz now, const char *reason);
 
+/*
+ * False while the server refuses writes (default_transaction_read_only: a failover manager such as
+ * pg_auto_failover keeps a just-promoted primary read-only until the old one is surely fenced). The worker then
+ * waits instead of failing its first write and restarting every second; the reload that lifts it wakes the worker.
+ * Finished calls stay pending meanwhile.
+ */
+static bool
+WritableStep(void)
+{
+	static bool said = false;
+
+	if (!DefaultXactReadOnly) {
+		if (said)
+			ereport(LOG, (errmsg("pg_diagnosis: the server accepts writes again; the worker resumes")));
+		said = false;
+		return true;
+	}
+	if (!said)
+		ereport(LOG, (errmsg("pg_diagnosis: default_transaction_read_only is on; the worker waits until writes are "
+		                     "allowed")));
+	said = true;
+	SetSlotState("read_only", 0, NULL);
+	return false;
+}
+
 /* Writes progress, new tasks and finished calls; a finished call frees a slot, so a claim may follow at once. A
  * call that said a setting cannot work (its run went back to the queue unspent) pauses claiming. */
 static void
@@ -709,7 +734,7 @@ pgdiag_worker_main(Datum main_arg)
 		DriveClient();
 
 		now = GetCurrentTimestamp();
-		if (!ExtensionStep(&st, now))
+		if (!ExtensionStep(&st, now) || !WritableStep())
 			continue;
 		SettleStep(&st, now);
 		CancelStep(&st, now);
