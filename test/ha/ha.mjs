@@ -7,8 +7,9 @@
 // Usable as a module (the short suite in integration/) and as a command (scripts/ha.sh):
 //   node ha/ha.mjs --failovers 3 --min-runs 3000 --rate 40 --cpu-seconds 60 [--lag-ms 1000] [--replication-quorum false]
 import { execFile, execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import os from 'node:os';
 import { startFormation, waitFor, processTree, cpuTicks, processTitle } from './formation.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
 import { freePort } from '../lib/cluster.mjs';
@@ -115,10 +116,14 @@ function watchPromotion(node, t0, timeout = 120000) {
 export async function runHa({
   failovers = 1, minRuns = 300, rate = 30, clients = 4, batch = 10, latencyMs = 1000, workers = 2, patients = 50,
   settleMs = 4000, cpuSeconds = 10, replicationQuorum = true, lagMs = 0, drainTimeoutMs = 300000, log = console.log,
+  tasks = false,
 } = {}) {
   const started = Date.now();
+  // tasks: the endpoint backs every call with a task (the tasks extension, its store in a directory), so a run
+  // recovered on the new primary polls its task instead of calling the tool again.
+  const taskDir = tasks ? mkdtempSync(join(os.tmpdir(), 'pgdiag-ha-tasks-')) : null;
   const server = await startMcpServer(['--port', String(await freePort()), '--mode', 'stateful', '--reply', 'sse',
-    '--latency-ms', String(latencyMs)]);
+    '--latency-ms', String(latencyMs), ...(tasks ? ['--tasks', '--task-dir', taskDir, '--task-poll-ms', '200'] : [])]);
   let formation;
   const report = { failovers: [], standby: null, enqueue_retries: 0, replication_quorum: replicationQuorum, lag_ms: lagMs };
   try {
@@ -302,6 +307,7 @@ export async function runHa({
     throw error;
   } finally {
     await server.stop();
+    if (taskDir) rmSync(taskDir, { recursive: true, force: true });
     if (formation) await formation.destroy();
   }
 }
