@@ -74,6 +74,11 @@ node_suite() {
   echo "== $name"
   (cd "$dir" && "$@") 2>&1 | tee "$WORK/node.log" | tail -25
   local rc=${PIPESTATUS[0]}
+  # The tail above may not reach a failure: name every failed test with its error.
+  if grep -aqE '^not ok' "$WORK/node.log"; then
+    echo "-- failed in $name:"
+    grep -aE -A12 '^not ok' "$WORK/node.log" | grep -aE '^not ok|error:|expected|actual|message' | head -60
+  fi
   local p f
   p=$(grep -aE '^(# |ℹ )pass [0-9]+' "$WORK/node.log" | tail -1 | grep -oE '[0-9]+$')
   f=$(grep -aE '^(# |ℹ )fail [0-9]+' "$WORK/node.log" | tail -1 | grep -oE '[0-9]+$')
