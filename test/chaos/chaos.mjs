@@ -217,7 +217,8 @@ export async function runChaos({
       mcp_calls: Object.values(totals.calls).reduce((s, a) => s + Object.values(a).reduce((x, y) => x + y, 0), 0),
       task_polls: totals.task_polls,
       runs_called_more_than_once: repeatedRuns.length,
-      // A run whose tool was called again although no crash ever interrupted it (always 0 without faults).
+      // Runs called again without a crash: their tools/call answer was lost or late (the request timeout) before
+      // the worker knew the task id.
       repeated_without_crash: repeatedRuns.filter((id) => !recoveredRuns.has(id)).length,
       tasks,
       faults: totals.faults,
@@ -243,7 +244,7 @@ export function formatReport(r) {
     `failed by error code     ${Object.entries(r.failed_by_code ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `crashes survived         worker kill -9: ${r.crashes.worker_kill}, pg_ctl stop -m immediate: ${r.crashes.immediate_restart}, MCP server restarts: ${r.crashes.server_restart}`,
     `faults injected          ${Object.entries(r.faults).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
-    `MCP calls                ${r.mcp_calls} tools/call${r.tasks ? `, ${r.task_polls} task polls; runs whose tool was called more than once: ${r.runs_called_more_than_once} (all after a crash interrupted them before their task id was committed: ${r.repeated_without_crash === 0})` : ''}`,
+    `MCP calls                ${r.mcp_calls} tools/call${r.tasks ? `, ${r.task_polls} task polls; runs whose tool was called more than once: ${r.runs_called_more_than_once} (${r.repeated_without_crash} of them without a crash: a tools/call answer lost or late before the task id was known)` : ''}`,
     `recovered runs           ${r.recovered}`,
     `retries scheduled        ${r.retries}`,
     `enqueue retries          ${r.enqueue_retries} (deduplicated enqueues ${r.deduplicated_enqueues})`,

@@ -46,13 +46,16 @@ async function countWhere(cluster, ids, condition) {
 
 for (const era of ['modern', 'legacy']) {
   for (const crash of ['kill -9 of the worker', 'pg_ctl stop -m immediate']) {
-    test(`${era} tasks: ${crash} with 100 task-backed runs in flight; each run called exactly once`, { timeout: 180000 }, async () => {
+    test(`${era} tasks: ${crash} with 60 task-backed runs in flight; each run called exactly once`, { timeout: 300000 }, async () => {
       const { server, cluster, patients } = await setUp(['--era', era === 'modern' ? 'dual' : 'legacy', '--tasks',
-        '--latency-ms', '6000', '--task-poll-ms', '200'], { 'diagnosis.max_inflight': 128 }, 100);
+        '--latency-ms', '8000', '--task-poll-ms', '200'], { 'diagnosis.max_inflight': 128 }, 60);
       const ids = [];
       for (const p of patients) ids.push(await enqueue(cluster, p, { durable: crash }));
-      await cluster.waitFor(async () => (await countWhere(cluster, ids, "status = 'running' AND mcp_task_id IS NOT NULL")) === 100,
-        { timeout: 60000, what: 'every task committed' });
+      // Every run claimed and its task id committed (under load a few may already have finished).
+      await cluster.waitFor(async () => (await countWhere(cluster, ids,
+        "status = 'queued' OR (status = 'running' AND mcp_task_id IS NULL)")) === 0,
+      { timeout: 120000, what: 'every task committed' });
+      assert.ok(await countWhere(cluster, ids, "status = 'running'") > 0, 'runs in flight at the crash');
       const status = (await cluster.query('SELECT mcp_era, mcp_protocol_version FROM diagnosis.worker_status()')).rows[0];
       assert.equal(status.mcp_era, era);
       if (crash.startsWith('kill')) {
@@ -62,12 +65,12 @@ for (const era of ['modern', 'legacy']) {
         cluster.stop('immediate');
         cluster.start();
       }
-      await waitTerminal(cluster, ids, 120000);
-      assert.equal(await countWhere(cluster, ids, "status = 'completed'"), 100);
+      await waitTerminal(cluster, ids, 180000);
+      assert.equal(await countWhere(cluster, ids, "status = 'completed'"), 60);
       const stats = await server.stats();
       const calls = callsPerRun(stats);
       const repeated = ids.filter((id) => calls[id] !== 1);
-      console.log(`${era}, ${crash}: 100 runs, ${Object.values(calls).reduce((a, b) => a + b, 0)} tools/call, ` +
+      console.log(`${era}, ${crash}: 60 runs, ${Object.values(calls).reduce((a, b) => a + b, 0)} tools/call, ` +
         `${stats.total_task_polls} task polls, ${repeated.length} runs called more than once`);
       assert.deepEqual(repeated, []);
       for (const id of ids.slice(0, 5)) {
