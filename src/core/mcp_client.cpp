@@ -39,18 +39,6 @@ MillisUntil(Clock::time_point t, Clock::time_point now)
 	return std::chrono::duration_cast<std::chrono::milliseconds>(t - now).count();
 }
 
-std::string
-Quoted(const std::string &s)
-{
-	std::string out = "\"";
-	for (char c : s) {
-		if (c == '"' || c == '\\')
-			out += '\\';
-		out += c;
-	}
-	return out + "\"";
-}
-
 enum class Purpose {
 	Discover,
 	Initialize,
@@ -381,7 +369,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::Discover;
 		std::string id = NextId("discover");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("server/discover", "", BuildDiscover(id, session_.Context()), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -395,7 +383,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::Initialize;
 		std::string id = NextId("initialize");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("initialize", "", BuildInitialize(id, kLegacyRequestVersion), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -406,7 +394,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::ToolsList;
 		std::string id = NextId("tools-list");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("tools/list", "", BuildToolsList(id, session_.Context(), cursor), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -586,7 +574,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::ToolCall;
 		p.tag = r.tag;
-		p.rpc_id = Quoted(token);
+		p.rpc_id = JsonString(token);
 		p.progress_token = p.rpc_id;
 		HttpRequest req = Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params),
 		                       RemainingMs(c), &p);
@@ -628,7 +616,7 @@ private:
 		Pending p;
 		p.purpose = purpose;
 		p.tag = c->request.tag;
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		HttpRequest r = Post(method, c->task_id,
 		                     BuildTaskRequest(id, session_.Context(), method, c->task_id, c->request.traceparent),
 		                     RemainingMs(c), &p);

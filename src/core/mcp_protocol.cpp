@@ -186,6 +186,15 @@ IsAcceptedLegacyVersion(const std::string &v)
 /* ------------------------------------------------------------ building */
 
 std::string
+JsonString(const std::string &s)
+{
+	rapidjson::StringBuffer b;
+	Writer w(b);
+	Str(w, s);
+	return Text(b);
+}
+
+std::string
 BuildDiscover(const std::string &id, const RequestContext &ctx)
 {
 	rapidjson::StringBuffer b;

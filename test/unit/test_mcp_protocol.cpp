@@ -79,6 +79,18 @@ TEST(Protocol, ToolCallBodies)
 	EXPECT_NE(body.find(R"("task":{},"_meta":{"progressToken":"r\"1:1"}})"), std::string::npos) << body;
 }
 
+TEST(Protocol, RequestIdsAreJsonStrings)
+{
+	EXPECT_EQ(JsonString("run-1:1"), "\"run-1:1\"");
+	EXPECT_EQ(JsonString("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+	// The id that comes back is compared as JSON text: the same escaping on both sides.
+	RpcMessage m;
+	std::vector<RpcMessage> messages;
+	std::string error;
+	ASSERT_TRUE(ParseMessages("{\"jsonrpc\":\"2.0\",\"id\":\"x\\ny\",\"result\":{}}", &messages, &error));
+	EXPECT_EQ(messages[0].id, JsonString("x\ny"));
+}
+
 TEST(Protocol, RepliesAndNotifications)
 {
 	EXPECT_EQ(BuildEmptyResult("99"), R"({"jsonrpc":"2.0","id":99,"result":{}})");

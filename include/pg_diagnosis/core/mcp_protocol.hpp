@@ -49,6 +49,9 @@ struct ToolCallParams {
 	const CallRequest *call = nullptr;
 };
 
+/* `s` as JSON text (a quoted, escaped JSON string): how a request id is compared with the ids that come back. */
+std::string JsonString(const std::string &s);
+
 /* Request bodies. `id` is the request id as a plain string (sent as a JSON string). */
 std::string BuildDiscover(const std::string &id, const RequestContext &ctx);
 std::string BuildInitialize(const std::string &id, const std::string &version);
