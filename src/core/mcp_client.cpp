@@ -25,7 +25,8 @@
 namespace pgdiag {
 namespace {
 
-/* Used when the server suggests no poll interval, and as the floor of the ones it suggests. */
+/* The task poll interval when the server suggests none, and the floor of the ones it suggests (a 0 must not make
+ * the owner spin). */
 constexpr int64_t kDefaultPollMs = 1000;
 constexpr int64_t kMinPollMs = 10;
 /* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
