@@ -537,6 +537,12 @@ private:
 			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
 			return;
 		}
+		if (entry.found && session_.era == Era::Modern && !entry.invalid.empty()) {
+			/* The transport page: a client MUST exclude a tool whose x-mcp-header annotations are invalid. */
+			session_.tool_checked = true;
+			FailEndpoint(ConfigError("the MCP server's tool \"" + config_.tool + "\" is unusable: " + entry.invalid));
+			return;
+		}
 		if (entry.found) {
 			session_.tool = entry;
 			session_.tool_checked = true;
@@ -580,6 +586,9 @@ private:
 		HttpRequest req = Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params),
 		                       RemainingMs(c), &p);
 		req.headers.push_back("Idempotency-Key: " + token);
+		if (session_.era == Era::Modern && !session_.tool.param_headers.empty())
+			for (std::string &h : ParamHeaderLines(session_.tool.param_headers, BuildToolArguments(r)))
+				req.headers.push_back(std::move(h));
 		if (!r.traceparent.empty())
 			req.headers.push_back("traceparent: " + r.traceparent);
 		c->rpc_id = p.rpc_id;
@@ -719,9 +728,10 @@ private:
 		}
 	}
 
-	/* The era no longer fits a 4xx answer: a modern server rejecting our version, or a legacy one rejecting a
-	 * modern request (or the reverse after a server change). */
-	bool EraStoppedFitting(const HttpExchange &x, Era era) const
+	/* A 4xx answer that a new probe may fix: a modern server rejecting our version or our Mcp-Param headers (the
+	 * tool's definition changed: the probe lists the tools again), a legacy one rejecting a modern request, or the
+	 * reverse after a server change. */
+	bool NeedsReprobe(const HttpExchange &x, Era era) const
 	{
 		if (x.curl_code != 0 || x.status < 400 || x.status >= 500 || x.status == 401 || x.status == 403 ||
 		    x.status == 408 || x.status == 429 || x.status == 404)
@@ -729,7 +739,8 @@ private:
 		RpcMessage error;
 		bool modern_body = IsModernErrorBody(x, &error);
 		if (era == Era::Modern)
-			return !modern_body || error.error_code_int == kRpcUnsupportedVersion;
+			return !modern_body || error.error_code_int == kRpcUnsupportedVersion ||
+			       error.error_code_int == kRpcHeaderMismatch;
 		return modern_body;
 	}
 
@@ -748,7 +759,7 @@ private:
 			RetryInNewSession(c, p);
 			return;
 		}
-		if (!answered && !p.resumption && EraStoppedFitting(x, c->era) && !c->retried) {
+		if (!answered && !p.resumption && NeedsReprobe(x, c->era) && !c->retried) {
 			Requeue(c, true);
 			return;
 		}

@@ -192,6 +192,55 @@ TEST_F(ClientTest, UnsupportedVersionOnACallReprobes)
 	EXPECT_EQ(client->Endpoint().era, "modern");
 }
 
+// x-mcp-header: the annotated parameters travel as Mcp-Param-* headers; a HeaderMismatch makes the client list
+// the tools again and retry once.
+TEST_F(ClientTest, AnnotatedParametersAreMirroredIntoHeaders)
+{
+	std::atomic<bool> annotated{false};
+	ModernServer modern;
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/list") && annotated)
+			return Reply{Json(Result(r, R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{)"
+			                            R"("patient_id":{"type":"string","x-mcp-header":"Patient"},"attempt":{"type":"integer","x-mcp-header":"Attempt"}}}}]})"))};
+		if (r.IsMethod("tools/call")) {
+			if (annotated && r.Get("mcp-param-patient") != "patient-1")
+				return Reply{Http(400, "application/json",
+				                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32020,"message":"Header mismatch"}})")};
+			return Reply{Json(ToolResult(IdOf(r)))};
+		}
+		return modern(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	RunUntil(*client, 1);
+	ASSERT_EQ(outcomes.size(), 1u);
+	EXPECT_FALSE(server.First("tools/call").Has("mcp-param-patient"));
+	// The server's tool definition changes: the first call after it is rejected, re-listed, and retried with headers.
+	annotated = true;
+	client->Submit(Call(2, "run-2"));
+	auto out = RunUntil(*client, 2);
+	ASSERT_EQ(out.size(), 2u);
+	EXPECT_EQ(out[1].code, ErrorCode::None) << out[1].message;
+	EXPECT_EQ(server.Count("tools/list"), 2);
+	Request last = server.Requests().back();
+	EXPECT_EQ(last.Get("mcp-param-patient"), "patient-1");
+	EXPECT_EQ(last.Get("mcp-param-attempt"), "1");
+}
+
+TEST_F(ClientTest, InvalidParamAnnotationMakesTheToolUnusable)
+{
+	ModernServer modern;
+	modern.tools = R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{"attempt":{"type":"number","x-mcp-header":"Attempt"}}}}]})";
+	TestServer server([&](const Request &r, int) { return modern(r); });
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_TRUE(out[0].config_error) << out[0].message;
+	EXPECT_NE(out[0].message.find("x-mcp-header"), std::string::npos) << out[0].message;
+	EXPECT_EQ(server.Count("tools/call"), 0);
+}
+
 TEST_F(ClientTest, ModernCancelClosesTheStreamWithoutNotifications)
 {
 	ModernServer modern;

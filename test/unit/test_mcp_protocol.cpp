@@ -278,4 +278,50 @@ TEST(Tasks, ToolsListTaskSupport)
 	EXPECT_FALSE(ParseToolsList(R"({"nope":1})", "x", &e, &cursor, &error));
 }
 
+TEST(Tools, ParamHeadersFromTheInputSchema)
+{
+	ToolEntry e;
+	std::string cursor, error;
+	ASSERT_TRUE(ParseToolsList(
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{)"
+	    R"("run_id":{"type":"string","x-mcp-header":"Run-Id"},"attempt":{"type":"integer","x-mcp-header":"Attempt"},)"
+	    R"("inputs":{"type":"object","properties":{"urgent":{"type":"boolean","x-mcp-header":"Urgent"},)"
+	    R"("ward":{"type":"string","x-mcp-header":"Ward"}}}}}}]})",
+	    "run_diagnosis", &e, &cursor, &error));
+	EXPECT_TRUE(e.invalid.empty()) << e.invalid;
+	ASSERT_EQ(e.param_headers.size(), 4u);
+	CallRequest r;
+	r.run_id = "r-1";
+	r.patient_id = "p";
+	r.attempt = 2;
+	r.inputs_json = R"({"urgent":true,"ward":"Station 3 – Nord"})";
+	auto lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
+	EXPECT_EQ(lines, (std::vector<std::string>{"Mcp-Param-Run-Id: r-1", "Mcp-Param-Attempt: 2", "Mcp-Param-Urgent: true",
+	                                           "Mcp-Param-Ward: " + EncodeHeaderValue("Station 3 – Nord")}));
+	// Absent or null values are omitted.
+	r.inputs_json = R"({"urgent":null})";
+	lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
+	EXPECT_EQ(lines.size(), 2u);
+}
+
+TEST(Tools, InvalidParamHeadersMakeTheToolUnusable)
+{
+	auto invalid = [](const std::string &schema) {
+		ToolEntry e;
+		std::string cursor, error;
+		EXPECT_TRUE(ParseToolsList(R"({"tools":[{"name":"t","inputSchema":)" + schema + "}]}", "t", &e, &cursor, &error));
+		return e.invalid;
+	};
+	EXPECT_EQ(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"A"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"number","x-mcp-header":"A"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"A B"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":""}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"X"},)"
+	                  R"("b":{"type":"string","x-mcp-header":"x"}}})"),
+	          "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"array","items":{"type":"string","x-mcp-header":"A"}}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"oneOf":[{"type":"string","x-mcp-header":"A"}]}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","x-mcp-header":"Root"})"), "");
+}
+
 } // namespace
