@@ -122,6 +122,8 @@ public:
 		call->deadline = call->submitted + std::chrono::milliseconds(config_.request_timeout_ms);
 		call->request = std::move(request);
 		call->task_id = call->request.resume_task_id;
+		if (!call->task_id.empty())
+			ExtendForTask(call.get());
 		Call *raw = call.get();
 		calls_[raw->request.tag] = std::move(call);
 		if (session_.phase == EndpointSession::Phase::Ready)
@@ -855,9 +857,17 @@ private:
 		Finish(c, std::move(done));
 	}
 
+	/* A task may take longer than a direct call: task_timeout_ms, when set, replaces the call's deadline. */
+	void ExtendForTask(Call *c) const
+	{
+		if (config_.task_timeout_ms > 0)
+			c->deadline = c->submitted + std::chrono::milliseconds(config_.task_timeout_ms);
+	}
+
 	void TaskCreated(Call *c, const TaskInfo &task)
 	{
 		c->task_id = task.task_id;
+		ExtendForTask(c);
 		CallTask t;
 		t.tag = c->request.tag;
 		t.task_id = task.task_id;

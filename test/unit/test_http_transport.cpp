@@ -71,8 +71,9 @@ TEST(Transport, MethodsHeadersAndSseEvents)
 	ASSERT_EQ(requests.size(), 3u);
 	for (const Request &r : requests) {
 		EXPECT_EQ(r.Get("x-test"), "1");
-		if (r.method == "POST")
+		if (r.method == "POST") {
 			EXPECT_EQ(r.body, "[1]");
+		}
 	}
 	EXPECT_EQ(transport.Count(), 0u);
 }

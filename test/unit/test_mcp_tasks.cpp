@@ -87,8 +87,9 @@ TEST_F(ClientTest, ModernTaskIsCreatedPolledAndCompleted)
 		EXPECT_EQ(gets[i].Get("mcp-method"), "tasks/get");
 		EXPECT_EQ(gets[i].Get("mcp-name"), "t-run-1"); // routing header: the task id
 		EXPECT_EQ(gets[i].Get("mcp-protocol-version"), "2026-07-28");
-		if (i > 0)
+		if (i > 0) {
 			EXPECT_GE(gets[i].at - gets[i - 1].at, std::chrono::milliseconds(45)); // honours pollIntervalMs
+		}
 	}
 }
 
@@ -109,6 +110,28 @@ TEST_F(ClientTest, ManyTasksArePolledByOneClient)
 	EXPECT_EQ(tasks.size(), 30u);
 	EXPECT_EQ(server.Count("tools/call"), 30);
 	EXPECT_GE(server.Count("tasks/get"), 61);
+}
+
+// task_timeout_ms: a task may outlive request_timeout_ms; past task_timeout_ms it is given up with tasks/cancel.
+TEST_F(ClientTest, TaskTimeoutReplacesTheRequestTimeout)
+{
+	ModernTasks tasks_server;
+	tasks_server.polls = 1000;
+	TestServer server([&](const Request &r, int) { return tasks_server(r); });
+	ClientConfig config;
+	config.request_timeout_ms = 300;
+	config.task_timeout_ms = 1200;
+	auto client = Make(server.Url(), config);
+	auto started = std::chrono::steady_clock::now();
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	auto took = std::chrono::steady_clock::now() - started;
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::TimeoutError) << out[0].message;
+	EXPECT_EQ(out[0].task_id, "t-run-1");
+	EXPECT_GE(took, std::chrono::milliseconds(1100));
+	EXPECT_LT(took, std::chrono::milliseconds(3000));
+	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tasks/cancel"); }, client.get()));
 }
 
 TEST_F(ClientTest, ResumedTaskIsPolledWithoutCallingTheTool)

@@ -38,6 +38,8 @@ struct ClientConfig {
 	std::string auth_token;               /* sent as "Authorization: Bearer <token>" when not empty */
 	long connect_timeout_ms = 10000;
 	long request_timeout_ms = 300000;     /* total per call, session set-up included */
+	long task_timeout_ms = 0;             /* total for a task-backed call (polls included), from Submit; 0 =
+	                                         request_timeout_ms. A task outliving it is cancelled (tasks/cancel). */
 	long inactivity_timeout_ms = 0;       /* no byte for this long ends the call; 0 = request_timeout_ms */
 	size_t max_response_bytes = 8u << 20; /* per HTTP response, enforced in the write callback */
 	int max_inflight = 64;                /* tools/call requests at once */
