@@ -687,8 +687,9 @@ private:
 	 * for a modern request closing its stream (the abort) is the cancellation. */
 	void GiveUp(Call *c, const std::string &reason)
 	{
-		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready)
-			SendTaskCancel(c);
+		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready &&
+		    (c->era == Era::Modern || session_.features.legacy_task_cancel))
+			SendTaskCancel(c); /* 2025-11-25 servers declare tasks.cancel when they take it */
 		else if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
 			SendCancelled(c, reason); /* the tools/call went out: the server may still be working on it */
 		AbortExchange(c);

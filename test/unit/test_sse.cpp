@@ -109,3 +109,19 @@ TEST(Sse, ChunkingNeverChangesTheEvents)
 		EXPECT_EQ(whole[i].id, bytes[i].id);
 	}
 }
+
+// SEP-1699 needs the reconnection time and the last event id of a stream, kept across events.
+TEST(Sse, RetryAndLastEventIdAreKept)
+{
+	SseParser parser;
+	std::vector<SseEvent> events;
+	EXPECT_EQ(parser.RetryMs(), -1);
+	ASSERT_TRUE(parser.Feed("id: e-1\nretry: 500\ndata:\n\n", 26, events));
+	EXPECT_EQ(parser.RetryMs(), 500);
+	EXPECT_EQ(parser.LastEventId(), "e-1");
+	std::string more = "retry: 5x\nretry:\nid: e-2\n\nretry: 99999999999\n";
+	ASSERT_TRUE(parser.Feed(more.data(), more.size(), events));
+	EXPECT_EQ(parser.LastEventId(), "e-2"); // an id without data still counts
+	EXPECT_EQ(parser.RetryMs(), 999999999); // non-digits ignored, huge values capped
+	EXPECT_EQ(events.size(), 1u);
+}
