@@ -1,11 +1,15 @@
 // A minimal MCP Streamable HTTP endpoint for benchmarks: answers initialize, notifications/initialized and
 // tools/call run_diagnosis with a fixed, schema-valid v1 result and no other work, as application/json, stateless.
 // It measures pg_diagnosis's own ceiling; the reference server (mcp-server/) is the realistic workload.
-// Usage: node bench/fast-mcp.mjs [--port 0]   prints MCP_URL=http://127.0.0.1:<port>/mcp
+// Usage: node bench/fast-mcp.mjs [--port 0] [--delay-ms 0]   prints MCP_URL=http://127.0.0.1:<port>/mcp
+// --delay-ms: each tools/call answers after that long (the model-latency regime); /stats reports the most calls
+// that were in flight at once.
 import http from 'node:http';
 
 const args = process.argv.slice(2);
-const port = Number(args[args.indexOf('--port') + 1] || 0) || 0;
+const option = (name) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || 0 : 0);
+const port = option('--port');
+const delayMs = option('--delay-ms');
 const RESULT = {
   risk_level: 'low', confidence_score: 0.9, summary: 'NEWS2 aggregate 0: low clinical risk.',
   primary_findings: ['All vital signs within normal ranges'],
@@ -13,6 +17,8 @@ const RESULT = {
 };
 const RESULT_TEXT = JSON.stringify(RESULT);
 let calls = 0;
+let inflight = 0;
+let maxInflight = 0;
 
 function reply(res, status, body) {
   const text = JSON.stringify(body);
@@ -21,7 +27,9 @@ function reply(res, status, body) {
 }
 
 const server = http.createServer((req, res) => {
-  if (req.method === 'GET' && req.url === '/stats') return reply(res, 200, { total_calls: calls });
+  if (req.method === 'GET' && req.url === '/stats') {
+    return reply(res, 200, { total_calls: calls, inflight, max_inflight: maxInflight });
+  }
   if (req.method !== 'POST') return reply(res, 405, { error: 'POST only' });
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
@@ -39,9 +47,17 @@ const server = http.createServer((req, res) => {
     if (msg.id === undefined) { res.writeHead(202); return res.end(); } // a notification
     if (msg.method === 'tools/call') {
       calls++;
-      return reply(res, 200, { jsonrpc: '2.0', id: msg.id, result: {
-        content: [{ type: 'text', text: RESULT_TEXT }], structuredContent: RESULT,
-        _meta: { run_id: `fast-${msg.params?.arguments?.run_id}:${msg.params?.arguments?.attempt}` } } });
+      inflight++;
+      maxInflight = Math.max(maxInflight, inflight);
+      const answer = () => {
+        inflight--;
+        reply(res, 200, { jsonrpc: '2.0', id: msg.id, result: {
+          content: [{ type: 'text', text: RESULT_TEXT }], structuredContent: RESULT,
+          _meta: { run_id: `fast-${msg.params?.arguments?.run_id}:${msg.params?.arguments?.attempt}` } } });
+      };
+      if (delayMs > 0) setTimeout(answer, delayMs);
+      else answer();
+      return undefined;
     }
     return reply(res, 200, { jsonrpc: '2.0', id: msg.id, error: { code: -32601, message: 'Method not found' } });
   });

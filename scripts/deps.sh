@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential g++ make cmake pkg-config clang-14 libclang-rt-14-dev
   libcurl4-openssl-dev rapidjson-dev googletest libgtest-dev
   nodejs npm ca-certificates procps openssl
+  debhelper postgresql-server-dev-all dpkg-dev fakeroot clang-format-14 git
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -32,7 +32,8 @@ ctest_suite() {
   fi
 }
 
-# regress_suites TAG [MAKE_ARGS...] : pg_regress and the isolation specs on a throwaway instance; TAG ("" or a
+# regress_suites TAG [MAKE_ARGS...] : pg_regress and the isolation specs on a throwaway instance, then pg_regress
+# again on a database updated from 0.1.0 (make installcheck-update); TAG ("" or a
 # word such as asan) names the suites in the summary. pg_regress runs as postgres: it gets a copy of the suites it
 # can read wherever this checkout lives.
 regress_suites() {
@@ -56,6 +57,15 @@ regress_suites() {
       find "$out" -name regression.diffs -exec head -80 {} \;
     else record_exit "pg_regress ($kind$label)" 1; fi
   done
+  # The same suites on a database created at 0.1.0 and updated (make installcheck-update).
+  (cd /tmp && runuser -u postgres -- make -s -C "$tree" installcheck-update REGRESS_OUT="$out" "$@") 2>&1 |
+    tee "$WORK/regress-update.log" | grep -vE '^\s*$' | tail -30
+  line=$(grep -E 'tests (passed|failed)' "$WORK/regress-update.log" | head -1)
+  if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then record "pg_regress (updated db$label)" "${BASH_REMATCH[1]}" 0
+  elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
+    record "pg_regress (updated db$label)" $((BASH_REMATCH[2] - BASH_REMATCH[1])) "${BASH_REMATCH[1]}"
+    head -80 "$out/output_update/regression.diffs"
+  else record_exit "pg_regress (updated db$label)" 1; fi
 }
 
 # node_suite NAME DIR COMMAND... : node --test prints "# pass N" / "# fail N" (TAP) or "ℹ pass N" / "ℹ fail N".

@@ -110,10 +110,11 @@ CREATE TABLE diagnosis.runs (
     inputs_hash         text NOT NULL,
     idempotency_key     text,
     schema_version      text NOT NULL DEFAULT 'v1' REFERENCES diagnosis.result_schemas (version),
-    priority            int NOT NULL DEFAULT 0,
+    -- Bounded where they enter (a tenant chooses them): no arithmetic on them can overflow.
+    priority            int NOT NULL DEFAULT 0 CHECK (priority BETWEEN -100 AND 100),
     run_after           timestamptz NOT NULL DEFAULT now(),
     attempt             int NOT NULL DEFAULT 0 CHECK (attempt >= 0),
-    max_retries         int NOT NULL CHECK (max_retries >= 0),
+    max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
     lease_expires_at    timestamptz,
     worker_pid          int,
     error_code          text CHECK (error_code IN ('VALIDATION_ERROR', 'LLM_ERROR', 'CONTEXT_PACK_ERROR', 'MCP_ERROR',
@@ -128,6 +129,15 @@ CREATE TABLE diagnosis.runs (
     started_at          timestamptz,
     completed_at        timestamptz,
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- 0.2.0 (appended, as the update script adds them):
+    -- the claiming worker's per-start token: pids repeat (a fresh pid namespace, a restart), tokens do not;
+    worker_token        bigint,
+    -- a task-backed call (the MCP tasks extension): polled again, not called again, after a crash;
+    mcp_task_id         text,
+    mcp_task_expires_at timestamptz,
+    -- a cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
+    cancel_requested_at timestamptz,
+    cancel_requested_by name,
     CONSTRAINT runs_patient_idempotency_key UNIQUE (patient_id, idempotency_key),
     CONSTRAINT runs_status_timestamps CHECK (CASE status
         WHEN 'queued'    THEN completed_at IS NULL
@@ -140,11 +150,11 @@ CREATE TABLE diagnosis.runs (
 -- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
 CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
     WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
--- The worker's claim (priority, then run_after) and its next-due probe.
-CREATE INDEX runs_claim_idx ON diagnosis.runs (priority DESC, run_after) WHERE status = 'queued';
+-- The worker's claim (turns between organizations; within one, priority then run_after) and its next-due probe.
+CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, run_after) WHERE status = 'queued';
 CREATE INDEX runs_due_idx ON diagnosis.runs (run_after) WHERE status = 'queued';
--- Recovery: runs held by a worker, and lease expiry.
-CREATE INDEX runs_running_idx ON diagnosis.runs (worker_pid, lease_expires_at) WHERE status = 'running';
+-- Runs in flight: recovery, cancel requests, and the per-organization cap of the claim.
+CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
 -- Retention and per-organization reads.
 CREATE INDEX runs_completed_idx ON diagnosis.runs (completed_at) WHERE status IN ('completed', 'failed', 'cancelled');
 CREATE INDEX runs_organization_idx ON diagnosis.runs (organization_id, created_at);
@@ -199,6 +209,8 @@ COMMENT ON TABLE diagnosis.audit_log IS 'Append-only: every step of every run, w
 
 CREATE FUNCTION diagnosis._runs_guard() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_cancel_only diagnosis.runs;
 BEGIN
     IF TG_OP = 'DELETE' THEN
         IF diagnosis._purging() AND OLD.status IN ('completed', 'failed', 'cancelled') THEN
@@ -221,13 +233,21 @@ BEGIN
     END IF;
     IF NEW.status = OLD.status THEN
         IF OLD.status = 'running' AND NOT diagnosis._is_worker() THEN
+            -- cancel_diagnosis records a cancel request, and changes nothing else; the worker ends the call.
+            v_cancel_only := OLD;
+            v_cancel_only.cancel_requested_at := NEW.cancel_requested_at;
+            v_cancel_only.cancel_requested_by := NEW.cancel_requested_by;
+            IF OLD.cancel_requested_at IS NULL AND NEW.cancel_requested_at IS NOT NULL
+               AND NEW.cancel_requested_by IS NOT NULL AND v_cancel_only IS NOT DISTINCT FROM NEW THEN
+                RETURN NEW;
+            END IF;
             RAISE EXCEPTION 'only a pg_diagnosis worker may change running run %', OLD.id
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
         RETURN NEW;
     END IF;
     IF (OLD.status = 'queued' AND NEW.status = 'running')
-       OR (OLD.status = 'running' AND NEW.status IN ('completed', 'failed', 'queued')) THEN
+       OR (OLD.status = 'running' AND NEW.status IN ('completed', 'failed', 'queued', 'cancelled')) THEN
         IF NOT diagnosis._is_worker() THEN
             RAISE EXCEPTION 'only a pg_diagnosis worker may move run % from % to %', OLD.id, OLD.status, NEW.status
                 USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -273,14 +293,16 @@ CREATE TRIGGER runs_no_truncate BEFORE TRUNCATE ON diagnosis.runs
 CREATE FUNCTION diagnosis._artifacts_writer_guard() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT diagnosis._is_worker() THEN
+    -- A restore (diagnosis._restoring, section "Backup and restore") reloads the rows pg_dump carried.
+    IF NOT diagnosis._is_worker() AND NOT diagnosis._restoring(TG_RELID) THEN
         RAISE EXCEPTION 'only a pg_diagnosis worker writes artifacts'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NULL;
 END;
 $$;
-COMMENT ON FUNCTION diagnosis._artifacts_writer_guard() IS 'The worker is the only writer of artifacts.';
+COMMENT ON FUNCTION diagnosis._artifacts_writer_guard() IS
+    'The worker is the only writer of artifacts; a restore of a dump reloads them.';
 CREATE TRIGGER artifacts_writer BEFORE INSERT ON diagnosis.artifacts
     FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._artifacts_writer_guard();
 
@@ -345,6 +367,7 @@ CREATE FUNCTION diagnosis._enqueue_diagnosis_impl(caller name, p_patient_id uuid
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_org          uuid;
+    v_visible      boolean;
     v_hash         text;
     v_max_retries  int;
     v_run          diagnosis.runs;
@@ -366,24 +389,32 @@ BEGIN
             octet_length(p_inputs::text), current_setting('diagnosis.max_inputs_bytes')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF p_max_retries < 0 THEN
-        RAISE EXCEPTION 'max_retries must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_priority IS NULL THEN
         RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_idempotency_key IS NOT NULL AND (length(p_idempotency_key) = 0 OR length(p_idempotency_key) > 200) THEN
         RAISE EXCEPTION 'idempotency_key must be 1 to 200 characters' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- An unknown patient and one the caller may not see get the same error: nothing leaks.
-    SELECT p.organization_id INTO v_org FROM diagnosis.patients p WHERE p.id = p_patient_id;
-    IF NOT FOUND OR NOT diagnosis._role_sees_patient(caller, p_patient_id) THEN
+    -- An unknown patient and one the caller may not see take the same path and get the same error: nothing leaks,
+    -- not even through timing (the access check runs either way).
+    SELECT p.organization_id, diagnosis._role_sees_patient(caller, coalesce(p.id, p_patient_id))
+      INTO v_org, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.patients p ON p.id = p_patient_id;
+    IF v_org IS NULL OR NOT v_visible THEN
         RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     v_hash := encode(sha256(convert_to(p_inputs::text, 'UTF8')), 'hex');
-    v_max_retries := coalesce(p_max_retries, current_setting('diagnosis.max_retries')::int);
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
 
     LOOP
         IF p_idempotency_key IS NOT NULL THEN
@@ -417,16 +448,25 @@ BEGIN
         IF p_idempotency_key IS NOT NULL THEN
             SELECT * INTO v_run FROM diagnosis.runs
             WHERE patient_id = p_patient_id AND idempotency_key = p_idempotency_key;
-            IF FOUND AND v_run.inputs_hash <> v_hash THEN
-                RAISE EXCEPTION 'idempotency_key "%" was used for run % with different inputs',
-                    p_idempotency_key, v_run.id
-                    USING ERRCODE = 'invalid_parameter_value',
-                          HINT = 'Use a new idempotency key for different inputs.';
-            END IF;
         ELSE
             SELECT * INTO v_run FROM diagnosis.runs
             WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND idempotency_key IS NULL
               AND status IN ('queued', 'running') AND schema_version = 'v1';
+        END IF;
+        IF FOUND AND v_run.organization_id <> v_org THEN
+            -- The patient moved here from another organization, whose run this is: never name or touch it.
+            RAISE EXCEPTION 'the patient''s earlier organization holds a run for this %',
+                CASE WHEN p_idempotency_key IS NULL THEN 'request' ELSE 'idempotency_key' END
+                USING ERRCODE = CASE WHEN p_idempotency_key IS NULL THEN 'object_not_in_prerequisite_state'
+                                     ELSE 'invalid_parameter_value' END,
+                      HINT = CASE WHEN p_idempotency_key IS NULL THEN 'Try again when that run has finished.'
+                                  ELSE 'Use a new idempotency key.' END;
+        END IF;
+        IF FOUND AND p_idempotency_key IS NOT NULL AND v_run.inputs_hash <> v_hash THEN
+            RAISE EXCEPTION 'idempotency_key "%" was used for run % with different inputs',
+                p_idempotency_key, v_run.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a new idempotency key for different inputs.';
         END IF;
         IF FOUND THEN
             INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
@@ -449,14 +489,23 @@ COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestam
 CREATE FUNCTION diagnosis._cancel_diagnosis_impl(caller name, p_run_id uuid) RETURNS boolean
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_run diagnosis.runs;
+    v_run      diagnosis.runs;
+    v_exists   boolean;
+    v_visible  boolean;
 BEGIN
     IF p_run_id IS NULL THEN
         RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    -- Waits for a claim in progress, so the outcome is one of the two, never both.
-    SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id FOR UPDATE;
-    IF NOT FOUND OR NOT diagnosis._role_sees_patient(caller, v_run.patient_id) THEN
+    -- Visibility and status first, without a row lock: a run the caller may not see is reported exactly like an
+    -- unknown one, by the same path (the access check runs either way), and no caller's open transaction can
+    -- hold a lock on a run the worker has in flight.
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
         RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_run.requested_by <> caller AND NOT diagnosis._is_superuser(caller)
@@ -465,20 +514,36 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Only the role that requested the run and the organization''s admins may cancel it.';
     END IF;
-    IF v_run.status <> 'queued' THEN
+    IF v_run.status IN ('completed', 'failed', 'cancelled') THEN
         RETURN false;
     END IF;
-    UPDATE diagnosis.runs SET status = 'cancelled', completed_at = now(), updated_at = now() WHERE id = p_run_id;
-    INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
-    VALUES (p_run_id, v_run.organization_id, 'CANCELLED', 'queued', 'cancelled', v_run.attempt, caller);
-    RETURN true;
+    -- Queued: cancelled at once. A claim in progress holds the row for the length of its short transaction; the
+    -- update then sees the run running and the request path below takes over.
+    UPDATE diagnosis.runs SET status = 'cancelled', completed_at = now(), updated_at = now()
+     WHERE id = p_run_id AND status = 'queued';
+    IF FOUND THEN
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
+        VALUES (p_run_id, v_run.organization_id, 'CANCELLED', 'queued', 'cancelled', v_run.attempt, caller);
+        RETURN true;
+    END IF;
+    -- Running: record the request; the worker stops the call and writes CANCELLED. The worker never waits for this
+    -- row lock (its writes skip locked rows and come back to them).
+    UPDATE diagnosis.runs SET cancel_requested_at = now(), cancel_requested_by = caller
+     WHERE id = p_run_id AND status = 'running' AND cancel_requested_at IS NULL;
+    IF FOUND THEN
+        PERFORM diagnosis._wake_at_commit();
+        RETURN true;
+    END IF;
+    -- Asked before (the first request stands), or finished meanwhile.
+    RETURN EXISTS (SELECT 1 FROM diagnosis.runs WHERE id = p_run_id AND status = 'running');
 END;
 $$;
 
 CREATE FUNCTION diagnosis.cancel_diagnosis(run_id uuid) RETURNS boolean
     LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
 COMMENT ON FUNCTION diagnosis.cancel_diagnosis(uuid) IS
-    'Cancels a queued run (requester or organization admin); false when it is no longer queued.';
+    'Cancels a queued run at once, or asks the worker to stop a running one (requester or organization admin); '
+    'false when the run is already terminal.';
 
 CREATE FUNCTION diagnosis._purge_runs_impl(caller name, p_older_than interval) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -533,9 +598,17 @@ COMMENT ON FUNCTION diagnosis.wait_for_run(uuid, interval) IS
     'Sleeps until the run is terminal or the timeout passes (no busy polling); returns its status.';
 
 CREATE FUNCTION diagnosis.worker_status()
-    RETURNS TABLE (pid int, state text, inflight int, runs_done bigint, last_error text, started_at timestamptz)
+    RETURNS TABLE (pid int, state text, inflight int, runs_done bigint, last_error text, started_at timestamptz,
+                   mcp_era text, mcp_protocol_version text, call_limit int, fd_limit int)
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_worker_status';
-COMMENT ON FUNCTION diagnosis.worker_status() IS 'One row per live pg_diagnosis worker.';
+COMMENT ON FUNCTION diagnosis.worker_status() IS
+    'One row per live pg_diagnosis worker: its state, calls in flight, the endpoint''s protocol era and version, '
+    'and its call limit from the file descriptors it may open; for superusers and members of pg_monitor.';
+
+CREATE FUNCTION diagnosis._warn_outside_worker_database() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_warn_outside_worker_database';
+COMMENT ON FUNCTION diagnosis._warn_outside_worker_database() IS
+    'Warns when the extension is created in a database the workers do not serve (diagnosis.database).';
 
 CREATE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -685,3 +758,34 @@ REVOKE ALL ON FUNCTION diagnosis._is_superuser(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._cancel_diagnosis_impl(name, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._purge_runs_impl(name, interval) FROM PUBLIC;
+
+-- ===========================================================================================================
+-- Backup and restore (0.2, issue 14). Every table that holds data is an extension configuration table, so
+-- pg_dump writes its rows (and the identity sequences' positions) and pg_restore or psql reload them. pg_dump
+-- writes rows as COPY ... FROM stdin: diagnosis._restoring() recognises exactly that (a superuser's top-level
+-- COPY into the guarded table) so the insert guards let a restore through and nothing else. This section is
+-- the same in sql/pg_diagnosis.sql and pg_diagnosis--0.1.0--0.2.0.sql; a table added later is marked in both.
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._restoring(target oid) RETURNS boolean
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'pgdiag_restoring';
+COMMENT ON FUNCTION diagnosis._restoring(oid) IS
+    'True while a superuser''s top-level COPY FROM (pg_restore, or psql reading a dump) loads this table.';
+
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.organizations', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.members', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.patients', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.patient_assignments', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.observations', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.observations_id_seq', '');
+-- v1 is created by the install script itself; only the versions a superuser added are data.
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.result_schemas', $$WHERE version <> 'v1'$$);
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.artifacts', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log_id_seq', '');
+
+REVOKE ALL ON FUNCTION diagnosis._warn_outside_worker_database() FROM PUBLIC;
+
+-- Runs queued in a database the workers do not connect to would never run: say so where it happens.
+SELECT diagnosis._warn_outside_worker_database();

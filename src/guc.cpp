@@ -33,6 +33,7 @@ int pgdiag_max_response_bytes = 8 * 1024 * 1024;
 int pgdiag_max_inputs_bytes = 1024 * 1024;
 double pgdiag_min_confidence = 0.5;
 char *pgdiag_context_pack_function = nullptr;
+int pgdiag_max_inflight_per_organization = 0;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -70,7 +71,7 @@ pgdiag::InitGucs()
 	                        NULL);
 	DefineCustomIntVariable("diagnosis.max_retries",
 	                        gettext_noop("Default retries after the first attempt for runs enqueued without one."),
-	                        NULL, &pgdiag_max_retries, 3, 0, 1000, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	                        NULL, &pgdiag_max_retries, 3, 0, 100, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("diagnosis.retry_base_delay_ms",
 	                        gettext_noop("Base delay of the exponential backoff between attempts."), NULL,
 	                        &pgdiag_retry_base_delay_ms, 5000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
@@ -90,5 +91,9 @@ pgdiag::InitGucs()
 	                           gettext_noop("Function (patient_id uuid) returning jsonb that builds context packs."),
 	                           gettext_noop("Empty means diagnosis.build_context_pack."), &pgdiag_context_pack_function,
 	                           "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.max_inflight_per_organization",
+	                        gettext_noop("Most runs one organization may have running at once; 0 means no cap."),
+	                        gettext_noop("Counted by each claim from committed runs."),
+	                        &pgdiag_max_inflight_per_organization, 0, 0, 1000000, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }

@@ -85,21 +85,39 @@ pgdiag::WakeWorkers()
 }
 
 int
-pgdiag::LiveWorkerPids(pid_t *pids, int max)
+pgdiag::LiveWorkerTokens(int64 *tokens, int max)
 {
-	pid_t candidates[kMaxWorkers];
+	pid_t pids[kMaxWorkers];
+	int64 candidates[kMaxWorkers];
 	int n = 0, live = 0;
 
 	if (!shared_state)
 		return 0;
 	SpinLockAcquire(&shared_state->mutex);
 	for (int i = 0; i < shared_state->nslots; i++)
-		if (shared_state->slots[i].pid != 0)
-			candidates[n++] = shared_state->slots[i].pid;
+		if (shared_state->slots[i].pid != 0 && shared_state->slots[i].token != 0) {
+			pids[n] = shared_state->slots[i].pid;
+			candidates[n++] = shared_state->slots[i].token;
+		}
 	SpinLockRelease(&shared_state->mutex);
 	/* A slot whose process is gone (killed before it could clear the slot) is not alive. */
 	for (int i = 0; i < n && live < max; i++)
-		if (kill(candidates[i], 0) == 0 || errno != ESRCH)
-			pids[live++] = candidates[i];
+		if (kill(pids[i], 0) == 0 || errno != ESRCH)
+			tokens[live++] = candidates[i];
 	return live;
+}
+
+bool
+pgdiag::AnyWorkerBusy()
+{
+	bool busy = false;
+
+	if (!shared_state)
+		return false;
+	SpinLockAcquire(&shared_state->mutex);
+	for (int i = 0; i < shared_state->nslots; i++)
+		if (shared_state->slots[i].pid != 0 && shared_state->slots[i].inflight > 0)
+			busy = true;
+	SpinLockRelease(&shared_state->mutex);
+	return busy;
 }

@@ -17,14 +17,17 @@
 extern "C" {
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -38,7 +41,10 @@ PG_FUNCTION_INFO_V1(pgdiag_begin_purge);
 PG_FUNCTION_INFO_V1(pgdiag_purging);
 PG_FUNCTION_INFO_V1(pgdiag_wait_for_run);
 PG_FUNCTION_INFO_V1(pgdiag_worker_status);
+PG_FUNCTION_INFO_V1(pgdiag_warn_outside_worker_database);
 }
+
+#include "pg_diagnosis/pg/guc.hpp"
 
 #define DIAGNOSIS_SCHEMA "diagnosis"
 #define MAX_TRAMPOLINE_ARGS 16
@@ -169,11 +175,15 @@ pgdiag_call_as_owner(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/* True only inside a pg_diagnosis worker: the state-machine trigger asks the library, not a setting. */
+/*
+ * True only inside a pg_diagnosis worker's own statements: the state-machine trigger asks the library, not a
+ * setting. Code the worker runs on someone else's behalf (the context pack function, as its owner under
+ * SECURITY_RESTRICTED_OPERATION) does not get the worker's authority.
+ */
 Datum
 pgdiag_is_worker(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(pgdiag::AmWorker());
+	PG_RETURN_BOOL(pgdiag::AmWorker() && !InSecurityRestrictedOperation());
 }
 
 Datum
@@ -280,7 +290,7 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(result);
 }
 
-/* One row per live worker slot. */
+/* One row per live worker slot; tenants' activity is not everyone's to see. */
 Datum
 pgdiag_worker_status(PG_FUNCTION_ARGS)
 {
@@ -289,6 +299,9 @@ pgdiag_worker_status(PG_FUNCTION_ARGS)
 	pgdiag::WorkerSlot slots[pgdiag::kMaxWorkers];
 	int n = 0;
 
+	if (!superuser() && !has_privs_of_role(GetUserId(), ROLE_PG_MONITOR))
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied for diagnosis.worker_status()"),
+		                errhint("Only superusers and members of pg_monitor may see the workers.")));
 	InitMaterializedSRF(fcinfo, 0);
 	if (!shared)
 		return (Datum) 0;
@@ -300,19 +313,41 @@ pgdiag_worker_status(PG_FUNCTION_ARGS)
 	SpinLockRelease(&shared->mutex);
 
 	for (int i = 0; i < n; i++) {
-		Datum values[6];
-		bool nulls[6] = {false, false, false, false, false, false};
+		Datum values[10];
+		bool nulls[10] = {false};
 
 		values[0] = Int32GetDatum(slots[i].pid);
 		values[1] = CStringGetTextDatum(slots[i].state);
 		values[2] = Int32GetDatum(slots[i].inflight);
 		values[3] = Int64GetDatum((int64) slots[i].runs_done);
-		if (slots[i].last_error[0])
-			values[4] = CStringGetTextDatum(slots[i].last_error);
-		else
-			nulls[4] = true;
+		values[4] = slots[i].last_error[0] ? CStringGetTextDatum(slots[i].last_error) : (Datum) 0;
+		nulls[4] = !slots[i].last_error[0];
 		values[5] = TimestampTzGetDatum(slots[i].started_at);
+		values[6] = slots[i].era[0] ? CStringGetTextDatum(slots[i].era) : (Datum) 0;
+		nulls[6] = !slots[i].era[0];
+		values[7] = slots[i].protocol_version[0] ? CStringGetTextDatum(slots[i].protocol_version) : (Datum) 0;
+		nulls[7] = !slots[i].protocol_version[0];
+		values[8] = Int32GetDatum(slots[i].call_limit);
+		nulls[8] = slots[i].call_limit == 0;
+		values[9] = Int32GetDatum(slots[i].fd_limit);
+		nulls[9] = slots[i].fd_limit == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* CREATE EXTENSION outside diagnosis.database succeeds, but no worker will ever claim its runs: say so. */
+Datum
+pgdiag_warn_outside_worker_database(PG_FUNCTION_ARGS)
+{
+	const char *here = get_database_name(MyDatabaseId);
+
+	if (here && pgdiag_database && strcmp(here, pgdiag_database) != 0)
+		ereport(WARNING,
+		        (errmsg("pg_diagnosis workers run in database \"%s\", not in \"%s\"", pgdiag_database, here),
+		         errdetail("Runs enqueued in this database stay queued."),
+		         errhint("Set diagnosis.database = '%s' in postgresql.conf and restart the server, or create the "
+		                 "extension in \"%s\".",
+		                 here, pgdiag_database)));
+	PG_RETURN_VOID();
 }

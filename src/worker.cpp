@@ -4,15 +4,19 @@
  *
  * The skeleton is worker_spi's: handlers, BackgroundWorkerUnblockSignals, connect, then a loop around one wait.
  * The wait covers everything at once: the process latch (wake-at-commit, SIGHUP, SIGTERM), postmaster death,
- * the descriptor that aggregates the MCP client's sockets, and a timeout that is the earliest of the client's
- * timers, the next scheduled run and poll_interval_ms. Idle, the worker issues no query: it claims only when a
- * commit enqueued runs, when a scheduled run comes due, or when its last claim was full.
+ * the descriptor that aggregates the MCP client's sockets, and a timeout. Each pass then asks one question per
+ * step (is the extension there? finished calls to write? a recovery due? a claim due?) from one LoopState, and
+ * the same state gives the next timeout, so no step can leave the loop spinning: idle, the worker issues no
+ * query; it claims only when a commit enqueued runs, when a scheduled run comes due, or after a claim that found
+ * work.
  *
- * Crash-only: a slot in shared memory records each live worker; its runs are put back by whichever worker
- * next sees that the process is gone (the restarted worker itself, at start), and after a server crash every
- * run left in running is orphaned because no slot survives.
+ * Crash-only: a slot in shared memory records each live worker with a per-start token; runs whose token is not
+ * a live worker's are put back by whichever worker next looks (at start, when a worker exits, and periodically
+ * while runs are in flight, which also catches expired leases). The worker always exits with code 1, so the
+ * postmaster restarts it after bgw_restart_time whether it was terminated, lost its database or failed.
  *-------------------------------------------------------------------------
  */
+#include "pg_diagnosis/pg/fd_budget.hpp"
 #include "pg_diagnosis/pg/guc.hpp"
 #include "pg_diagnosis/pg/shmem.hpp"
 #include "pg_diagnosis/pg/worker.hpp"
@@ -22,10 +26,14 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "lib/ilist.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/bgworker_internals.h"
 #include "postmaster/interrupt.h"
+#include "replication/logicallauncher.h"
 #include "lib/stringinfo.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
@@ -39,11 +47,18 @@ extern "C" {
 PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
 }
 
-/* How long SIGTERM lets calls in flight finish before handing the rest back. */
-#define SHUTDOWN_GRACE_MS 5000
+/* How long SIGTERM lets calls in flight finish before handing the rest back. Short: DROP DATABASE ... WITH
+ * (FORCE) waits at most 5 s for the sessions it terminated. */
+#define SHUTDOWN_GRACE_MS 3000
+/* Progress reports are written about once a second while calls are in flight. */
+#define PROGRESS_INTERVAL_MS 1000
+/* Backoff of a paused worker (a setting that cannot work) before it tries again, doubling up to the maximum. */
+#define PAUSE_MIN_MS 1000
+#define PAUSE_MAX_MS 60000
 
 static bool am_worker = false;
 static int my_slot = -1;
+static int64 my_token = 0;
 
 bool
 pgdiag::AmWorker()
@@ -51,12 +66,38 @@ pgdiag::AmWorker()
 	return am_worker;
 }
 
+long long
+pgdiag::MyWorkerToken()
+{
+	return my_token;
+}
+
+/* Background workers registered so far (ours included), the slots they will take from max_worker_processes. */
+static int
+RegisteredWorkers(void)
+{
+	int n = 0;
+
+	/* slist_foreach's type check is C only. */
+	for (slist_node *node = BackgroundWorkerList.head.next; node != NULL; node = node->next)
+		n++;
+	return n;
+}
+
 void
 pgdiag::RegisterWorkers()
 {
 	BackgroundWorker worker;
+	/* The logical replication launcher registers itself after the preloaded libraries. */
+	int room = max_worker_processes - RegisteredWorkers() - (max_logical_replication_workers > 0 ? 1 : 0);
+	int wanted = Min(pgdiag_workers, kMaxWorkers);
 
-	for (int i = 0; i < pgdiag_workers && i < kMaxWorkers; i++) {
+	if (wanted > room)
+		ereport(WARNING, (errmsg("pg_diagnosis: only %d of the %d workers of diagnosis.workers can start",
+		                         Max(room, 0), wanted),
+		                  errhint("Raise max_worker_processes (now %d) by at least %d.", max_worker_processes,
+		                          wanted - Max(room, 0))));
+	for (int i = 0; i < wanted && i < Max(room, 0); i++) {
 		memset(&worker, 0, sizeof(worker));
 		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 		/* Never on a hot standby: started once recovery ends (promotion included). */
@@ -74,21 +115,43 @@ pgdiag::RegisterWorkers()
 
 /* ---------------------------------------------------------------- slot */
 
-static void
-SetSlotState(const char *state, int inflight, int finished, const char *error)
+static pgdiag::WorkerSlot *
+MySlot(void)
 {
 	pgdiag::SharedState *shared = pgdiag::Shared();
-	pgdiag::WorkerSlot *slot;
 
-	if (!shared || my_slot < 0)
+	return shared && my_slot >= 0 ? &shared->slots[my_slot] : NULL;
+}
+
+/* Publishes the state, calls in flight and runs finished; `error` (when not NULL) becomes last_error. */
+static void
+SetSlotState(const char *state, int finished, const char *error)
+{
+	pgdiag::SharedState *shared = pgdiag::Shared();
+	pgdiag::WorkerSlot *slot = MySlot();
+
+	if (!slot)
 		return;
-	slot = &shared->slots[my_slot];
 	SpinLockAcquire(&shared->mutex);
 	strlcpy(slot->state, state, sizeof(slot->state));
-	slot->inflight = inflight;
+	slot->inflight = pgdiag::calls::InFlight();
 	slot->runs_done += finished;
-	if (error)
+	if (error && error[0])
 		strlcpy(slot->last_error, error, sizeof(slot->last_error));
+	SpinLockRelease(&shared->mutex);
+}
+
+static void
+SetSlotBudget(const pgdiag::FdBudget &budget)
+{
+	pgdiag::SharedState *shared = pgdiag::Shared();
+	pgdiag::WorkerSlot *slot = MySlot();
+
+	if (!slot)
+		return;
+	SpinLockAcquire(&shared->mutex);
+	slot->call_limit = budget.call_limit;
+	slot->fd_limit = budget.soft_limit;
 	SpinLockRelease(&shared->mutex);
 }
 
@@ -97,15 +160,32 @@ static void
 DetachSlot(int code, Datum arg)
 {
 	pgdiag::SharedState *shared = pgdiag::Shared();
+	pgdiag::WorkerSlot *slot = MySlot();
 
-	if (!shared || my_slot < 0)
+	if (!slot)
 		return;
 	SpinLockAcquire(&shared->mutex);
-	shared->slots[my_slot].pid = 0;
-	shared->slots[my_slot].latch = NULL;
+	slot->pid = 0;
+	slot->token = 0;
+	slot->latch = NULL;
 	SpinLockRelease(&shared->mutex);
 	pg_atomic_fetch_add_u64(&shared->exit_generation, 1);
 	pgdiag::WakeWorkers();
+}
+
+/* A token no earlier start of any worker had: pids repeat (a fresh pid namespace, a restart), 63 random bits
+ * in practice do not. */
+static int64
+NewToken(void)
+{
+	uint64 token = 0;
+
+	while (token == 0) {
+		if (!pg_strong_random(&token, sizeof(token)))
+			elog(ERROR, "pg_diagnosis: could not generate a worker token");
+		token &= PG_INT64_MAX;
+	}
+	return (int64) token;
 }
 
 static void
@@ -117,17 +197,83 @@ AttachSlot(int slot_index)
 	if (!shared)
 		elog(ERROR, "pg_diagnosis: shared memory is missing; the worker needs shared_preload_libraries");
 	my_slot = slot_index;
+	my_token = NewToken();
 	slot = &shared->slots[my_slot];
 	SpinLockAcquire(&shared->mutex);
 	slot->pid = MyProcPid;
+	slot->token = my_token;
 	slot->latch = MyLatch;
 	slot->started_at = GetCurrentTimestamp();
 	strlcpy(slot->state, "starting", sizeof(slot->state));
 	slot->last_error[0] = '\0';
+	slot->era[0] = '\0';
+	slot->protocol_version[0] = '\0';
 	slot->inflight = 0;
 	slot->runs_done = 0;
 	SpinLockRelease(&shared->mutex);
 	before_shmem_exit(DetachSlot, 0);
+}
+
+/* ---------------------------------------------------------------- the database */
+
+/* Handles SIGHUP and SIGTERM while the worker has no loop yet; SIGTERM exits (code 1: restart wanted). */
+static void
+HandleInterruptsBeforeLoop(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ShutdownRequestPending)
+		proc_exit(1);
+	if (ConfigReloadPending) {
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * The last start of this slot died while connecting: diagnosis.database is missing (dropped, or not created
+ * yet). Rather than a FATAL every second, wait connected to no database (shared catalogs only), look for it
+ * every poll interval, say so once, and exit for a restart that connects when it is back.
+ */
+static void
+WaitForDatabase(pgdiag::WorkerSlot *slot)
+{
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	for (;;) {
+		bool exists;
+
+		StartTransactionCommand();
+		exists = OidIsValid(get_database_oid(pgdiag_database, true));
+		CommitTransactionCommand();
+		if (exists) {
+			slot->connecting = false;
+			proc_exit(1);
+		}
+		if (!slot->said_database_missing)
+			ereport(LOG, (errmsg("pg_diagnosis: database \"%s\" does not exist; the worker waits for it",
+			                     pgdiag_database),
+			              errhint("Create it, or set diagnosis.database and restart the server.")));
+		slot->said_database_missing = true;
+		SetSlotState("waiting_for_database", 0, NULL);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pgdiag_poll_interval_ms,
+		                 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		HandleInterruptsBeforeLoop();
+	}
+}
+
+static void
+ConnectToDatabase(void)
+{
+	pgdiag::WorkerSlot *slot = MySlot();
+
+	if (slot->connecting)
+		WaitForDatabase(slot);
+	slot->connecting = true;
+	BackgroundWorkerInitializeConnection(pgdiag_database, NULL, 0);
+	slot->connecting = false;
+	slot->said_database_missing = false;
+	/* The worker is a superuser: no name it resolves may come from a schema someone else can write. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /* ---------------------------------------------------------------- settings */
@@ -171,10 +317,22 @@ AuthToken(void)
 	return contents;
 }
 
-static void
+/* Sizes the call budget to the file descriptors (raising the soft limit as far as max_inflight needs) and
+ * configures the client; says the effective limit once, and again whenever it changes. Returns the limit. */
+static int
 ApplySettings(void)
 {
+	static int said_limit = 0;
+	pgdiag::FdBudget budget = pgdiag::PlanFdBudget(pgdiag_max_inflight);
 	pgdiag::calls::Settings s;
+
+	if (budget.call_limit != said_limit)
+		ereport(budget.call_limit < pgdiag_max_inflight ? WARNING : LOG,
+		        (errmsg("pg_diagnosis worker %d: up to %d calls in flight (diagnosis.max_inflight = %d; file "
+		                "descriptor limit %d, hard limit %d)",
+		                my_slot, budget.call_limit, pgdiag_max_inflight, budget.soft_limit, budget.hard_limit)));
+	said_limit = budget.call_limit;
+	SetSlotBudget(budget);
 
 	s.url = pgdiag_mcp_url;
 	s.tool = pgdiag_mcp_tool;
@@ -182,10 +340,11 @@ ApplySettings(void)
 	s.connect_timeout_ms = pgdiag_connect_timeout_ms;
 	s.request_timeout_ms = pgdiag_request_timeout_ms;
 	s.max_response_bytes = (size_t) pgdiag_max_response_bytes;
-	s.max_inflight = pgdiag_max_inflight;
+	s.max_inflight = budget.call_limit;
 	s.retry_base_delay_ms = pgdiag_retry_base_delay_ms;
 	if (!pgdiag::calls::Configure(s))
 		elog(ERROR, "pg_diagnosis: configuring the MCP client failed: %s", pgdiag::cpp_guard_message);
+	return budget.call_limit;
 }
 
 static bool
@@ -194,7 +353,23 @@ EndpointConfigured(void)
 	return pgdiag_mcp_url && pgdiag_mcp_url[0];
 }
 
-/* ---------------------------------------------------------------- main */
+/* ---------------------------------------------------------------- the loop */
+
+/* Everything one pass decides from, and the next timeout is computed from. */
+typedef struct LoopState {
+	bool extension_ready;
+	TimestampTz extension_check_at; /* when to look for CREATE EXTENSION again */
+	TimestampTz recovery_at;        /* next recovery pass; DT_NOEND: none until a worker exits or a claim */
+	TimestampTz claim_at;           /* when a claim may find work; DT_NOEND: only a wake-up brings work */
+	TimestampTz cancel_check_at;    /* when to look for cancel requests of this worker's runs */
+	TimestampTz paused_until;       /* a setting that cannot work: no claim before this */
+	int pause_ms;                   /* the pause's current backoff; 0 when not paused */
+	int call_limit;                 /* calls in flight that fit in the descriptor budget */
+	uint64 seen_enqueues;
+	uint64 seen_exits;
+	bool said_no_endpoint;
+	const char *pause_reason;       /* kept in the slot's last_error; NULL when not paused */
+} LoopState;
 
 static void
 DriveClient(void)
@@ -203,16 +378,259 @@ DriveClient(void)
 		elog(ERROR, "pg_diagnosis: driving the MCP client failed: %s", pgdiag::cpp_guard_message);
 }
 
-/* SIGTERM: no new claims; calls in flight get a bounded grace period; the rest go back to the queue. */
+static TimestampTz
+Later(TimestampTz now, int ms)
+{
+	return TimestampTzPlusMilliseconds(now, ms);
+}
+
+/* The claim's preconditions other than time; names the state the worker is in when one fails. */
+static bool
+CanClaim(const LoopState *st, TimestampTz now, const char **state)
+{
+	if (!EndpointConfigured())
+		*state = "no_endpoint";
+	else if (!pgdiag_enabled)
+		*state = "paused";
+	else if (st->pause_reason && now < st->paused_until)
+		*state = "config_error";
+	else {
+		*state = pgdiag::calls::InFlight() > 0 ? "working" : "idle";
+		return pgdiag::calls::InFlight() < st->call_limit;
+	}
+	return false;
+}
+
+/* Milliseconds until the earliest thing this state waits for; the client's timers and poll_interval_ms cap it. */
+static long
+NextTimeoutMs(const LoopState *st)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz wake = Later(now, pgdiag_poll_interval_ms);
+	long client_ms = pgdiag::calls::TimeoutMs();
+	const char *state;
+
+	if (!st->extension_ready)
+		wake = Min(wake, st->extension_check_at);
+	else {
+		wake = Min(wake, st->recovery_at);
+		if (pgdiag::calls::InFlight() > 0)
+			wake = Min(wake, st->cancel_check_at);
+		if (CanClaim(st, now, &state))
+			wake = Min(wake, st->claim_at);
+		else if (st->pause_reason && EndpointConfigured() && pgdiag_enabled)
+			wake = Min(wake, st->paused_until);
+		if (pgdiag::calls::InFlight() > 0)
+			wake = Min(wake, Later(now, PROGRESS_INTERVAL_MS));
+	}
+	if (client_ms >= 0)
+		wake = Min(wake, Later(now, (int) Min(client_ms, (long) INT_MAX)));
+	return wake <= now ? 0 : (long) ((wake - now + 999) / 1000);
+}
+
+/* A commit that enqueued runs asks for a claim; a worker that exited leaves runs to recover. */
 static void
-ShutDown(WaitEventSet *wait_set)
+ObserveWakeups(LoopState *st)
+{
+	pgdiag::SharedState *shared = pgdiag::Shared();
+	uint64 enqueues = pg_atomic_read_u64(&shared->enqueue_generation);
+	uint64 exits = pg_atomic_read_u64(&shared->exit_generation);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (enqueues != st->seen_enqueues) {
+		/* Enqueues and cancel requests both wake the workers at commit. */
+		st->seen_enqueues = enqueues;
+		st->claim_at = now;
+		st->cancel_check_at = now;
+	}
+	if (exits != st->seen_exits) {
+		st->seen_exits = exits;
+		st->recovery_at = now;
+	}
+}
+
+static void
+OnReload(LoopState *st)
+{
+	ProcessConfigFile(PGC_SIGHUP);
+	st->call_limit = ApplySettings();
+	st->said_no_endpoint = false;
+	st->claim_at = GetCurrentTimestamp();
+	st->paused_until = 0; /* a new setting deserves a try now */
+	st->pause_ms = 0;
+	if (st->extension_ready)
+		pgdiag::LoadResultSchemas();
+}
+
+/* True once CREATE EXTENSION has run; until then one cheap look per poll interval. */
+static bool
+ExtensionStep(LoopState *st, TimestampTz now)
+{
+	pgdiag::ExtensionState extension;
+
+	if (st->extension_ready)
+		return true;
+	if (now < st->extension_check_at)
+		return false;
+	extension = pgdiag::ExtensionReady();
+	st->extension_ready = extension == pgdiag::ExtensionState::Ready;
+	if (!st->extension_ready) {
+		st->extension_check_at = Later(now, pgdiag_poll_interval_ms);
+		SetSlotState(extension == pgdiag::ExtensionState::Missing ? "waiting_for_extension" : "waiting_for_update", 0,
+		             NULL);
+		return false;
+	}
+	pgdiag::LoadResultSchemas();
+	st->recovery_at = now;
+	st->claim_at = now;
+	return true;
+}
+
+/* Copies the endpoint's era and negotiated version into the slot for worker_status(). */
+static void
+PublishEndpoint(void)
+{
+	pgdiag::SharedState *shared = pgdiag::Shared();
+	pgdiag::WorkerSlot *slot = MySlot();
+	char era[pgdiag::kEraLen];
+	char version[pgdiag::kVersionLen];
+
+	if (!slot)
+		return;
+	pgdiag::calls::Endpoint(era, sizeof(era), version, sizeof(version));
+	SpinLockAcquire(&shared->mutex);
+	strlcpy(slot->era, era, sizeof(slot->era));
+	strlcpy(slot->protocol_version, version, sizeof(slot->protocol_version));
+	SpinLockRelease(&shared->mutex);
+}
+
+static void Pause(LoopState *st, TimestampTz now, const char *reason);
+
+/* Writes progress, new tasks and finished calls; a finished call frees a slot, so a claim may follow at once. A
+ * call that said a setting cannot work (its run went back to the queue unspent) pauses claiming. */
+static void
+SettleStep(LoopState *st, TimestampTz now)
+{
+	pgdiag::FinalizeResult result;
+	char config_error[pgdiag::kLastErrorLen];
+	const char *state;
+
+	pgdiag::WriteProgress();
+	pgdiag::RecordTasks();
+	pgdiag::FinalizeFinishedRuns(&result);
+	PublishEndpoint();
+	if (result.settled > 0)
+		st->claim_at = now;
+	st->claim_at = Min(st->claim_at, result.next_retry);
+	if (pgdiag::calls::TakeConfigError(config_error, sizeof(config_error)))
+		Pause(st, now, config_error);
+	(void) CanClaim(st, now, &state);
+	SetSlotState(state, result.terminal, st->pause_reason ? st->pause_reason : result.last_error);
+}
+
+/* Stops the calls whose cancel was requested: at the wake-up of the cancelling commit, and every poll interval
+ * while calls are in flight (no query otherwise). */
+static void
+CancelStep(LoopState *st, TimestampTz now)
+{
+	if (pgdiag::calls::InFlight() == 0) {
+		st->cancel_check_at = DT_NOEND;
+		return;
+	}
+	if (now < st->cancel_check_at)
+		return;
+	pgdiag::StopCancelledCalls();
+	st->cancel_check_at = Later(now, pgdiag_poll_interval_ms);
+}
+
+/* Puts back runs of dead workers and expired leases: when due, then every poll interval while runs are
+ * running anywhere, and not at all (no query) once nothing is. */
+static void
+RecoveryStep(LoopState *st, TimestampTz now)
+{
+	bool running_left = false;
+
+	if (now < st->recovery_at)
+		return;
+	if (pgdiag::RecoverRuns(false, &running_left) > 0) {
+		st->claim_at = now;
+		pgdiag::WakeWorkers();
+	}
+	st->recovery_at = (running_left || pgdiag::AnyWorkerBusy()) ? Later(now, pgdiag_poll_interval_ms) : DT_NOEND;
+}
+
+/* Pauses claiming for a setting that cannot work: one log line per distinct reason, backoff between tries. */
+static void
+Pause(LoopState *st, TimestampTz now, const char *reason)
+{
+	static char last_reason[pgdiag::kLastErrorLen] = "";
+
+	if (strcmp(last_reason, reason) != 0)
+		ereport(LOG, (errmsg("pg_diagnosis: claiming paused: %s", reason)));
+	strlcpy(last_reason, reason, sizeof(last_reason));
+	st->pause_reason = last_reason;
+	st->pause_ms = st->pause_ms == 0 ? PAUSE_MIN_MS : Min(st->pause_ms * 2, PAUSE_MAX_MS);
+	st->paused_until = Later(now, st->pause_ms);
+	SetSlotState("config_error", 0, reason);
+}
+
+static void
+Unpause(LoopState *st)
+{
+	if (st->pause_reason)
+		ereport(LOG, (errmsg("pg_diagnosis: claiming resumed")));
+	st->pause_reason = NULL;
+	st->pause_ms = 0;
+}
+
+static void
+ClaimStep(LoopState *st, TimestampTz now)
+{
+	pgdiag::ClaimResult result;
+	const char *state;
+
+	if (!CanClaim(st, now, &state)) {
+		if (strcmp(state, "no_endpoint") == 0 && !st->said_no_endpoint)
+			ereport(LOG, (errmsg("pg_diagnosis: diagnosis.mcp_url is not set; runs stay queued until it is")));
+		st->said_no_endpoint = strcmp(state, "no_endpoint") == 0;
+		SetSlotState(state, 0, NULL);
+		return;
+	}
+	if (now < st->claim_at)
+		return;
+
+	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), &result);
+	if (result.config_error) {
+		Pause(st, now, result.config_error);
+		return;
+	}
+	Unpause(st);
+	if (result.claimed > 0) {
+		/* Claim again at once: more may be due (each organization got a share of the free slots). */
+		st->claim_at = now;
+		st->recovery_at = Min(st->recovery_at, Later(now, pgdiag_poll_interval_ms));
+		DriveClient();
+	} else if (result.next_due != DT_NOEND && result.next_due <= now)
+		/* Due runs that another transaction holds locked, or organizations at their cap: look again later. */
+		st->claim_at = Later(now, pgdiag_poll_interval_ms);
+	else
+		st->claim_at = result.next_due;
+	(void) CanClaim(st, now, &state);
+	SetSlotState(state, 0, NULL);
+}
+
+/* SIGTERM: no new claims; calls in flight get a bounded grace period; the rest go back to the queue with their
+ * attempt given back (a clean shutdown is not the run's failure). */
+static void
+ShutDown(WaitEventSet *wait_set, bool extension_ready)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), SHUTDOWN_GRACE_MS);
 	int aborted = 0;
 
-	SetSlotState("stopping", pgdiag::calls::InFlight(), 0, NULL);
+	SetSlotState("stopping", 0, NULL);
 	while (pgdiag::calls::InFlight() > 0 && GetCurrentTimestamp() < deadline) {
 		WaitEvent event;
+		pgdiag::FinalizeResult result;
 		long timeout = pgdiag::calls::TimeoutMs();
 		long remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 
@@ -221,15 +639,14 @@ ShutDown(WaitEventSet *wait_set)
 		(void) WaitEventSetWait(wait_set, timeout, &event, 1, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		DriveClient();
-		{
-			TimestampTz ignored = DT_NOEND;
-			SetSlotState("stopping", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(&ignored), NULL);
-		}
+		pgdiag::FinalizeFinishedRuns(&result);
+		SetSlotState("stopping", result.terminal, NULL);
 	}
-	if (!pgdiag::calls::AbortAll(&aborted))
-		elog(ERROR, "pg_diagnosis: aborting calls failed: %s", pgdiag::cpp_guard_message);
-	if (aborted > 0)
-		(void) pgdiag::RecoverRuns(true);
+	/* Legacy calls get notifications/cancelled, the session its DELETE; tasks keep running for the next start. */
+	if (!pgdiag::calls::Shutdown(&aborted))
+		elog(ERROR, "pg_diagnosis: ending the calls failed: %s", pgdiag::cpp_guard_message);
+	if (extension_ready)
+		(void) pgdiag::RecoverRuns(true, NULL);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
 }
 
@@ -239,13 +656,7 @@ pgdiag_worker_main(Datum main_arg)
 	pgdiag::SharedState *shared;
 	MemoryContext loop_context;
 	WaitEventSet *wait_set;
-	uint64 seen_enqueues;
-	uint64 seen_exits;
-	bool extension_ready = false;
-	bool queue_may_have_more = true; /* claim once at start */
-	bool said_no_endpoint = false;
-	bool need_recovery = true;
-	TimestampTz next_due = DT_NOEND;
+	LoopState st;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -254,13 +665,20 @@ pgdiag_worker_main(Datum main_arg)
 	am_worker = true;
 	AttachSlot(DatumGetInt32(main_arg));
 	shared = pgdiag::Shared();
-
-	BackgroundWorkerInitializeConnection(pgdiag_database, NULL, 0);
+	ConnectToDatabase();
 	pgstat_report_appname(psprintf("pg_diagnosis worker %d", my_slot));
 
 	if (!pgdiag::calls::Init())
 		elog(ERROR, "pg_diagnosis: %s", pgdiag::cpp_guard_message);
-	ApplySettings();
+
+	memset(&st, 0, sizeof(st));
+	st.call_limit = ApplySettings();
+	st.extension_check_at = GetCurrentTimestamp();
+	st.recovery_at = DT_NOEND;
+	st.claim_at = DT_NOEND;
+	st.cancel_check_at = DT_NOEND;
+	st.seen_exits = pg_atomic_read_u64(&shared->exit_generation);
+	st.seen_enqueues = pg_atomic_read_u64(&shared->enqueue_generation);
 
 	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -268,34 +686,16 @@ pgdiag_worker_main(Datum main_arg)
 	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, pgdiag::calls::EventFd(), NULL, NULL);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "pg_diagnosis worker loop", ALLOCSET_DEFAULT_SIZES);
-	seen_exits = pg_atomic_read_u64(&shared->exit_generation);
-	seen_enqueues = pg_atomic_read_u64(&shared->enqueue_generation);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d started in database \"%s\"", my_slot, pgdiag_database)));
 
 	while (!ShutdownRequestPending) {
 		WaitEvent events[3];
-		long timeout = pgdiag_poll_interval_ms;
-		long client_timeout = pgdiag::calls::TimeoutMs();
-		TimestampTz now = GetCurrentTimestamp();
-		int inflight;
+		TimestampTz now;
 
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
 
-		if (client_timeout >= 0 && client_timeout < timeout)
-			timeout = client_timeout;
-		if (pgdiag::calls::InFlight() > 0 && timeout > 1000)
-			timeout = 1000; /* progress reports are written about once a second */
-		if (next_due != DT_NOEND) {
-			long until_due = next_due <= now ? 0 : (long) ((next_due - now + 999) / 1000);
-			if (until_due < timeout)
-				timeout = until_due;
-		}
-		if (queue_may_have_more && pgdiag::calls::InFlight() < pgdiag_max_inflight && EndpointConfigured() &&
-		    pgdiag_enabled)
-			timeout = 0;
-
-		(void) WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+		(void) WaitEventSetWait(wait_set, NextTimeoutMs(&st), events, lengthof(events), PG_WAIT_EXTENSION);
 		/* Reset before looking for work (latch.h). */
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
@@ -303,72 +703,21 @@ pgdiag_worker_main(Datum main_arg)
 			break;
 		if (ConfigReloadPending) {
 			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			ApplySettings();
-			said_no_endpoint = false;
-			queue_may_have_more = true;
-			if (extension_ready)
-				pgdiag::LoadResultSchemas();
+			OnReload(&st);
 		}
-
+		ObserveWakeups(&st);
 		DriveClient();
 
-		if (!extension_ready) {
-			/* Enqueues (which need the extension) wake us; until then check on each wake or poll. */
-			extension_ready = pgdiag::ExtensionReady();
-			if (!extension_ready) {
-				SetSlotState("waiting_for_extension", 0, 0, NULL);
-				continue;
-			}
-			pgdiag::LoadResultSchemas();
-			need_recovery = true;
-		}
-
-		if (pg_atomic_read_u64(&shared->exit_generation) != seen_exits) {
-			seen_exits = pg_atomic_read_u64(&shared->exit_generation);
-			need_recovery = true;
-		}
-		if (need_recovery) {
-			need_recovery = false;
-			if (pgdiag::RecoverRuns(false) > 0) {
-				queue_may_have_more = true;
-				pgdiag::WakeWorkers();
-			}
-		}
-
-		pgdiag::WriteProgress();
-		SetSlotState("working", pgdiag::calls::InFlight(), pgdiag::FinalizeFinishedRuns(&next_due), NULL);
-
-		if (!EndpointConfigured()) {
-			if (!said_no_endpoint)
-				ereport(LOG, (errmsg("pg_diagnosis: diagnosis.mcp_url is not set; runs stay queued until it is")));
-			said_no_endpoint = true;
-			SetSlotState("no_endpoint", pgdiag::calls::InFlight(), 0, NULL);
-			continue;
-		}
-		if (!pgdiag_enabled) {
-			SetSlotState("paused", pgdiag::calls::InFlight(), 0, NULL);
-			continue;
-		}
-
-		inflight = pgdiag::calls::InFlight();
 		now = GetCurrentTimestamp();
-		if (inflight < pgdiag_max_inflight &&
-		    (queue_may_have_more || pg_atomic_read_u64(&shared->enqueue_generation) != seen_enqueues ||
-		     (next_due != DT_NOEND && next_due <= now))) {
-			int limit = pgdiag_max_inflight - inflight;
-			int claimed;
-
-			/* Read before claiming: a commit that lands during the claim triggers another. */
-			seen_enqueues = pg_atomic_read_u64(&shared->enqueue_generation);
-			claimed = pgdiag::ClaimRuns(limit, &next_due);
-			queue_may_have_more = claimed == limit;
-			if (claimed > 0)
-				DriveClient();
-		}
-		SetSlotState(pgdiag::calls::InFlight() > 0 ? "working" : "idle", pgdiag::calls::InFlight(), 0, NULL);
+		if (!ExtensionStep(&st, now))
+			continue;
+		SettleStep(&st, now);
+		CancelStep(&st, now);
+		RecoveryStep(&st, now);
+		ClaimStep(&st, now);
 	}
 
-	ShutDown(wait_set);
-	proc_exit(0);
+	ShutDown(wait_set, st.extension_ready);
+	/* Code 1: the postmaster restarts a worker that was terminated; at server shutdown it restarts nothing. */
+	proc_exit(1);
 }

@@ -6,6 +6,8 @@
  * never skips a destructor, and every entry point wrapped in CppGuard so no exception reaches PostgreSQL.
  *-------------------------------------------------------------------------
  */
+#include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <memory>
 #include <random>
@@ -35,6 +37,8 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
 /* Progress is written at most this often per run. */
 constexpr int64_t kProgressIntervalMs = 1000;
+/* A run requeued for a reason that is not its own (no descriptor, no memory) waits this long. */
+constexpr long kLocalRetryDelayMs = 1000;
 
 struct InflightRun {
 	std::string run_id;
@@ -42,6 +46,7 @@ struct InflightRun {
 	int max_retries = 0;
 	std::string context_pack_json;
 	Clock::time_point claimed_at;
+	bool cancel_sent = false;
 	/* Progress: the newest reported, and what was last handed to the worker for writing. */
 	double reported = -1;
 	std::string reported_message;
@@ -55,6 +60,14 @@ struct FinishedRun {
 	int attempt = 0;
 	long processing_ms = 0;
 	long retry_delay_ms = 0;
+	bool refund_attempt = false;
+	bool task_lost = false;
+};
+
+struct TaskRow {
+	std::string run_id, task_id;
+	int attempt = 0;
+	int64_t ttl_ms = -1;
 };
 
 struct ProgressRow {
@@ -75,6 +88,9 @@ struct State {
 	std::vector<ProgressRow> progress;
 	std::vector<Progress> progress_views;
 	std::vector<std::pair<std::string, int>> aborted;
+	std::vector<TaskRow> tasks;
+	std::vector<Task> task_views;
+	std::string config_error; /* the last outcome that said a setting cannot work, until taken */
 	std::mt19937_64 rng{std::random_device{}()};
 };
 
@@ -92,7 +108,24 @@ MillisSince(Clock::time_point t)
 	return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-/* Turns a call's outcome into what finalize writes, deciding between retry and failure. */
+/* A retry, when the error is transient and attempts are left: the backoff, never sooner than Retry-After. */
+bool
+ScheduleRetry(const InflightRun &run, const CallOutcome &outcome, FinishedRun &f)
+{
+	std::uniform_real_distribution<double> jitter(0.0, 1.0);
+
+	/* attempt counts claims; a run gets at most 1 + max_retries of them. */
+	if (!IsTransient(outcome.code) || run.attempt >= 1 + run.max_retries)
+		return false;
+	f.outcome = "queued";
+	f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms, kMaxRetryDelayMs,
+	                                                  outcome.retry_after_ms, jitter(state->rng)));
+	return true;
+}
+
+/* Turns a call's outcome into what finalize writes: completed, failed, a retry, or back to the queue without
+ * spending the attempt when the cause is not the run's (a setting that cannot work, a local shortage). A call
+ * ended by Cancel() is written as failed; finalize makes it cancelled, since its cancel was requested. */
 void
 RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 {
@@ -103,23 +136,24 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 	f.processing_ms = static_cast<long>(MillisSince(run.claimed_at));
 	f.mcp_response = outcome.response_json;
 	f.mcp_run_id = outcome.mcp_run_id;
-	if (outcome.code == ErrorCode::None) {
+	f.task_lost = outcome.task_lost;
+	if (outcome.code == ErrorCode::None && !outcome.cancelled) {
 		f.outcome = "completed";
 		f.diagnosis = outcome.result_json;
-	} else {
-		f.error_code = ErrorCodeName(outcome.code);
-		f.error_message = outcome.message.empty() ? f.error_code : outcome.message;
-		f.error_details = outcome.details_json;
-		/* attempt counts claims; a run gets at most 1 + max_retries of them. */
-		if (IsTransient(outcome.code) && run.attempt < 1 + run.max_retries) {
-			std::uniform_real_distribution<double> jitter(0.0, 1.0);
-			f.outcome = "queued";
-			f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms,
-			                                                  kMaxRetryDelayMs, outcome.retry_after_ms,
-			                                                  jitter(state->rng)));
-		} else
-			f.outcome = "failed";
+		state->finished.push_back(std::move(f));
+		return;
 	}
+	f.error_code = ErrorCodeName(outcome.code == ErrorCode::None ? ErrorCode::McpError : outcome.code);
+	f.error_message = outcome.message.empty() ? f.error_code : outcome.message;
+	f.error_details = outcome.details_json;
+	if (outcome.config_error || outcome.local_failure) {
+		f.outcome = "queued";
+		f.refund_attempt = true;
+		f.retry_delay_ms = kLocalRetryDelayMs;
+		if (outcome.config_error)
+			state->config_error = f.error_message;
+	} else if (outcome.cancelled || !ScheduleRetry(run, outcome, f))
+		f.outcome = "failed";
 	state->finished.push_back(std::move(f));
 }
 
@@ -146,6 +180,7 @@ Configure(const Settings &s)
 		c.request_timeout_ms = s.request_timeout_ms;
 		c.max_response_bytes = s.max_response_bytes;
 		c.max_inflight = s.max_inflight;
+		c.max_connections = s.max_inflight; /* one socket per call at most: the descriptor budget holds */
 		state->retry_base_delay_ms = s.retry_base_delay_ms;
 		state->config = c;
 		if (!state->client)
@@ -193,6 +228,8 @@ Submit(const Claimed &run)
 		req.schema_version = run.schema_version;
 		req.inputs_json = run.inputs_json;
 		req.context_pack_json = run.context_pack_json;
+		req.traceparent = run.traceparent ? run.traceparent : "";
+		req.resume_task_id = run.resume_task_id ? run.resume_task_id : "";
 		if (!state->client->Submit(std::move(req))) {
 			/* The worker never claims more than the free slots, so this is a bug; fail it visibly. */
 			CallOutcome refused;
@@ -271,6 +308,8 @@ CollectFinished(int *count)
 			v.mcp_run_id = NullIfEmpty(f.mcp_run_id);
 			v.processing_ms = f.processing_ms;
 			v.retry_delay_ms = f.retry_delay_ms;
+			v.refund_attempt = f.refund_attempt;
+			v.task_lost = f.task_lost;
 			state->finished_views.push_back(v);
 		}
 		*count = static_cast<int>(state->finished_views.size());
@@ -283,11 +322,18 @@ FinishedAt(int i)
 	return &state->finished_views[i];
 }
 
-void
-ClearFinished()
+bool
+ClearFinishedExcept(const char *const *run_ids, int n)
 {
-	state->finished_views.clear();
-	state->finished.clear();
+	return CppGuard([&] {
+		std::vector<std::string> keep(run_ids, run_ids + n);
+		std::vector<FinishedRun> kept;
+		for (FinishedRun &f : state->finished)
+			if (std::find(keep.begin(), keep.end(), f.run_id) != keep.end())
+				kept.push_back(std::move(f));
+		state->finished_views.clear();
+		state->finished = std::move(kept);
+	});
 }
 
 bool
@@ -324,6 +370,94 @@ ClearProgress()
 {
 	state->progress_views.clear();
 	state->progress.clear();
+}
+
+bool
+CollectTasks(int *count)
+{
+	return CppGuard([&] {
+		for (CallTask &t : state->client->TakeTasks()) {
+			auto it = state->inflight.find(t.tag);
+			if (it != state->inflight.end())
+				state->tasks.push_back(TaskRow{it->second.run_id, t.task_id, it->second.attempt, t.ttl_ms});
+		}
+		state->task_views.clear();
+		for (const TaskRow &t : state->tasks)
+			state->task_views.push_back(Task{t.run_id.c_str(), t.task_id.c_str(), t.attempt, t.ttl_ms});
+		*count = static_cast<int>(state->task_views.size());
+	});
+}
+
+const Task *
+TaskAt(int i)
+{
+	return &state->task_views[i];
+}
+
+bool
+ClearTasksExcept(const char *const *run_ids, int n)
+{
+	return CppGuard([&] {
+		std::vector<std::string> keep(run_ids, run_ids + n);
+		std::vector<TaskRow> kept;
+		for (TaskRow &t : state->tasks)
+			if (std::find(keep.begin(), keep.end(), t.run_id) != keep.end())
+				kept.push_back(std::move(t));
+		state->task_views.clear();
+		state->tasks = std::move(kept);
+	});
+}
+
+bool
+Cancel(const char *run_id, int attempt)
+{
+	return CppGuard([&] {
+		for (auto &entry : state->inflight)
+			if (entry.second.run_id == run_id && entry.second.attempt == attempt && !entry.second.cancel_sent) {
+				entry.second.cancel_sent = true;
+				state->client->Cancel(entry.first);
+			}
+	});
+}
+
+bool
+TakeConfigError(char *buffer, size_t size)
+{
+	bool had = false;
+	CppGuard([&] {
+		had = !state->config_error.empty();
+		if (had)
+			std::snprintf(buffer, size, "%s", state->config_error.c_str());
+		state->config_error.clear();
+	});
+	return had;
+}
+
+void
+Endpoint(char *era, size_t era_size, char *version, size_t version_size)
+{
+	if (!CppGuard([&] {
+		    EndpointInfo info = state->client ? state->client->Endpoint() : EndpointInfo();
+		    std::snprintf(era, era_size, "%s", info.era.c_str());
+		    std::snprintf(version, version_size, "%s", info.protocol_version.c_str());
+	    })) {
+		era[0] = '\0';
+		version[0] = '\0';
+	}
+}
+
+bool
+Shutdown(int *count)
+{
+	return CppGuard([&] {
+		state->aborted.clear();
+		for (auto &entry : state->inflight)
+			state->aborted.emplace_back(entry.second.run_id, entry.second.attempt);
+		if (state->client)
+			state->client->Shutdown();
+		state->inflight.clear();
+		*count = static_cast<int>(state->aborted.size());
+	});
 }
 
 bool

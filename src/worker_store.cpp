@@ -10,13 +10,20 @@
  */
 #include "pg_diagnosis/pg/guc.hpp"
 #include "pg_diagnosis/pg/shmem.hpp"
+#include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/worker_store.hpp"
 #include "pg_diagnosis/pg/cpp_guard.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
 
 extern "C" {
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -27,10 +34,13 @@ extern "C" {
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 }
 
 /* Margin of the lease beyond the longest a call may take; the lease is only the backstop of exact recovery. */
@@ -145,18 +155,60 @@ InSubtransaction(void (*body)(void *), void *arg)
 
 /* ---------------------------------------------------------------- extension and schemas */
 
-bool
-pgdiag::ExtensionReady()
-{
-	bool ready;
+/* The version of the extension's SQL this library drives: the control file's default_version (Makefile). */
+#define LIBRARY_EXTENSION_VERSION PGDIAG_EXTVERSION
 
+/* The installed version of the extension in this database, palloc'd in the caller's context, or NULL. */
+static char *
+InstalledVersion(void)
+{
 	MemoryContext caller = CurrentMemoryContext;
+	char *version = NULL;
 
 	StartTransactionCommand();
-	ready = OidIsValid(get_extension_oid("pg_diagnosis", true));
+	if (OidIsValid(get_extension_oid("pg_diagnosis", true))) {
+		/* pg_extension.extversion, through the catalog cache of extension.c's own lookup */
+		Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple tuple;
+
+		ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum("pg_diagnosis"));
+		scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+		tuple = systable_getnext(scan);
+		if (HeapTupleIsValid(tuple)) {
+			bool isnull;
+			Datum d = heap_getattr(tuple, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+			if (!isnull)
+				version = MemoryContextStrdup(caller, TextDatumGetCString(d));
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);
-	return ready;
+	return version;
+}
+
+pgdiag::ExtensionState
+pgdiag::ExtensionReady()
+{
+	static bool said_version = false;
+	char *version = InstalledVersion();
+
+	if (version == NULL)
+		return ExtensionState::Missing;
+	if (strcmp(version, LIBRARY_EXTENSION_VERSION) != 0) {
+		/* A new library on an old schema (between the package upgrade and ALTER EXTENSION UPDATE): wait. */
+		if (!said_version)
+			ereport(LOG, (errmsg("pg_diagnosis: the extension is at version %s, this library needs %s; the worker "
+			                     "waits for ALTER EXTENSION pg_diagnosis UPDATE",
+			                     version, LIBRARY_EXTENSION_VERSION)));
+		said_version = true;
+		return ExtensionState::OtherVersion;
+	}
+	said_version = false;
+	return ExtensionState::Ready;
 }
 
 void
@@ -177,58 +229,80 @@ pgdiag::LoadResultSchemas()
 
 /* ---------------------------------------------------------------- recovery */
 
+/*
+ * Runs held by a worker that is gone (its token is not a live worker's), or whose lease expired, are put back
+ * (RECOVERED) or, with their attempts spent, failed; a run whose cancel was requested is cancelled instead. A
+ * hand-back ($3: this worker's own runs at a clean shutdown) gives the attempt back: the run did not fail.
+ */
 static const char *recover_sql =
     "WITH orphans AS ("
-    "  SELECT id, worker_pid AS old_pid,"
-    "         CASE WHEN lease_expires_at < now() AND worker_pid = ANY($1) THEN 'lease expired'"
-    "              WHEN $3 THEN 'worker shut down' ELSE 'worker exited' END AS reason"
+    "  SELECT id, worker_pid AS old_pid, attempt AS old_attempt, cancel_requested_by,"
+    "         CASE WHEN $3 THEN 'worker shut down'"
+    "              WHEN worker_token = ANY($1) THEN 'lease expired' ELSE 'worker exited' END AS reason,"
+    "         CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "              WHEN NOT $3 AND attempt >= 1 + max_retries THEN 'failed' ELSE 'queued' END AS new_status"
     "  FROM diagnosis.runs"
     "  WHERE status = 'running'"
-    "    AND CASE WHEN $3 THEN worker_pid = $2"
-    "             ELSE worker_pid IS NULL OR worker_pid <> ALL($1) OR lease_expires_at < now() END"
-    "  FOR UPDATE SKIP LOCKED"
+    "    AND CASE WHEN $3 THEN worker_token = $2"
+    "             ELSE worker_token IS NULL OR worker_token <> ALL($1) OR lease_expires_at < now() END"
+    "  FOR NO KEY UPDATE SKIP LOCKED"
     "), moved AS ("
     "  UPDATE diagnosis.runs r SET"
-    "    status = CASE WHEN r.attempt >= 1 + r.max_retries THEN 'failed' ELSE 'queued' END,"
-    "    completed_at = CASE WHEN r.attempt >= 1 + r.max_retries THEN now() END,"
-    "    error_code = CASE WHEN r.attempt >= 1 + r.max_retries THEN 'UNKNOWN_ERROR' ELSE r.error_code END,"
-    "    error_message = CASE WHEN r.attempt >= 1 + r.max_retries"
+    "    status = o.new_status,"
+    "    attempt = CASE WHEN $3 AND o.new_status = 'queued' THEN r.attempt - 1 ELSE r.attempt END,"
+    "    completed_at = CASE WHEN o.new_status <> 'queued' THEN now() END,"
+    "    error_code = CASE WHEN o.new_status = 'failed' THEN 'UNKNOWN_ERROR' ELSE r.error_code END,"
+    "    error_message = CASE WHEN o.new_status = 'failed'"
     "                    THEN 'the run was interrupted (' || o.reason || ') and its attempts are spent'"
     "                    ELSE r.error_message END,"
-    "    run_after = now(), worker_pid = NULL, lease_expires_at = NULL, updated_at = now()"
+    "    run_after = now(), worker_pid = NULL, worker_token = NULL, lease_expires_at = NULL, updated_at = now()"
     "  FROM orphans o WHERE r.id = o.id"
-    "  RETURNING r.id, r.organization_id, r.attempt, r.status, o.old_pid, o.reason"
+    "  RETURNING r.id, r.organization_id, o.old_attempt, o.new_status, o.old_pid, o.reason, o.cancel_requested_by"
     ")"
     "INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,"
     "                                 worker_pid, details)"
-    "SELECT id, organization_id, CASE WHEN status = 'failed' THEN 'FAILED' ELSE 'RECOVERED' END, 'running',"
-    "       status, attempt, current_user, $2,"
-    "       jsonb_build_object('reason', reason, 'previous_worker_pid', old_pid)"
+    "SELECT id, organization_id,"
+    "       CASE new_status WHEN 'failed' THEN 'FAILED' WHEN 'cancelled' THEN 'CANCELLED' ELSE 'RECOVERED' END,"
+    "       'running', new_status, old_attempt,"
+    "       CASE WHEN new_status = 'cancelled' THEN cancel_requested_by ELSE current_user END, $4,"
+    "       jsonb_build_object('reason', reason, 'previous_worker_pid', old_pid,"
+    "                          'attempt_kept', $3 AND new_status = 'queued')"
     "FROM moved";
 
+static const char *running_left_sql = "SELECT EXISTS (SELECT 1 FROM diagnosis.runs WHERE status = 'running')";
+
 int
-pgdiag::RecoverRuns(bool only_mine)
+pgdiag::RecoverRuns(bool hand_back, bool *running_left)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid argtypes[3] = {INT4ARRAYOID, INT4OID, BOOLOID};
-	pid_t pids[kMaxWorkers];
-	Datum pid_datums[kMaxWorkers];
-	Datum values[3];
-	int npids = LiveWorkerPids(pids, kMaxWorkers);
+	static SPIPlanPtr left_plan = NULL;
+	Oid argtypes[4] = {INT8ARRAYOID, INT8OID, BOOLOID, INT4OID};
+	int64 tokens[kMaxWorkers];
+	Datum token_datums[kMaxWorkers];
+	Datum values[4];
+	int ntokens = LiveWorkerTokens(tokens, kMaxWorkers);
 	int moved;
 
-	for (int i = 0; i < npids; i++)
-		pid_datums[i] = Int32GetDatum(pids[i]);
-	BeginWork("pg_diagnosis: recover runs");
-	values[0] = PointerGetDatum(construct_array(pid_datums, npids, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-	values[1] = Int32GetDatum(MyProcPid);
-	values[2] = BoolGetDatum(only_mine);
-	if (SPI_execute_plan(KeptPlan(&plan, recover_sql, 3, argtypes), values, NULL, false, 0) != SPI_OK_INSERT)
+	for (int i = 0; i < ntokens; i++)
+		token_datums[i] = Int64GetDatum(tokens[i]);
+	BeginWork(hand_back ? "pg_diagnosis: hand back runs" : "pg_diagnosis: recover runs");
+	values[0] = PointerGetDatum(construct_array(token_datums, ntokens, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+	                                            TYPALIGN_DOUBLE));
+	values[1] = Int64GetDatum(MyWorkerToken());
+	values[2] = BoolGetDatum(hand_back);
+	values[3] = Int32GetDatum(MyProcPid);
+	if (SPI_execute_plan(KeptPlan(&plan, recover_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "recovering runs failed");
 	moved = (int) SPI_processed;
+	if (running_left) {
+		bool isnull;
+		if (SPI_execute_plan(KeptPlan(&left_plan, running_left_sql, 0, NULL), NULL, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "looking for running runs failed");
+		*running_left = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
 	EndWork();
 	if (moved > 0) {
-		ereport(LOG, (errmsg("pg_diagnosis: %s %d run(s)", only_mine ? "handed back" : "recovered", moved)));
+		ereport(LOG, (errmsg("pg_diagnosis: %s %d run(s)", hand_back ? "handed back" : "recovered", moved)));
 		if (Shared())
 			ConditionVariableBroadcast(&Shared()->run_finished);
 	}
@@ -237,33 +311,50 @@ pgdiag::RecoverRuns(bool only_mine)
 
 /* ---------------------------------------------------------------- finalize */
 
+/*
+ * One statement finalizes a batch. Rows another transaction holds locked (a cancel_diagnosis still open) are
+ * skipped, never waited for, and come back in `deferred` to be tried again; a run whose cancel was requested
+ * ends cancelled whatever the call's outcome (an answer that still arrived is kept as its mcp_response only).
+ */
 static const char *finalize_sql =
     "WITH input AS ("
     "  SELECT i.id::uuid AS id, i.attempt::int AS attempt, i.outcome, i.error_code, i.error_message,"
     "         i.error_details::jsonb AS error_details, i.context_pack::jsonb AS context_pack,"
     "         i.mcp_response::jsonb AS mcp_response, i.diagnosis::jsonb AS diagnosis,"
-    "         i.processing_ms::int AS processing_ms, i.mcp_run_id, i.retry_delay_ms::bigint AS retry_delay_ms"
+    "         i.processing_ms::int AS processing_ms, i.mcp_run_id, i.retry_delay_ms::bigint AS retry_delay_ms,"
+    "         i.refund::bool AS refund, i.task_lost::bool AS task_lost"
     "  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-    "              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"
+    "              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $15::text[], $16::text[])"
     "       AS i(id, attempt, outcome, error_code, error_message, error_details, context_pack, mcp_response,"
-    "            diagnosis, processing_ms, mcp_run_id, retry_delay_ms)"
+    "            diagnosis, processing_ms, mcp_run_id, retry_delay_ms, refund, task_lost)"
+    "), target AS ("
+    "  SELECT r.id, r.cancel_requested_at, r.cancel_requested_by,"
+    "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
+    "  FROM diagnosis.runs r JOIN input i ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
+    "  FOR NO KEY UPDATE OF r SKIP LOCKED"
     "), upd AS ("
     "  UPDATE diagnosis.runs r SET"
-    "    status = i.outcome,"
-    "    completed_at = CASE WHEN i.outcome = 'queued' THEN NULL ELSE now() END,"
-    "    run_after = CASE WHEN i.outcome = 'queued' THEN now() + i.retry_delay_ms * interval '1 millisecond'"
+    "    status = t.outcome,"
+    "    attempt = CASE WHEN t.outcome = 'queued' AND i.refund THEN r.attempt - 1 ELSE r.attempt END,"
+    "    completed_at = CASE WHEN t.outcome = 'queued' THEN NULL ELSE now() END,"
+    "    run_after = CASE WHEN t.outcome = 'queued' THEN now() + i.retry_delay_ms * interval '1 millisecond'"
     "                ELSE r.run_after END,"
-    "    worker_pid = CASE WHEN i.outcome = 'queued' THEN NULL ELSE r.worker_pid END,"
+    "    worker_pid = CASE WHEN t.outcome = 'queued' THEN NULL ELSE r.worker_pid END,"
+    "    worker_token = CASE WHEN t.outcome = 'queued' THEN NULL ELSE r.worker_token END,"
     "    lease_expires_at = NULL,"
-    "    error_code = i.error_code, error_message = i.error_message, error_details = i.error_details,"
+    "    error_code = CASE WHEN t.outcome = 'cancelled' THEN NULL ELSE i.error_code END,"
+    "    error_message = CASE WHEN t.outcome = 'cancelled' THEN NULL ELSE i.error_message END,"
+    "    error_details = CASE WHEN t.outcome = 'cancelled' THEN NULL ELSE i.error_details END,"
     "    mcp_run_id = coalesce(i.mcp_run_id, r.mcp_run_id),"
+    "    mcp_task_id = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_id END,"
+    "    mcp_task_expires_at = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_expires_at END,"
     "    processing_time_ms = i.processing_ms,"
-    "    progress = CASE WHEN i.outcome = 'completed' THEN 1 ELSE r.progress END,"
+    "    progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,"
     "    updated_at = now()"
-    "  FROM input i"
-    "  WHERE r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
-    "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, i.outcome, i.error_code, i.retry_delay_ms,"
-    "            i.context_pack, i.mcp_response, i.diagnosis"
+    "  FROM input i JOIN target t ON t.id = i.id"
+    "  WHERE r.id = i.id"
+    "  RETURNING r.id, r.patient_id, r.organization_id, i.attempt, t.outcome, i.error_code, i.retry_delay_ms,"
+    "            i.refund, i.context_pack, i.mcp_response, i.diagnosis, t.cancel_requested_at, t.cancel_requested_by"
     "), art AS ("
     "  INSERT INTO diagnosis.artifacts (run_id, patient_id, organization_id, artifact_type, artifact_data,"
     "         content_sha256, risk_level, confidence_score, primary_findings, recommendations_count,"
@@ -279,26 +370,37 @@ static const char *finalize_sql =
     "  FROM upd u CROSS JOIN LATERAL (VALUES ('context_pack', u.context_pack, 1),"
     "                                        ('mcp_response', u.mcp_response, 2),"
     "                                        ('diagnosis_json', u.diagnosis, 3)) AS a(artifact_type, data, seq)"
-    "  WHERE u.outcome <> 'queued' AND a.data IS NOT NULL"
+    "  WHERE u.outcome <> 'queued' AND a.data IS NOT NULL AND NOT (u.outcome = 'cancelled' AND a.seq = 3)"
     "), aud AS ("
     "  INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,"
     "                                   worker_pid, details)"
     "  SELECT u.id, u.organization_id,"
     "         CASE u.outcome WHEN 'completed' THEN 'COMPLETED' WHEN 'failed' THEN 'FAILED'"
-    "                        ELSE 'RETRY_SCHEDULED' END,"
-    "         'running', u.outcome, u.attempt, current_user, $14,"
-    "         jsonb_strip_nulls(jsonb_build_object('error_code', u.error_code, 'retry_delay_ms',"
-    "                           CASE WHEN u.outcome = 'queued' THEN u.retry_delay_ms END))"
+    "                        WHEN 'cancelled' THEN 'CANCELLED' ELSE 'RETRY_SCHEDULED' END,"
+    "         'running', u.outcome, u.attempt,"
+    "         CASE WHEN u.outcome = 'cancelled' THEN u.cancel_requested_by ELSE current_user END, $14,"
+    "         jsonb_strip_nulls(jsonb_build_object("
+    "             'error_code', CASE WHEN u.outcome <> 'cancelled' THEN u.error_code END,"
+    "             'retry_delay_ms', CASE WHEN u.outcome = 'queued' THEN u.retry_delay_ms END,"
+    "             'attempt_kept', CASE WHEN u.outcome = 'queued' AND u.refund THEN true END,"
+    "             'cancel_requested_at', u.cancel_requested_at,"
+    "             'answer_arrived', CASE WHEN u.outcome = 'cancelled' THEN u.mcp_response IS NOT NULL END))"
     "  FROM upd u"
     ")"
-    "SELECT count(*) FILTER (WHERE outcome <> 'queued') FROM upd";
+    "SELECT (SELECT count(*) FROM upd WHERE outcome <> 'queued'),"
+    "       (SELECT array_agg(i.id::text) FROM input i JOIN diagnosis.runs r"
+    "               ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
+    "         WHERE i.id NOT IN (SELECT id FROM target))";
 
 /* The rows of one finalize statement, as parallel arrays of C strings. */
 typedef struct FinalizeBatch {
 	int n;
 	const char **id, **attempt, **outcome, **error_code, **error_message, **error_details, **context_pack,
 	    **mcp_response, **diagnosis, **processing_ms, **mcp_run_id, **retry_delay_ms;
-	int terminal; /* result: runs that reached completed or failed */
+	const char **refund, **task_lost;
+	int terminal;           /* result: runs that reached completed, failed or cancelled */
+	char **deferred;        /* result: ids of runs another transaction held locked, in the caller's context */
+	int ndeferred;
 } FinalizeBatch;
 
 static FinalizeBatch *
@@ -319,6 +421,8 @@ NewBatch(int n)
 	ALLOC_COLUMN(processing_ms);
 	ALLOC_COLUMN(mcp_run_id);
 	ALLOC_COLUMN(retry_delay_ms);
+	ALLOC_COLUMN(refund);
+	ALLOC_COLUMN(task_lost);
 #undef ALLOC_COLUMN
 	return b;
 }
@@ -339,6 +443,8 @@ AddToBatch(FinalizeBatch *b, const pgdiag::calls::Finished *f)
 	b->processing_ms[i] = IntText(f->processing_ms);
 	b->mcp_run_id[i] = f->mcp_run_id;
 	b->retry_delay_ms[i] = IntText(f->retry_delay_ms);
+	b->refund[i] = f->refund_attempt ? "true" : "false";
+	b->task_lost[i] = f->task_lost ? "true" : "false";
 }
 
 static void
@@ -346,10 +452,11 @@ ExecuteFinalize(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	FinalizeBatch *b = (FinalizeBatch *) arg;
-	Oid argtypes[14];
-	Datum values[14];
+	Oid argtypes[16];
+	Datum values[16];
+	bool isnull;
 
-	for (int i = 0; i < 12; i++)
+	for (int i = 0; i < 16; i++)
 		argtypes[i] = TEXTARRAYOID;
 	argtypes[12] = FLOAT8OID;
 	argtypes[13] = INT4OID;
@@ -367,27 +474,40 @@ ExecuteFinalize(void *arg)
 	values[11] = TextArray(b->retry_delay_ms, b->n);
 	values[12] = Float8GetDatum(pgdiag_min_confidence);
 	values[13] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(KeptPlan(&plan, finalize_sql, 14, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+	values[14] = TextArray(b->refund, b->n);
+	values[15] = TextArray(b->task_lost, b->n);
+	if (SPI_execute_plan(KeptPlan(&plan, finalize_sql, 16, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "finalize statement failed");
 	{
-		bool isnull;
 		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		b->terminal = isnull ? 0 : (int) DatumGetInt64(d);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		b->ndeferred = 0;
+		if (!isnull) {
+			Datum *ids;
+			int n;
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &ids, NULL, &n);
+			b->deferred = (char **) MemoryContextAlloc(work_caller_context, sizeof(char *) * n);
+			for (int i = 0; i < n; i++)
+				b->deferred[b->ndeferred++] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(ids[i]));
+		}
 	}
 }
 
 /* Finalizes one run alone; if even that fails (say its answer is not storable as jsonb), fails the run
- * without the answer. Returns how many runs became terminal. */
-static int
-FinalizeOne(const pgdiag::calls::Finished *f)
+ * without the answer. Adds to *terminal; returns false when the row was locked (try again later). */
+static bool
+FinalizeOne(const pgdiag::calls::Finished *f, int *terminal)
 {
 	FinalizeBatch *b = NewBatch(1);
 	char *error;
 
 	AddToBatch(b, f);
 	error = InSubtransaction(ExecuteFinalize, b);
-	if (error == NULL)
-		return b->terminal;
+	if (error == NULL) {
+		*terminal += b->terminal;
+		return b->ndeferred == 0;
+	}
 
 	ereport(WARNING, (errmsg("pg_diagnosis: storing the result of run %s failed: %s", f->run_id, error)));
 	b->outcome[0] = "failed";
@@ -398,62 +518,186 @@ FinalizeOne(const pgdiag::calls::Finished *f)
 	b->diagnosis[0] = NULL;
 	b->mcp_run_id[0] = NULL;
 	error = InSubtransaction(ExecuteFinalize, b);
-	if (error == NULL)
-		return b->terminal;
-	/* Left running: the lease (or this worker's exit) puts it back. */
+	if (error == NULL) {
+		*terminal += b->terminal;
+		return b->ndeferred == 0;
+	}
+	/* Left running: the lease puts it back (live workers recover expired leases). */
 	ereport(WARNING, (errmsg("pg_diagnosis: failing run %s failed too: %s", f->run_id, error)));
-	return 0;
+	return true;
 }
 
-int
-pgdiag::FinalizeFinishedRuns(TimestampTz *next_retry)
+/* "CODE: message" of the last failed or retried run in the list, for worker_status().last_error. */
+static void
+NoteLastError(const pgdiag::calls::Finished *f, pgdiag::FinalizeResult *result)
+{
+	if (f->error_code)
+		snprintf(result->last_error, sizeof(result->last_error), "%s: %s", f->error_code,
+		         f->error_message ? f->error_message : "");
+}
+
+void
+pgdiag::FinalizeFinishedRuns(FinalizeResult *result)
 {
 	FinalizeBatch *batch;
 	int count = 0;
-	int terminal = 0;
 	long min_delay_ms = -1;
 	char *error;
+	const char **keep;
+	int nkeep = 0;
 
+	result->terminal = 0;
+	result->settled = 0;
+	result->next_retry = DT_NOEND;
+	result->last_error[0] = '\0';
 	if (!calls::CollectFinished(&count))
 		elog(ERROR, "pg_diagnosis: collecting finished runs failed: %s", cpp_guard_message);
 	if (count == 0)
-		return 0;
+		return;
 
 	batch = NewBatch(count);
+	keep = (const char **) palloc(sizeof(char *) * count);
 	for (int i = 0; i < count; i++) {
 		const calls::Finished *f = calls::FinishedAt(i);
 		AddToBatch(batch, f);
+		NoteLastError(f, result);
 		if (strcmp(f->outcome, "queued") == 0 && (min_delay_ms < 0 || f->retry_delay_ms < min_delay_ms))
 			min_delay_ms = f->retry_delay_ms;
 	}
 
 	BeginWork("pg_diagnosis: finalize runs");
 	error = InSubtransaction(ExecuteFinalize, batch);
-	if (error == NULL)
-		terminal = batch->terminal;
-	else
+	if (error == NULL) {
+		result->terminal = batch->terminal;
+		for (int i = 0; i < batch->ndeferred; i++)
+			keep[nkeep++] = batch->deferred[i];
+	} else
 		for (int i = 0; i < count; i++)
-			terminal += FinalizeOne(calls::FinishedAt(i));
+			if (!FinalizeOne(calls::FinishedAt(i), &result->terminal))
+				keep[nkeep++] = calls::FinishedAt(i)->run_id;
 	EndWork();
-	calls::ClearFinished();
-	if (min_delay_ms >= 0) {
-		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), min_delay_ms);
-		if (*next_retry == DT_NOEND || due < *next_retry)
-			*next_retry = due;
-	}
+	result->settled = count - nkeep;
+	if (!calls::ClearFinishedExcept(keep, nkeep))
+		elog(ERROR, "pg_diagnosis: %s", cpp_guard_message);
+	if (min_delay_ms >= 0)
+		result->next_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), min_delay_ms);
 
 	if (Shared())
 		ConditionVariableBroadcast(&Shared()->run_finished);
-	return terminal;
+}
+
+/* ---------------------------------------------------------------- tasks and cancels */
+
+/*
+ * Commits the tasks the server created, in the runs' own rows, so a recovered run polls its task instead of
+ * calling the tool again. Guarded like finalize (running, same attempt); a row another transaction holds locked
+ * is skipped and written on a later pass.
+ */
+static const char *tasks_sql =
+    "WITH t AS (SELECT id::uuid AS id, attempt::int AS attempt, task_id, ttl_ms::bigint AS ttl_ms"
+    "             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(id, attempt, task_id, ttl_ms)),"
+    " target AS (SELECT r.id FROM diagnosis.runs r JOIN t ON r.id = t.id AND r.status = 'running'"
+    "                   AND r.attempt = t.attempt FOR NO KEY UPDATE OF r SKIP LOCKED),"
+    " upd AS (UPDATE diagnosis.runs r SET mcp_task_id = t.task_id,"
+    "                mcp_task_expires_at = CASE WHEN t.ttl_ms >= 0 THEN now() + t.ttl_ms * interval '1 millisecond' END"
+    "           FROM t JOIN target USING (id) WHERE r.id = t.id RETURNING r.id)"
+    "SELECT array_agg(t.id::text) FROM t JOIN diagnosis.runs r ON r.id = t.id AND r.status = 'running'"
+    " AND r.attempt = t.attempt WHERE t.id NOT IN (SELECT id FROM target)";
+
+void
+pgdiag::RecordTasks()
+{
+	static SPIPlanPtr plan = NULL;
+	Oid argtypes[4] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum values[4];
+	const char **ids, **attempts, **task_ids, **ttls;
+	const char **keep;
+	int nkeep = 0;
+	int count = 0;
+	bool isnull;
+	Datum locked;
+
+	if (!calls::CollectTasks(&count))
+		elog(ERROR, "pg_diagnosis: collecting tasks failed: %s", cpp_guard_message);
+	if (count == 0)
+		return;
+	ids = (const char **) palloc(sizeof(char *) * count);
+	attempts = (const char **) palloc(sizeof(char *) * count);
+	task_ids = (const char **) palloc(sizeof(char *) * count);
+	ttls = (const char **) palloc(sizeof(char *) * count);
+	keep = (const char **) palloc(sizeof(char *) * count);
+	for (int i = 0; i < count; i++) {
+		const calls::Task *t = calls::TaskAt(i);
+		ids[i] = t->run_id;
+		attempts[i] = IntText(t->attempt);
+		task_ids[i] = t->task_id;
+		ttls[i] = psprintf("%lld", t->ttl_ms);
+	}
+	BeginWork("pg_diagnosis: record tasks");
+	values[0] = TextArray(ids, count);
+	values[1] = TextArray(attempts, count);
+	values[2] = TextArray(task_ids, count);
+	values[3] = TextArray(ttls, count);
+	if (SPI_execute_plan(KeptPlan(&plan, tasks_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "recording tasks failed");
+	locked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull) {
+		Datum *elems;
+		int n;
+		deconstruct_array(DatumGetArrayTypeP(locked), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+			keep[nkeep++] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(elems[i]));
+	}
+	EndWork();
+	if (!calls::ClearTasksExcept(keep, nkeep))
+		elog(ERROR, "pg_diagnosis: %s", cpp_guard_message);
+}
+
+/* This worker's runs whose cancel was requested: their calls are stopped (each once; the outcome follows). */
+static const char *cancels_sql =
+    "SELECT id::text, attempt FROM diagnosis.runs"
+    " WHERE status = 'running' AND worker_token = $1 AND cancel_requested_at IS NOT NULL";
+
+void
+pgdiag::StopCancelledCalls()
+{
+	static SPIPlanPtr plan = NULL;
+	Oid argtypes[1] = {INT8OID};
+	Datum values[1];
+	char **run_ids;
+	int *attempts;
+	int n;
+
+	BeginWork("pg_diagnosis: look for cancel requests");
+	values[0] = Int64GetDatum(MyWorkerToken());
+	if (SPI_execute_plan(KeptPlan(&plan, cancels_sql, 1, argtypes), values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "looking for cancel requests failed");
+	n = (int) SPI_processed;
+	run_ids = (char **) MemoryContextAlloc(work_caller_context, sizeof(char *) * Max(n, 1));
+	attempts = (int *) MemoryContextAlloc(work_caller_context, sizeof(int) * Max(n, 1));
+	for (int i = 0; i < n; i++) {
+		bool isnull;
+		run_ids[i] = MemoryContextStrdup(work_caller_context,
+		                                 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	EndWork();
+	for (int i = 0; i < n; i++)
+		if (!calls::Cancel(run_ids[i], attempts[i]))
+			elog(ERROR, "pg_diagnosis: cancelling the call of run %s failed: %s", run_ids[i], cpp_guard_message);
 }
 
 /* ---------------------------------------------------------------- progress */
 
+/* Best effort: a row another transaction holds locked skips this report (a later one supersedes it). */
 static const char *progress_sql =
-    "UPDATE diagnosis.runs r SET progress = i.fraction::real, progress_message = i.message, updated_at = now()"
-    "  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(id, attempt, fraction, message)"
-    " WHERE r.id = i.id::uuid AND r.status = 'running' AND r.attempt = i.attempt::int"
-    "   AND (r.progress IS NULL OR r.progress <= i.fraction::real)";
+    "WITH i AS (SELECT id::uuid AS id, attempt::int AS attempt, fraction::real AS fraction, message"
+    "             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(id, attempt, fraction, message)),"
+    " target AS (SELECT r.id FROM diagnosis.runs r JOIN i ON r.id = i.id AND r.status = 'running'"
+    "                   AND r.attempt = i.attempt AND (r.progress IS NULL OR r.progress <= i.fraction)"
+    "            FOR NO KEY UPDATE OF r SKIP LOCKED)"
+    "UPDATE diagnosis.runs r SET progress = i.fraction, progress_message = i.message, updated_at = now()"
+    "  FROM i JOIN target t ON t.id = i.id WHERE r.id = i.id";
 
 void
 pgdiag::WriteProgress()
@@ -493,36 +737,70 @@ pgdiag::WriteProgress()
 /* ---------------------------------------------------------------- claim */
 
 /*
- * Claim order is priority, then run_after. A plain ORDER BY over an index on (priority DESC, run_after) would walk
- * every future-scheduled run when none is due, so the claim skips from one distinct priority to the next (a
- * recursive CTE, each step one index probe) and, per priority, takes the due runs in run_after order from the
- * same index: flat whether a million runs are due or scheduled for later.
+ * The claim takes turns between organizations: a backlog of one organization never delays another's due run
+ * by more than one claim. It walks the distinct (organization, priority) pairs that have queued runs (a
+ * recursive CTE, each step one probe of runs_claim_idx), takes each pair's due runs in run_after order from the
+ * same index (so a million runs scheduled for later cost nothing), gives each organization an equal share of the
+ * free slots (less what diagnosis.max_inflight_per_organization leaves it), and picks round by round: every
+ * organization's best run, then every organization's second best, and so on.
  */
 static const char *claim_sql =
-    "WITH RECURSIVE priorities AS ("
-    "  (SELECT priority FROM diagnosis.runs WHERE status = 'queued' ORDER BY priority DESC LIMIT 1)"
+    "WITH RECURSIVE pairs AS ("
+    "  (SELECT organization_id, priority FROM diagnosis.runs WHERE status = 'queued'"
+    "   ORDER BY organization_id, priority DESC LIMIT 1)"
     "  UNION ALL"
-    "  SELECT (SELECT r.priority FROM diagnosis.runs r"
-    "          WHERE r.status = 'queued' AND r.priority < p.priority ORDER BY r.priority DESC LIMIT 1)"
-    "  FROM priorities p WHERE p.priority IS NOT NULL"
+    "  SELECT n.organization_id, n.priority FROM pairs p CROSS JOIN LATERAL ("
+    "    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"
+    "      WHERE r.status = 'queued' AND r.organization_id = p.organization_id AND r.priority < p.priority"
+    "      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"
+    "    UNION ALL"
+    "    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"
+    "      WHERE r.status = 'queued' AND r.organization_id > p.organization_id"
+    "      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"
+    "    LIMIT 1) n"
+    "), orgs AS ("
+    "  SELECT o.organization_id,"
+    "         CASE WHEN $4 > 0 THEN greatest(0, $4 - (SELECT count(*) FROM diagnosis.runs x"
+    "                                                 WHERE x.status = 'running'"
+    "                                                   AND x.organization_id = o.organization_id))"
+    "              ELSE $1 END AS room"
+    "  FROM (SELECT DISTINCT pr.organization_id FROM pairs pr"
+    "         WHERE EXISTS (SELECT 1 FROM diagnosis.runs d WHERE d.status = 'queued'"
+    "                         AND d.organization_id = pr.organization_id AND d.priority = pr.priority"
+    "                         AND d.run_after <= now())) o"
+    "), share AS ("
+    "  SELECT greatest(1, ceil($1::numeric / greatest(1, count(*))))::int AS per_org FROM orgs WHERE room > 0"
+    "), candidates AS ("
+    "  SELECT due.id, pr.organization_id, pr.priority, due.run_after, o.room"
+    "  FROM pairs pr JOIN orgs o ON o.organization_id = pr.organization_id AND o.room > 0 CROSS JOIN share"
+    "  CROSS JOIN LATERAL (SELECT r.id, r.run_after FROM diagnosis.runs r"
+    "                      WHERE r.status = 'queued' AND r.organization_id = pr.organization_id"
+    "                        AND r.priority = pr.priority AND r.run_after <= now()"
+    "                      ORDER BY r.run_after LIMIT least(share.per_org, o.room)"
+    "                      FOR NO KEY UPDATE SKIP LOCKED) due"
     "), picked AS ("
-    "  SELECT due.id FROM priorities p"
-    "  CROSS JOIN LATERAL (SELECT r.id FROM diagnosis.runs r"
-    "                      WHERE r.status = 'queued' AND r.priority = p.priority AND r.run_after <= now()"
-    "                      ORDER BY r.run_after LIMIT $1 FOR UPDATE SKIP LOCKED) due"
-    "  LIMIT $1"
+    "  SELECT id FROM (SELECT id, run_after, room, row_number() OVER (PARTITION BY organization_id"
+    "                                                        ORDER BY priority DESC, run_after) AS turn"
+    "                  FROM candidates) c"
+    "  WHERE turn <= room ORDER BY turn, run_after LIMIT $1"
     "), claimed AS ("
     "  UPDATE diagnosis.runs r SET status = 'running', attempt = r.attempt + 1, started_at = now(),"
-    "         lease_expires_at = now() + $2 * interval '1 millisecond', worker_pid = $3,"
+    "         lease_expires_at = now() + $2 * interval '1 millisecond', worker_pid = $3, worker_token = $5,"
     "         progress = NULL, progress_message = NULL, updated_at = now()"
     "  FROM picked p WHERE r.id = p.id"
-    "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, r.max_retries, r.schema_version, r.inputs"
+    "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, r.max_retries, r.schema_version, r.inputs,"
+    "            '00-' || replace(r.id::text, '-', '') || '-' || lpad(to_hex(r.attempt), 16, '0') || '-01'"
+    "              AS traceparent,"
+    "            CASE WHEN r.mcp_task_expires_at IS NULL OR r.mcp_task_expires_at > now() THEN r.mcp_task_id END"
+    "              AS resume_task_id"
     "), locked AS ("
     "  INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,"
-    "                                   worker_pid)"
-    "  SELECT id, organization_id, 'LOCKED', 'queued', 'running', attempt, current_user, $3 FROM claimed"
+    "                                   worker_pid, details)"
+    "  SELECT id, organization_id, 'LOCKED', 'queued', 'running', attempt, current_user, $3,"
+    "         jsonb_build_object('traceparent', traceparent) FROM claimed"
     ")"
-    "SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text FROM claimed";
+    "SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent,"
+    "       resume_task_id FROM claimed";
 
 static const char *next_due_sql = "SELECT min(run_after) FROM diagnosis.runs WHERE status = 'queued'";
 
@@ -531,34 +809,70 @@ typedef struct ClaimedRun {
 	char *patient_id;
 	char *schema_version;
 	char *inputs;
+	char *traceparent;
+	char *resume_task_id; /* NULL: call the tool */
 	int attempt;
 	int max_retries;
 	char *pack;       /* the context pack with the run's inputs merged in */
 	char *pack_error; /* why the pack could not be built */
 } ClaimedRun;
 
+/* The context pack function, resolved once per claim: what to call and as whom. */
+typedef struct PackFunction {
+	char *qualified_name;
+	Oid owner;
+} PackFunction;
+
 typedef struct PackJob {
 	ClaimedRun *runs;
 	int n;
+	const PackFunction *fn;
 } PackJob;
 
-/* The qualified name of the context pack function: diagnosis.context_pack_function or the default. */
-static char *
-ContextPackFunction(void)
+typedef struct PackLookup {
+	PackFunction *fn;
+} PackLookup;
+
+/* Resolves diagnosis.context_pack_function (or the default) to a plain function (uuid) returning jsonb. The
+ * worker's search_path is pg_catalog, pg_temp: an unqualified name can only mean a built-in. */
+static void
+LookupPackFunction(void *arg)
 {
+	PackLookup *lookup = (PackLookup *) arg;
 	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0]
 	                       ? pgdiag_context_pack_function
 	                       : "diagnosis.build_context_pack";
 	Oid argtypes[1] = {UUIDOID};
-	Oid fn = LookupFuncName(stringToQualifiedNameList(name), 1, argtypes, false);
+	Oid fn = LookupFuncName(stringToQualifiedNameList(name), 1, argtypes, true);
+	HeapTuple tuple;
+	Form_pg_proc proc;
 
-	if (get_func_rettype(fn) != JSONBOID)
+	if (!OidIsValid(fn))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FUNCTION),
+		                errmsg("diagnosis.context_pack_function: function %s(uuid) does not exist", name)));
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", fn);
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	if (proc->prokind != PROKIND_FUNCTION || proc->proretset || proc->prorettype != JSONBOID) {
+		ReleaseSysCache(tuple);
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-		                errmsg("context pack function %s must return jsonb", name)));
-	return quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
+		                errmsg("diagnosis.context_pack_function: %s(uuid) must be a function returning one jsonb",
+		                       name)));
+	}
+	lookup->fn->owner = proc->proowner;
+	lookup->fn->qualified_name = MemoryContextStrdup(
+	    work_caller_context, quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
+	ReleaseSysCache(tuple);
 }
 
-/* Builds the packs of job->runs in one statement; an error leaves the subtransaction to the caller. */
+/*
+ * Builds the packs of job->runs in one statement, as the pack function's owner under
+ * SECURITY_RESTRICTED_OPERATION with search_path pinned (PostgreSQL runs index expressions during maintenance
+ * the same way, vacuum.c), so the function has its owner's rights, not the worker's: no superuser, and no
+ * worker authority over runs, artifacts or the audit log (diagnosis._is_worker() is false inside). An error
+ * leaves the subtransaction to the caller, whose abort restores the user and the settings.
+ */
 static void
 BuildPacks(void *arg)
 {
@@ -567,22 +881,35 @@ BuildPacks(void *arg)
 	const char **inputs = (const char **) palloc(sizeof(char *) * job->n);
 	Oid argtypes[2] = {TEXTARRAYOID, TEXTARRAYOID};
 	Datum values[2];
+	Oid save_userid;
+	int save_sec_context;
+	int save_nestlevel;
 	char *sql;
 
 	for (int i = 0; i < job->n; i++) {
 		patients[i] = job->runs[i].patient_id;
 		inputs[i] = job->runs[i].inputs;
 	}
+	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. */
 	sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
 	               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
 	               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack) p"
 	               " ORDER BY x.ord",
-	               ContextPackFunction());
+	               job->fn->qualified_name);
 	values[0] = TextArray(patients, job->n);
 	values[1] = TextArray(inputs, job->n);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(job->fn->owner, save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+	                         0, false);
 	if (SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT ||
 	    SPI_processed != (uint64) job->n)
 		elog(ERROR, "building context packs failed");
+	AtEOXact_GUC(false, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
 	for (int i = 0; i < job->n; i++) {
 		char *type = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		if (type == NULL || strcmp(type, "object") != 0)
@@ -594,49 +921,148 @@ BuildPacks(void *arg)
 		job->runs[i].pack = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 }
 
-int
-pgdiag::ClaimRuns(int limit, TimestampTz *next_due)
+/* Runs the claim statement; fills *runs (in the caller's context) and returns how many. */
+static int
+ClaimStatement(int limit, MemoryContext caller_context, ClaimedRun **runs)
 {
 	static SPIPlanPtr claim_plan = NULL;
-	static SPIPlanPtr next_due_plan = NULL;
-	Oid argtypes[3] = {INT4OID, INT8OID, INT4OID};
-	Datum values[3];
-	MemoryContext caller_context = CurrentMemoryContext;
-	ClaimedRun *runs;
-	PackJob job;
+	Oid argtypes[5] = {INT4OID, INT8OID, INT4OID, INT4OID, INT8OID};
+	Datum values[5];
 	int n;
-	int failed = 0;
 
-	*next_due = DT_NOEND;
-	BeginWork("pg_diagnosis: claim runs");
 	values[0] = Int32GetDatum(limit);
 	values[1] = Int64GetDatum((int64) pgdiag_request_timeout_ms + LEASE_MARGIN_MS);
 	values[2] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(KeptPlan(&claim_plan, claim_sql, 3, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+	values[3] = Int32GetDatum(pgdiag_max_inflight_per_organization);
+	values[4] = Int64GetDatum(pgdiag::MyWorkerToken());
+	if (SPI_execute_plan(KeptPlan(&claim_plan, claim_sql, 5, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming runs failed");
 	n = (int) SPI_processed;
-	runs = (ClaimedRun *) MemoryContextAllocZero(caller_context, sizeof(ClaimedRun) * Max(n, 1));
+	*runs = (ClaimedRun *) MemoryContextAllocZero(caller_context, sizeof(ClaimedRun) * Max(n, 1));
 	for (int i = 0; i < n; i++) {
 		HeapTuple tuple = SPI_tuptable->vals[i];
 		TupleDesc desc = SPI_tuptable->tupdesc;
+		ClaimedRun *run = &(*runs)[i];
 		bool isnull;
-		runs[i].run_id = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 1));
-		runs[i].patient_id = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 2));
-		runs[i].attempt = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		runs[i].max_retries = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
-		runs[i].schema_version = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 5));
-		runs[i].inputs = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 6));
+		run->run_id = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 1));
+		run->patient_id = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 2));
+		run->attempt = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		run->max_retries = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
+		run->schema_version = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 5));
+		run->inputs = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 6));
+		run->traceparent = MemoryContextStrdup(caller_context, SPI_getvalue(tuple, desc, 7));
+		{
+			char *task = SPI_getvalue(tuple, desc, 8);
+			run->resume_task_id = task ? MemoryContextStrdup(caller_context, task) : NULL;
+		}
 	}
+	return n;
+}
 
-	if (n < limit) {
-		bool isnull;
-		if (SPI_execute_plan(KeptPlan(&next_due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "reading the next due run failed");
-		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
-			*next_due = DatumGetTimestampTz(d);
+/* The earliest run_after of a queued run, or DT_NOEND. */
+static TimestampTz
+NextDue(void)
+{
+	static SPIPlanPtr plan = NULL;
+	bool isnull;
+	Datum d;
+
+	if (SPI_execute_plan(KeptPlan(&plan, next_due_sql, 0, NULL), NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading the next due run failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
+/* Builds every pack in one statement; when any fails, one subtransaction per run finds which. */
+static void
+BuildAllPacks(ClaimedRun *runs, int n, const PackFunction *fn, MemoryContext caller_context)
+{
+	PackJob job = {runs, n, fn};
+
+	if (InSubtransaction(BuildPacks, &job) != NULL)
+		for (int i = 0; i < n; i++) {
+			PackJob one = {&runs[i], 1, fn};
+			runs[i].pack = NULL;
+			runs[i].pack_error = InSubtransaction(BuildPacks, &one);
+		}
+	for (int i = 0; i < n; i++)
+		if (runs[i].pack)
+			runs[i].pack = MemoryContextStrdup(caller_context, runs[i].pack);
+}
+
+/* Runs whose pack failed are failed right here, in the claim transaction. Returns how many. */
+static int
+FailPacklessRuns(ClaimedRun *runs, int n)
+{
+	FinalizeBatch *failures = NewBatch(n);
+	char *error;
+
+	for (int i = 0; i < n; i++) {
+		pgdiag::calls::Finished f;
+		if (runs[i].pack_error == NULL)
+			continue;
+		memset(&f, 0, sizeof(f));
+		f.run_id = runs[i].run_id;
+		f.attempt = runs[i].attempt;
+		f.outcome = "failed";
+		f.error_code = "CONTEXT_PACK_ERROR";
+		f.error_message = psprintf("building the context pack failed: %s", runs[i].pack_error);
+		AddToBatch(failures, &f);
 	}
+	if (failures->n == 0)
+		return 0;
+	error = InSubtransaction(ExecuteFinalize, failures);
+	if (error)
+		elog(ERROR, "failing runs whose context pack failed: %s", error);
+	return failures->n;
+}
 
+static void
+SubmitClaimed(ClaimedRun *runs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		pgdiag::calls::Claimed c;
+		if (runs[i].pack_error)
+			continue;
+		c.run_id = runs[i].run_id;
+		c.patient_id = runs[i].patient_id;
+		c.schema_version = runs[i].schema_version;
+		c.inputs_json = runs[i].inputs;
+		c.context_pack_json = runs[i].pack;
+		c.traceparent = runs[i].traceparent;
+		c.resume_task_id = runs[i].resume_task_id;
+		c.attempt = runs[i].attempt;
+		c.max_retries = runs[i].max_retries;
+		if (!pgdiag::calls::Submit(c))
+			elog(ERROR, "pg_diagnosis: submitting run %s failed: %s", runs[i].run_id, pgdiag::cpp_guard_message);
+	}
+}
+
+void
+pgdiag::ClaimRuns(int limit, ClaimResult *result)
+{
+	MemoryContext caller_context = CurrentMemoryContext;
+	ClaimedRun *runs = NULL;
+	PackFunction fn;
+	PackLookup lookup = {&fn};
+	int n = 0;
+	int failed = 0;
+
+	result->claimed = 0;
+	result->next_due = DT_NOEND;
+	result->config_error = NULL;
+	BeginWork("pg_diagnosis: claim runs");
+	/* A setting that cannot work pauses claiming; it never fails the backlog run by run. */
+	{
+		char *error = InSubtransaction(LookupPackFunction, &lookup);
+		if (error)
+			result->config_error = MemoryContextStrdup(caller_context, error);
+	}
+	if (result->config_error == NULL) {
+		n = ClaimStatement(limit, caller_context, &runs);
+		if (n < limit)
+			result->next_due = NextDue();
+	}
 	if (n > 0) {
 		/* Unknown schema versions may have been added since the worker started. */
 		for (int i = 0; i < n; i++)
@@ -646,58 +1072,13 @@ pgdiag::ClaimRuns(int limit, TimestampTz *next_due)
 				BeginWork("pg_diagnosis: claim runs");
 				break;
 			}
-
-		/* All packs in one statement; when any fails, one subtransaction per run finds which. */
-		job.runs = runs;
-		job.n = n;
-		if (InSubtransaction(BuildPacks, &job) != NULL)
-			for (int i = 0; i < n; i++) {
-				PackJob one = {&runs[i], 1};
-				runs[i].pack = NULL;
-				runs[i].pack_error = InSubtransaction(BuildPacks, &one);
-			}
-		for (int i = 0; i < n; i++)
-			if (runs[i].pack)
-				runs[i].pack = MemoryContextStrdup(caller_context, runs[i].pack);
-
-		/* Runs whose pack failed are failed right here, in the claim transaction. */
-		FinalizeBatch *failures = NewBatch(n);
-		for (int i = 0; i < n; i++) {
-			if (runs[i].pack_error == NULL)
-				continue;
-			pgdiag::calls::Finished f;
-			memset(&f, 0, sizeof(f));
-			f.run_id = runs[i].run_id;
-			f.attempt = runs[i].attempt;
-			f.outcome = "failed";
-			f.error_code = "CONTEXT_PACK_ERROR";
-			f.error_message = psprintf("building the context pack failed: %s", runs[i].pack_error);
-			AddToBatch(failures, &f);
-		}
-		if (failures->n > 0) {
-			char *error = InSubtransaction(ExecuteFinalize, failures);
-			if (error)
-				elog(ERROR, "failing runs whose context pack failed: %s", error);
-			failed = failures->n;
-		}
+		BuildAllPacks(runs, n, &fn, caller_context);
+		failed = FailPacklessRuns(runs, n);
 	}
 	EndWork();
 
-	for (int i = 0; i < n; i++) {
-		calls::Claimed c;
-		if (runs[i].pack_error)
-			continue;
-		c.run_id = runs[i].run_id;
-		c.patient_id = runs[i].patient_id;
-		c.schema_version = runs[i].schema_version;
-		c.inputs_json = runs[i].inputs;
-		c.context_pack_json = runs[i].pack;
-		c.attempt = runs[i].attempt;
-		c.max_retries = runs[i].max_retries;
-		if (!calls::Submit(c))
-			elog(ERROR, "pg_diagnosis: submitting run %s failed: %s", runs[i].run_id, cpp_guard_message);
-	}
+	SubmitClaimed(runs, n);
 	if (failed > 0 && Shared())
 		ConditionVariableBroadcast(&Shared()->run_finished);
-	return n;
+	result->claimed = n;
 }

@@ -32,6 +32,8 @@ struct Claimed {
 	const char *schema_version;
 	const char *inputs_json;
 	const char *context_pack_json;
+	const char *traceparent;    /* W3C trace context of this attempt, sent with the call */
+	const char *resume_task_id; /* a task an earlier attempt created: poll it instead of calling again; or NULL */
 	int attempt;
 	int max_retries;
 };
@@ -50,6 +52,16 @@ struct Finished {
 	const char *mcp_run_id;         /* NULL when none */
 	long processing_ms;
 	long retry_delay_ms;            /* for "queued" */
+	bool refund_attempt;            /* "queued" for a reason not the run's (a setting, no descriptor, no memory) */
+	bool task_lost;                 /* the run's task is unknown or expired on the server: forget it */
+};
+
+/* A task the server created for a call, to be committed with the run so a restart resumes polling it. */
+struct Task {
+	const char *run_id;
+	const char *task_id;
+	int attempt;
+	long long ttl_ms; /* -1: unknown */
 };
 
 struct Progress {
@@ -73,12 +85,32 @@ bool Drive();
 /* Finished runs since the last ClearFinished(). */
 bool CollectFinished(int *count);
 const Finished *FinishedAt(int i);
-void ClearFinished();
+/* Forgets the finished runs except those listed (their rows were locked: finalize them again later). */
+bool ClearFinishedExcept(const char *const *run_ids, int n);
 
 /* Progress worth writing now: at most one per run per second, never backwards. */
 bool CollectProgress(int *count);
 const Progress *ProgressAt(int i);
 void ClearProgress();
+
+/* Tasks created since they were last committed; those whose rows were locked are kept for the next pass. */
+bool CollectTasks(int *count);
+const Task *TaskAt(int i);
+bool ClearTasksExcept(const char *const *run_ids, int n);
+
+/* Stops the call of a run whose cancel was requested (tasks/cancel, notifications/cancelled or closing the
+ * stream); its outcome follows. Once per call. */
+bool Cancel(const char *run_id, int attempt);
+
+/* The last outcome that said a setting cannot work (copied into buffer); false when none since the last call. */
+bool TakeConfigError(char *buffer, size_t size);
+
+/* The endpoint's protocol era and negotiated version ("" until known). Never fails. */
+void Endpoint(char *era, size_t era_size, char *version, size_t version_size);
+
+/* Orderly end of every call in flight (legacy notifications/cancelled, session DELETE; tasks left to resume);
+ * the runs are listed for handing back like AbortAll's. */
+bool Shutdown(int *count);
 
 /* Ends every call in flight without an outcome (shutdown); the runs are listed for handing back. */
 bool AbortAll(int *count);

@@ -1,324 +1,287 @@
-// The reference MCP server of pg_diagnosis: Streamable HTTP on the official SDK, one tool `run_diagnosis`
-// computing NEWS2, with modes and injected faults for tests and benchmarks. See README.md for flags.
+// The reference MCP server of pg_diagnosis: Streamable HTTP on the official SDK's v2 packages, one tool
+// `run_diagnosis` computing NEWS2, serving both protocol eras at one endpoint (2026-07-28 per-request, and the
+// initialize-handshake revisions with or without sessions), with tasks, SSE polling, modes and injected faults
+// for tests and benchmarks. See README.md for flags.
+//
+// A request goes: Host/Origin check, bearer token, body parse, /stats bookkeeping, injected fault (if any), then
+// by era to the SDK: the modern leg is createMcpHandler (stateless by design), the legacy leg the SDK's
+// Streamable HTTP transport, per request (stateless) or per session (stateful).
 import http from 'node:http';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { z } from 'zod';
-import { diagnose } from './news2.js';
+import { createMcpHandler, isLegacyRequest, CLIENT_CAPABILITIES_META_KEY } from '@modelcontextprotocol/server';
+import { NodeStreamableHTTPServerTransport, toNodeHandler, toWebRequest } from '@modelcontextprotocol/node';
+import { parseSettings, RUNTIME_SETTINGS } from './settings.js';
+import { chooseFault, injectFault, plain, TASK_FAULTS } from './faults.js';
+import { buildServer, TASKS_EXTENSION } from './tool.js';
+import { TaskStore } from './tasks.js';
+import { EventStore } from './events.js';
+import { allowList, rejection } from './safety.js';
 
-export const FAULT_KINDS = [
-  'http_500', 'http_502', 'http_503', 'http_429', 'http_400', 'http_401', 'http_404_session', 'session_expiry',
-  'hang', 'drop', 'is_error', 'invalid_result', 'jsonrpc_error', 'malformed_json', 'wrong_id', 'truncated_sse',
-  'huge_line', 'non_utf8', 'slowloris',
-];
+export { parseSettings, FAULT_KINDS } from './settings.js';
+export { callId } from './tool.js';
 
-const OPTIONS = {
-  host: ['MCP_HOST', '127.0.0.1'], port: ['MCP_PORT', '0'], path: ['MCP_PATH', '/mcp'], mode: ['MCP_MODE', 'stateful'],
-  reply: ['MCP_REPLY', 'sse'], 'latency-ms': ['MCP_LATENCY_MS', '0'],
-  'session-expiry-calls': ['MCP_SESSION_EXPIRY_CALLS', '0'], 'session-expiry-seconds': ['MCP_SESSION_EXPIRY_SECONDS', '0'],
-  'fault-rate': ['MCP_FAULT_RATE', '0'], 'fault-kinds': ['MCP_FAULT_KINDS', ''], 'retry-after': ['MCP_RETRY_AFTER', ''],
-  'hang-ms': ['MCP_HANG_MS', '0'], 'auth-token': ['MCP_AUTH_TOKEN', ''],
-};
-
-/** Settings from flags, then environment, then defaults. */
-export function parseSettings(argv = [], env = process.env) {
-  const raw = {};
-  for (const [name, [variable, fallback]] of Object.entries(OPTIONS)) raw[name] = env[variable] ?? fallback;
-  for (let i = 0; i < argv.length; i++) {
-    const name = argv[i].replace(/^--/, '');
-    if (!(name in OPTIONS)) throw new Error(`unknown option ${argv[i]}`);
-    raw[name] = argv[++i];
-  }
-  if (!['stateless', 'stateful'].includes(raw.mode)) throw new Error(`--mode must be stateless or stateful`);
-  if (!['sse', 'json'].includes(raw.reply)) throw new Error(`--reply must be sse or json`);
-  const kinds = raw['fault-kinds'] ? raw['fault-kinds'].split(',').map((k) => k.trim()).filter(Boolean)
-    : FAULT_KINDS.filter((k) => k !== 'hang' && k !== 'slowloris');
-  for (const k of kinds) if (!FAULT_KINDS.includes(k)) throw new Error(`unknown fault kind ${k}`);
+function freshStats() {
   return {
-    host: raw.host, port: Number(raw.port), path: raw.path, mode: raw.mode, reply: raw.reply,
-    latency_ms: Number(raw['latency-ms']), session_expiry_calls: Number(raw['session-expiry-calls']),
-    session_expiry_seconds: Number(raw['session-expiry-seconds']), fault_rate: Number(raw['fault-rate']),
-    fault_kinds: kinds, retry_after: raw['retry-after'] === '' ? null : Number(raw['retry-after']),
-    hang_ms: Number(raw['hang-ms']), auth_token: raw['auth-token'],
+    calls: {}, total_calls: 0, initialize: 0, discover: 0, faults: {}, sessions_expired: 0,
+    eras: { modern: 0, legacy: 0 }, traces: {},
+    tasks_created: 0, task_polls: {}, total_task_polls: 0, early_polls: {}, task_results: {}, cancellations: {}, total_cancellations: 0,
+    cancel_notifications: 0, streams_closed: 0, resumptions: 0, sessions_deleted: 0,
   };
 }
 
-const RESULT_SHAPE = {
-  risk_level: z.enum(['low', 'medium', 'high', 'critical']),
-  confidence_score: z.number().min(0).max(1),
-  summary: z.string().max(4000),
-  primary_findings: z.array(z.string()).max(50),
-  recommendations: z.array(z.object({ text: z.string(), priority: z.enum(['routine', 'soon', 'urgent']).optional() })).max(50),
-  differential: z.array(z.object({ condition: z.string(), probability: z.number().min(0).max(1).optional() })).optional(),
-};
-
-const INPUT_SHAPE = {
-  run_id: z.string(), patient_id: z.string(), attempt: z.number().int(), schema_version: z.string(),
-  inputs: z.record(z.string(), z.any()), context_pack: z.record(z.string(), z.any()),
-};
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** The server's own id for a call: deterministic, so a retried call gets the same id. */
-export function callId(runId, attempt) {
-  return 'mcp-' + createHash('sha256').update(`${runId}:${attempt}`).digest('hex').slice(0, 16);
+/** The JSON-RPC error body (no id) the transport page allows on HTTP-level refusals. */
+function refuse(res, status, message, headers = {}) {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers });
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
 }
 
-function buildMcpServer(settings) {
-  const server = new McpServer({ name: 'pg-diagnosis-reference', version: '0.1.0' });
-  server.registerTool('run_diagnosis', {
-    title: 'NEWS2 diagnosis',
-    description: 'Computes the NEWS2 early-warning score from the latest vital signs in a pg_diagnosis context pack.',
-    inputSchema: INPUT_SHAPE,
-    outputSchema: RESULT_SHAPE,
-  }, async (args, extra) => {
-    const token = extra?._meta?.progressToken;
-    const steps = ['reading observations', 'scoring respiration rate and SpO2', 'scoring blood pressure and pulse',
-      'scoring consciousness and temperature', 'building recommendations'];
-    const pause = settings.latency_ms > 0 ? settings.latency_ms / steps.length : 0;
-    for (let i = 0; i < steps.length; i++) {
-      if (token !== undefined) {
-        await extra.sendNotification({ method: 'notifications/progress',
-          params: { progressToken: token, progress: i, total: steps.length, message: steps[i] } });
-      }
-      if (pause) await sleep(pause);
-    }
-    const result = diagnose(args.context_pack);
-    return {
-      content: [{ type: 'text', text: JSON.stringify(result) }],
-      structuredContent: result,
-      _meta: { run_id: callId(args.run_id, args.attempt) },
-    };
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
   });
-  return server;
 }
 
-/** Starts the server; resolves to { url, port, close(), stats, settings }. */
+const isJson = (req) => /^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '');
+const bump = (map, key, by = 1) => { map[key] = (map[key] ?? 0) + by; };
+
+/** Starts the server; resolves to { url, port, close(), stats, settings, store }. */
 export async function startServer(settings) {
-  const stats = { calls: {}, total_calls: 0, initialize: 0, faults: {}, sessions_expired: 0 };
+  const stats = freshStats();
+  const store = new TaskStore(settings.task_dir);
+  const events = settings.sse_polling ? new EventStore() : null;
   const sessions = new Map(); // id -> { transport, server, calls, started }
+  const taskFaults = new Map(); // `${run_id}:${attempt}` -> fault kind, for task-backed calls
   const openSockets = new Set();
   const timers = new Set();
+  let allowed = null; // filled in once the port is known
 
   const later = (ms, fn) => {
     const t = setTimeout(() => { timers.delete(t); fn(); }, ms);
     timers.add(t);
   };
 
-  function writeMessage(res, message, status = 200) {
-    if (settings.reply === 'sse') {
-      res.writeHead(status, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-      res.end(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
-    } else {
-      const text = JSON.stringify(message);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-      res.end(text);
-    }
-  }
+  /** The hooks the MCP surface reports to /stats through. */
+  const record = {
+    taskCreated: () => { stats.tasks_created++; },
+    poll: (task) => {
+      bump(stats.task_polls, task.runId);
+      stats.total_task_polls++;
+      // A poll sooner than the task's pollIntervalMs (10 % slack for timers) shows a client not honouring it.
+      const now = Date.now();
+      if (task.lastPollMs !== undefined && now - task.lastPollMs < task.pollIntervalMs * 0.9) bump(stats.early_polls, task.runId);
+      task.lastPollMs = now;
+    },
+    result: (task) => { bump(stats.task_results, task.runId); },
+    cancelled: (runId, how) => {
+      stats.cancellations[runId] ??= {};
+      bump(stats.cancellations[runId], how);
+      stats.total_cancellations++;
+    },
+    streamClosed: () => { stats.streams_closed++; },
+    call: countCall,
+    // A result-level fault chosen at the edge for a task-backed call, handed to the task it creates.
+    takeTaskFault: (runId, attempt) => {
+      const key = `${runId}:${attempt}`;
+      const kind = taskFaults.get(key);
+      taskFaults.delete(key);
+      return kind;
+    },
+  };
+  const surface = { settings, store, record };
 
-  function plain(res, status, text, headers = {}) {
-    res.writeHead(status, { 'content-type': 'application/json', ...headers });
-    res.end(JSON.stringify({ error: text }));
-  }
-
-  /** The fault to inject for this tools/call, or null. */
-  function chooseFault(call) {
-    const inputs = call?.params?.arguments?.inputs ?? {};
-    const attempt = Number(call?.params?.arguments?.attempt ?? 1);
-    if (typeof inputs.fault === 'string' && FAULT_KINDS.includes(inputs.fault)) {
-      const limit = inputs.fault_attempts;
-      if (limit === undefined || attempt <= Number(limit)) return inputs.fault;
+  // The modern leg: one handler per reply mode, made on first use and chosen per request, so that
+  // POST /config {reply} applies at once.
+  const modern = {};
+  const modernLeg = (reply) => {
+    if (!modern[reply]) {
+      const handler = createMcpHandler(() => buildServer('modern', surface), { legacy: 'reject', responseMode: reply });
+      modern[reply] = { handler, node: toNodeHandler(handler) };
     }
-    if (settings.fault_rate > 0 && settings.fault_kinds.length && Math.random() < settings.fault_rate) {
-      return settings.fault_kinds[Math.floor(Math.random() * settings.fault_kinds.length)];
-    }
-    return null;
-  }
+    return modern[reply];
+  };
 
-  function injectFault(kind, req, res, call, sessionId) {
-    stats.faults[kind] = (stats.faults[kind] ?? 0) + 1;
-    const id = call.id;
-    const inputs = call.params?.arguments?.inputs ?? {};
-    const retryAfter = inputs.retry_after ?? settings.retry_after;
-    switch (kind) {
-      case 'http_500': case 'http_502': case 'http_503': {
-        const headers = kind === 'http_503' && retryAfter != null ? { 'retry-after': String(retryAfter) } : {};
-        return plain(res, Number(kind.slice(5)), 'injected fault', headers);
-      }
-      case 'http_429':
-        return plain(res, 429, 'too many requests', { 'retry-after': String(retryAfter ?? 1) });
-      case 'http_400': return plain(res, 400, 'bad request');
-      case 'http_401': return plain(res, 401, 'unauthorized');
-      case 'http_404_session': case 'session_expiry':
-        if (sessionId && sessions.has(sessionId)) {
-          sessions.delete(sessionId);
-          stats.sessions_expired++;
-        }
-        return plain(res, 404, 'session not found');
-      case 'hang':
-        if (settings.hang_ms > 0) later(settings.hang_ms, () => { if (!res.writableEnded) plain(res, 503, 'hung'); });
-        return undefined;
-      case 'drop':
-        res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
-        res.write(`{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":{"content":[`);
-        return later(20, () => res.socket?.destroy());
-      case 'is_error':
-        return writeMessage(res, { jsonrpc: '2.0', id, result: {
-          content: [{ type: 'text', text: 'injected model failure: the model could not produce a diagnosis' }], isError: true } });
-      case 'invalid_result': {
-        const bad = { risk_level: 'purple', confidence_score: 1.7, summary: 'schema-invalid by design', primary_findings: [], recommendations: [] };
-        return writeMessage(res, { jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: JSON.stringify(bad) }], structuredContent: bad } });
-      }
-      case 'jsonrpc_error':
-        return writeMessage(res, { jsonrpc: '2.0', id, error: { code: -32603, message: 'injected internal error' } });
-      case 'malformed_json':
-        res.writeHead(200, { 'content-type': 'application/json' });
-        return res.end('{"jsonrpc":"2.0","id":' + JSON.stringify(id) + ',"result":{not json');
-      case 'wrong_id':
-        return writeMessage(res, { jsonrpc: '2.0', id: 'not-your-request', result: { content: [] } });
-      case 'truncated_sse':
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        return res.end(`event: message\ndata: {"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":{"con`);
-      case 'huge_line': {
-        const size = Number(inputs.fault_bytes ?? 4 * 1024 * 1024);
-        const result = diagnose(call.params?.arguments?.context_pack);
-        result.summary = 'x'.repeat(size);
-        return writeMessage(res, { jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: 'see structuredContent' }], structuredContent: result } });
-      }
-      case 'non_utf8': {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        return res.end(Buffer.concat([
-          Buffer.from(`{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":{"content":[{"type":"text","text":"`),
-          Buffer.from([0xc3, 0x28, 0xff, 0xfe]), Buffer.from('"}]}}')]));
-      }
-      case 'slowloris': {
-        const body = JSON.stringify({ jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: 'slow' }] } });
-        res.writeHead(200, { 'content-type': 'application/json' });
-        let i = 0;
-        const drip = () => {
-          if (res.writableEnded || res.destroyed) return;
-          if (i >= body.length) return res.end();
-          res.write(body[i++]);
-          later(500, drip);
-        };
-        return drip();
-      }
-      default:
-        return plain(res, 500, `unknown fault ${kind}`);
-    }
-  }
-
-  function countCall(call) {
-    const args = call?.params?.arguments ?? {};
+  /**
+   * Counts one tools/call (per run id and attempt, per era) with the trace context it carried: where the tool ran
+   * (record.call), or at the edge for a call a fault answered. A request the SDK refused (a bad header, an
+   * unserved protocol version) ran nothing and is not a call.
+   */
+  function countCall(args = {}, era, trace) {
     const runId = String(args.run_id ?? 'unknown');
     const attempt = String(args.attempt ?? 'unknown');
     stats.calls[runId] ??= {};
-    stats.calls[runId][attempt] = (stats.calls[runId][attempt] ?? 0) + 1;
+    bump(stats.calls[runId], attempt);
     stats.total_calls++;
-  }
-
-  function readBody(req) {
-    return new Promise((resolve, reject) => {
-      const chunks = [];
-      req.on('data', (c) => chunks.push(c));
-      req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-      req.on('error', reject);
-    });
+    stats.eras[era]++;
+    (stats.traces[runId] ??= []).push({ attempt: args.attempt ?? null, header: trace.header ?? null, meta: trace.meta ?? null,
+      tracestate: trace.tracestate ?? null });
   }
 
   async function control(req, res) {
     const url = new URL(req.url, 'http://x');
     if (req.method === 'GET' && url.pathname === '/healthz') return plain(res, 200, 'ok');
     if (req.method === 'GET' && url.pathname === '/stats') {
-      const text = JSON.stringify(stats);
       res.writeHead(200, { 'content-type': 'application/json' });
-      return res.end(text);
+      return res.end(JSON.stringify({ ...stats, tasks_in_store: store.size, sessions_open: sessions.size }));
     }
-    if (req.method === 'POST' && url.pathname === '/stats/reset') {
-      Object.assign(stats, { calls: {}, total_calls: 0, initialize: 0, faults: {}, sessions_expired: 0 });
+    const writable = ['/stats/reset', '/config'].includes(url.pathname);
+    if (!writable) return plain(res, 404, 'not found');
+    if (req.method !== 'POST') return plain(res, 405, 'POST only', { allow: 'POST' });
+    // A cross-origin form or fetch without a preflight cannot send application/json: requiring it keeps web pages
+    // out even where a browser omits Origin.
+    if (!isJson(req)) return plain(res, 415, 'Content-Type must be application/json');
+    let update;
+    try {
+      update = JSON.parse((await readBody(req)) || '{}');
+    } catch {
+      return plain(res, 400, 'body is not JSON');
+    }
+    if (url.pathname === '/stats/reset') {
+      Object.assign(stats, freshStats());
       return plain(res, 200, 'reset');
     }
-    if (req.method === 'POST' && url.pathname === '/config') {
-      const update = JSON.parse((await readBody(req)) || '{}');
-      for (const key of ['fault_rate', 'fault_kinds', 'latency_ms', 'reply', 'retry_after', 'session_expiry_calls', 'hang_ms']) {
-        if (key in update) settings[key] = update[key];
-      }
-      return plain(res, 200, 'configured');
+    if ('reply' in update && !['sse', 'json'].includes(update.reply)) return plain(res, 400, 'reply must be sse or json');
+    for (const key of RUNTIME_SETTINGS) if (key in update) settings[key] = update[key];
+    return plain(res, 200, 'configured');
+  }
+
+  /** The era a request is served in: the flag decides outside dual mode; in it, the SDK's own classifier. */
+  async function eraOf(req, body) {
+    if (settings.era !== 'dual') return settings.era;
+    if (req.method !== 'POST') return 'legacy';
+    return (await isLegacyRequest(await toWebRequest(req, body), body)) ? 'legacy' : 'modern';
+  }
+
+  /** The legacy session a request names: { session } or { status, message } (400 none given, 404 unknown). */
+  function sessionFor(req, call) {
+    const id = req.headers['mcp-session-id'];
+    if (!id) return { status: 400, message: 'Bad Request: Mcp-Session-Id header is required' };
+    const session = sessions.get(id);
+    if (!session) return { status: 404, message: 'Session not found' };
+    const expiredByTime = settings.session_expiry_seconds > 0 &&
+      Date.now() - session.started > settings.session_expiry_seconds * 1000;
+    if (expiredByTime || (call && settings.session_expiry_calls > 0 && session.calls >= settings.session_expiry_calls)) {
+      sessions.delete(id);
+      session.transport.close().catch(() => {});
+      stats.sessions_expired++;
+      return { status: 404, message: 'Session expired' };
     }
-    return false;
+    return { session, id };
+  }
+
+  function newSession() {
+    const server = buildServer('legacy', surface);
+    const transport = new NodeStreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      enableJsonResponse: settings.reply === 'json',
+      eventStore: events ?? undefined,
+      retryInterval: events ? settings.sse_retry_ms : undefined,
+      onsessioninitialized: (id) => sessions.set(id, { transport, server, calls: 0, started: Date.now() }),
+      onsessionclosed: (id) => {
+        sessions.delete(id);
+        stats.sessions_deleted++;
+      },
+    });
+    return { server, transport };
+  }
+
+  async function serveLegacy(req, res, body, messages, call) {
+    const isInitialize = messages.some((m) => m?.method === 'initialize');
+    if (settings.mode === 'stateless') {
+      if (req.method !== 'POST') return refuse(res, 405, 'Method not allowed: this endpoint keeps no sessions', { allow: 'POST' });
+      if (call && (await faulted(req, res, call, 'legacy'))) return undefined;
+      const server = buildServer('legacy', surface);
+      const transport = new NodeStreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: settings.reply === 'json' });
+      res.on('close', () => { transport.close(); server.close(); });
+      await server.connect(transport);
+      return transport.handleRequest(req, res, body);
+    }
+    if (req.method === 'POST' && isInitialize) {
+      const { server, transport } = newSession();
+      await server.connect(transport);
+      return transport.handleRequest(req, res, body);
+    }
+    const found = sessionFor(req, call);
+    if (!found.session) return refuse(res, found.status, found.message);
+    if (req.method === 'GET' && req.headers['last-event-id']) stats.resumptions++;
+    if (call) {
+      found.session.calls++;
+      const expire = () => {
+        if (sessions.delete(found.id)) {
+          found.session.transport.close().catch(() => {});
+          stats.sessions_expired++;
+        }
+      };
+      if (await faulted(req, res, call, 'legacy', expire)) return undefined;
+    }
+    return found.session.transport.handleRequest(req, res, body);
+  }
+
+  /**
+   * Injects a fault when one is due (and counts the call); true when the fault answered the request. A result-level
+   * fault on a task-backed call is left to the task instead: the call gets its task, the task ends in the fault.
+   */
+  async function faulted(req, res, call, era, expireSession = () => {}) {
+    const fault = chooseFault(settings, call);
+    if (!fault) return false;
+    bump(stats.faults, fault);
+    const args = call.params?.arguments ?? {};
+    if (TASK_FAULTS.includes(fault) && asksForTask(call, era)) {
+      taskFaults.set(`${args.run_id}:${args.attempt}`, fault);
+      return false;
+    }
+    const meta = call.params?._meta ?? {};
+    countCall(args, era, { header: req.headers.traceparent, meta: meta.traceparent,
+      tracestate: req.headers.tracestate ?? meta.tracestate });
+    injectFault(fault, res, call, { settings, later, expireSession });
+    return true;
+  }
+
+  /** Whether the tool will answer this call with a task (tasks on, and the client asked as its era does). */
+  function asksForTask(call, era) {
+    if (!settings.tasks) return false;
+    if (era === 'legacy') return call.params?.task !== undefined;
+    return Boolean(call.params?._meta?.[CLIENT_CAPABILITIES_META_KEY]?.extensions?.[TASKS_EXTENSION]);
   }
 
   async function handleMcp(req, res) {
     if (settings.auth_token && req.headers.authorization !== `Bearer ${settings.auth_token}`) {
       return plain(res, 401, 'missing or wrong bearer token');
     }
-    if (req.method !== 'POST') {
-      // No standalone server-to-client stream: the spec allows 405 for GET.
-      if (req.method === 'DELETE' && settings.mode === 'stateful') {
-        sessions.delete(req.headers['mcp-session-id']);
-        return plain(res, 200, 'session closed');
-      }
-      return plain(res, 405, 'POST only');
-    }
-    const text = await readBody(req);
     let body;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      return plain(res, 400, 'request body is not JSON');
-    }
-    const messages = Array.isArray(body) ? body : [body];
-    const isInitialize = messages.some((m) => m?.method === 'initialize');
-    if (isInitialize) stats.initialize++;
-    const call = messages.find((m) => m?.method === 'tools/call');
-    const sessionId = req.headers['mcp-session-id'];
-
-    let session = null;
-    if (settings.mode === 'stateful' && !isInitialize) {
-      session = sessions.get(sessionId);
-      if (!session) return plain(res, 404, 'session not found');
-      const expiredByTime = settings.session_expiry_seconds > 0 &&
-        Date.now() - session.started > settings.session_expiry_seconds * 1000;
-      if (expiredByTime || (call && settings.session_expiry_calls > 0 && session.calls >= settings.session_expiry_calls)) {
-        sessions.delete(sessionId);
-        stats.sessions_expired++;
-        return plain(res, 404, 'session expired');
+    let messages = [];
+    if (req.method === 'POST') {
+      const text = await readBody(req);
+      try {
+        body = JSON.parse(text);
+      } catch {
+        return refuse(res, 400, 'Parse error: request body is not JSON');
       }
+      messages = Array.isArray(body) ? body : [body];
     }
-    if (call) {
-      countCall(call);
-      if (session) session.calls++;
-      const fault = chooseFault(call);
-      if (fault) return injectFault(fault, req, res, call, sessionId);
+    for (const m of messages) {
+      if (m?.method === 'initialize') stats.initialize++;
+      if (m?.method === 'server/discover') stats.discover++;
+      if (m?.method === 'notifications/cancelled') stats.cancel_notifications++;
     }
-
-    if (settings.mode === 'stateless') {
-      const server = buildMcpServer(settings);
-      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: settings.reply === 'json' });
-      res.on('close', () => { transport.close(); server.close(); });
-      await server.connect(transport);
-      return transport.handleRequest(req, res, body);
-    }
-    if (isInitialize) {
-      const server = buildMcpServer(settings);
-      const transport = new StreamableHTTPServerTransport({
-        sessionIdGenerator: () => randomUUID(),
-        enableJsonResponse: settings.reply === 'json',
-        onsessioninitialized: (id) => sessions.set(id, { transport, server, calls: 0, started: Date.now() }),
-      });
-      await server.connect(transport);
-      return transport.handleRequest(req, res, body);
-    }
-    return session.transport.handleRequest(req, res, body);
+    const call = messages.find((m) => m?.method === 'tools/call');
+    const era = await eraOf(req, body);
+    if (era === 'legacy') return serveLegacy(req, res, body, messages, call);
+    if (req.method !== 'POST') return refuse(res, 405, 'Method not allowed', { allow: 'POST' });
+    if (call && (await faulted(req, res, call, 'modern'))) return undefined;
+    return modernLeg(settings.reply).node(req, res, body);
   }
 
   const httpServer = http.createServer((req, res) => {
     const path = new URL(req.url, 'http://x').pathname;
     (async () => {
+      const refused = rejection(req, allowed);
+      if (refused) return refuse(res, 403, `Forbidden: ${refused}`);
       if (path === settings.path) return handleMcp(req, res);
-      if ((await control(req, res)) === false) plain(res, 404, 'not found');
+      return control(req, res);
     })().catch((error) => {
       if (!res.headersSent) plain(res, 500, String(error?.message ?? error));
       else res.destroy();
@@ -334,16 +297,23 @@ export async function startServer(settings) {
     httpServer.listen(settings.port, settings.host, resolve);
   });
   const port = httpServer.address().port;
+  allowed = allowList(settings, port);
+  const sweeper = setInterval(() => store.sweep(), 1000);
+  sweeper.unref();
+  const hostInUrl = settings.host.includes(':') ? `[${settings.host}]` : settings.host;
   return {
     port,
-    url: `http://${settings.host}:${port}${settings.path}`,
+    url: `http://${hostInUrl}:${port}${settings.path}`,
     stats,
     settings,
+    store,
     async close() {
+      clearInterval(sweeper);
       for (const t of timers) clearTimeout(t);
       timers.clear();
       for (const s of sessions.values()) await s.transport.close().catch(() => {});
       sessions.clear();
+      for (const { handler } of Object.values(modern)) await handler.close().catch(() => {});
       for (const socket of openSockets) socket.destroy();
       await new Promise((resolve) => httpServer.close(resolve));
     },

@@ -1,83 +1,57 @@
-// The reference server over real HTTP: the SDK's own client in every mode, progress, sessions, stats, and every
-// injected fault. Each test starts its server on 127.0.0.1:0 and closes it, even when the test fails.
+// The reference server over real HTTP: the official v2 client in both eras and every mode, progress, sessions,
+// stats, and every injected fault. Each test starts its server on 127.0.0.1:0 and closes it, even when it fails.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { startServer, parseSettings, FAULT_KINDS, callId } from '../src/server.js';
+import { parseSettings, FAULT_KINDS, callId } from '../src/server.js';
+import { ARGS, withServer, withClient, rawCall, origin, modernRequest } from './helpers.mjs';
 
-const PACK = { observations: [
-  { code: '9279-1', value: 26, observed_at: '2026-11-24T10:00:00Z' },
-  { code: 'spo2', value: 91, observed_at: '2026-11-24T10:00:00Z' },
-  { code: 'heart_rate', value: 112, observed_at: '2026-11-24T10:00:00Z' },
-] };
-const ARGS = (inputs = {}, attempt = 1, runId = 'run-1') => ({
-  run_id: runId, patient_id: 'p-1', attempt, schema_version: 'v1', inputs, context_pack: PACK,
-});
+const postJson = (server, path, body) => fetch(`${origin(server)}${path}`, {
+  method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
-async function withServer(flags, fn) {
-  const server = await startServer(parseSettings(flags, {}));
-  try {
-    return await fn(server);
-  } finally {
-    await server.close();
+for (const era of ['legacy', 'modern']) {
+  for (const mode of ['stateless', 'stateful']) {
+    for (const reply of ['json', 'sse']) {
+      test(`v2 client round trip: ${era} era, ${mode}, ${reply} replies`, async () => {
+        await withServer(['--mode', mode, '--reply', reply], (server) => withClient(server, era, async (client, transport) => {
+          assert.equal(client.getProtocolEra(), era);
+          assert.equal(client.getNegotiatedProtocolVersion(), era === 'modern' ? '2026-07-28' : '2025-11-25');
+          const { tools } = await client.listTools();
+          assert.deepEqual(tools.map((t) => t.name), ['run_diagnosis']);
+          assert.deepEqual(tools[0].outputSchema.required.sort(),
+            ['confidence_score', 'primary_findings', 'recommendations', 'risk_level', 'summary']);
+          assert.deepEqual(tools[0].outputSchema.properties.risk_level.enum, ['low', 'medium', 'high', 'critical']);
+          assert.ok(tools[0].inputSchema.properties.context_pack);
+          const result = await client.callTool({ name: 'run_diagnosis', arguments: ARGS() });
+          assert.ok(!result.isError);
+          assert.equal(result.structuredContent.risk_level, 'high'); // 3 + 3 + 2 = 8
+          assert.deepEqual(JSON.parse(result.content[0].text), result.structuredContent);
+          assert.equal(result._meta.run_id, callId('run-1', 1));
+          // Sessions exist only in the handshake era, and only when the server keeps them.
+          assert.equal(Boolean(transport.sessionId), era === 'legacy' && mode === 'stateful');
+          assert.deepEqual(server.stats.calls, { 'run-1': { 1: 1 } });
+          assert.deepEqual(server.stats.eras, { modern: era === 'modern' ? 1 : 0, legacy: era === 'legacy' ? 1 : 0 });
+          assert.equal(server.stats.initialize, era === 'legacy' ? 1 : 0);
+          assert.equal(server.stats.discover, era === 'modern' ? 1 : 0);
+        }));
+      });
+    }
   }
 }
 
-async function withClient(server, fn) {
-  const client = new Client({ name: 'test', version: '1.0.0' });
-  const transport = new StreamableHTTPClientTransport(new URL(server.url));
-  await client.connect(transport);
-  try {
-    return await fn(client, transport);
-  } finally {
-    await client.close();
-  }
+for (const era of ['legacy', 'modern']) {
+  test(`progress notifications are streamed over SSE and spread over the latency (${era} era)`, async () => {
+    await withServer(['--reply', 'sse', '--latency-ms', '250'], (server) => withClient(server, era, async (client) => {
+      const seen = [];
+      const started = Date.now();
+      await client.callTool({ name: 'run_diagnosis', arguments: ARGS() },
+        { onprogress: (p) => seen.push({ ...p, at: Date.now() - started }) });
+      assert.equal(seen.length, 5);
+      assert.deepEqual(seen.map((p) => p.progress), [0, 1, 2, 3, 4]);
+      assert.ok(seen.every((p) => p.total === 5 && typeof p.message === 'string'));
+      assert.ok(seen[4].at >= 150, `progress spread over the latency (${seen[4].at} ms)`);
+    }));
+  });
 }
-
-/** A raw JSON-RPC POST, as pg_diagnosis sends it (no session: for stateless servers or to probe faults). */
-async function rawCall(server, args, headers = {}) {
-  const body = { jsonrpc: '2.0', id: `${args.run_id}:${args.attempt}`, method: 'tools/call',
-    params: { name: 'run_diagnosis', arguments: args } };
-  return fetch(server.url, { method: 'POST', body: JSON.stringify(body), headers: {
-    'content-type': 'application/json', accept: 'application/json, text/event-stream', ...headers } });
-}
-
-for (const mode of ['stateless', 'stateful']) {
-  for (const reply of ['json', 'sse']) {
-    test(`SDK round trip: ${mode}, ${reply} replies`, async () => {
-      await withServer(['--mode', mode, '--reply', reply], (server) => withClient(server, async (client, transport) => {
-        const { tools } = await client.listTools();
-        assert.deepEqual(tools.map((t) => t.name), ['run_diagnosis']);
-        assert.deepEqual(tools[0].outputSchema.required.sort(),
-          ['confidence_score', 'primary_findings', 'recommendations', 'risk_level', 'summary']);
-        assert.deepEqual(tools[0].outputSchema.properties.risk_level.enum, ['low', 'medium', 'high', 'critical']);
-        assert.ok(tools[0].inputSchema.properties.context_pack);
-        const result = await client.callTool({ name: 'run_diagnosis', arguments: ARGS() });
-        assert.equal(result.isError, undefined);
-        assert.equal(result.structuredContent.risk_level, 'high'); // 3 + 3 + 2 = 8
-        assert.deepEqual(JSON.parse(result.content[0].text), result.structuredContent);
-        assert.equal(result._meta.run_id, callId('run-1', 1));
-        assert.equal(Boolean(transport.sessionId), mode === 'stateful');
-        assert.deepEqual(server.stats.calls, { 'run-1': { 1: 1 } });
-        assert.equal(server.stats.initialize, 1);
-      }));
-    });
-  }
-}
-
-test('progress notifications are streamed over SSE and spread over the latency', async () => {
-  await withServer(['--reply', 'sse', '--latency-ms', '250'], (server) => withClient(server, async (client) => {
-    const seen = [];
-    const started = Date.now();
-    await client.callTool({ name: 'run_diagnosis', arguments: ARGS() }, undefined,
-      { onprogress: (p) => seen.push({ ...p, at: Date.now() - started }) });
-    assert.equal(seen.length, 5);
-    assert.deepEqual(seen.map((p) => p.progress), [0, 1, 2, 3, 4]);
-    assert.ok(seen.every((p) => p.total === 5 && typeof p.message === 'string'));
-    assert.ok(seen[4].at >= 150, `progress spread over the latency (${seen[4].at} ms)`);
-  }));
-});
 
 test('deterministic: the same arguments give byte-identical results', async () => {
   await withServer(['--mode', 'stateless', '--reply', 'json'], async (server) => {
@@ -92,7 +66,7 @@ test('stateful: an unknown session is 404; session expiry after N calls forces a
   await withServer(['--mode', 'stateful', '--reply', 'json', '--session-expiry-calls', '2'], async (server) => {
     const res = await rawCall(server, ARGS(), { 'mcp-session-id': 'no-such-session' });
     assert.equal(res.status, 404);
-    await withClient(server, async (client) => {
+    await withClient(server, 'legacy', async (client) => {
       await client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'a') });
       await client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'b') });
       await assert.rejects(client.callTool({ name: 'run_diagnosis', arguments: ARGS({}, 1, 'c') }));
@@ -110,16 +84,16 @@ test('bearer token required when configured', async () => {
 
 test('/config changes behaviour at run time; /stats/reset zeroes counts', async () => {
   await withServer(['--mode', 'stateless', '--reply', 'json'], async (server) => {
-    let res = await fetch(`${new URL(server.url).origin}/config`, { method: 'POST', body: JSON.stringify({ fault_rate: 1, fault_kinds: ['http_502'] }) });
+    let res = await postJson(server, '/config', { fault_rate: 1, fault_kinds: ['http_502'] });
     assert.equal(res.status, 200);
     assert.equal((await rawCall(server, ARGS())).status, 502);
-    await fetch(`${new URL(server.url).origin}/config`, { method: 'POST', body: JSON.stringify({ fault_rate: 0 }) });
+    await postJson(server, '/config', { fault_rate: 0 });
     assert.equal((await rawCall(server, ARGS())).status, 200);
-    const stats = await (await fetch(`${new URL(server.url).origin}/stats`)).json();
+    const stats = await (await fetch(`${origin(server)}/stats`)).json();
     assert.equal(stats.total_calls, 2);
     assert.equal(stats.faults.http_502, 1);
-    await fetch(`${new URL(server.url).origin}/stats/reset`, { method: 'POST' });
-    res = await (await fetch(`${new URL(server.url).origin}/stats`)).json();
+    await postJson(server, '/stats/reset', {});
+    res = await (await fetch(`${origin(server)}/stats`)).json();
     assert.equal(res.total_calls, 0);
   });
 });
@@ -182,4 +156,16 @@ test('random faults at --fault-rate over --fault-kinds', async () => {
   });
   assert.throws(() => parseSettings(['--fault-kinds', 'nope'], {}));
   assert.throws(() => parseSettings(['--mode', 'odd'], {}));
+});
+
+test('faults hit 2026-07-28 calls too, before the SDK: the same wire shapes, counted per run and attempt', async () => {
+  await withServer(['--reply', 'json'], async (server) => {
+    const call = (inputs, attempt) => modernRequest(server, 'tools/call', { name: 'run_diagnosis', arguments: ARGS(inputs, attempt, 'modern-fault') }, { capabilities: {} });
+    assert.equal((await call({ fault: 'http_503', retry_after: 2 }, 1)).status, 503);
+    assert.equal((await call({ fault: 'is_error', fault_attempts: 2 }, 2)).message.result.isError, true);
+    assert.equal((await call({ fault: 'is_error', fault_attempts: 2 }, 3)).message.result.structuredContent.risk_level, 'high');
+    assert.deepEqual(server.stats.calls['modern-fault'], { 1: 1, 2: 1, 3: 1 });
+    assert.deepEqual(server.stats.faults, { http_503: 1, is_error: 1 });
+    assert.equal(server.stats.eras.modern, 3);
+  });
 });

@@ -73,6 +73,9 @@ struct Call {
 	uint64_t exchange = 0;       /* the exchange in flight for this call, 0 if none */
 	std::string rpc_id;          /* JSON text of the tools/call id */
 	Era era = Era::Unknown;      /* the era the tools/call went out in */
+	/* A 4xx that did not fit the era: the endpoint is probed again, and if it is still of this era the 4xx was
+	 * the call's answer after all (sending the call again would call the tool twice). */
+	std::optional<CallOutcome> answer_if_era_holds;
 
 	/* Stream resumption (legacy). */
 	std::string last_event_id;
@@ -563,6 +566,13 @@ private:
 	/* The endpoint is ready: call the tool, or poll the task being resumed. */
 	void Begin(Call *c)
 	{
+		if (c->answer_if_era_holds && session_.era == c->era) {
+			CallOutcome answer = std::move(*c->answer_if_era_holds);
+			c->answer_if_era_holds.reset();
+			Finish(c, std::move(answer));
+			return;
+		}
+		c->answer_if_era_holds.reset();
 		if (!c->task_id.empty()) {
 			SchedulePoll(c, 0);
 			return;
@@ -763,6 +773,14 @@ private:
 			return;
 		}
 		if (!answered && !p.resumption && NeedsReprobe(x, c->era) && !c->retried) {
+			/* A rejected protocol version or Mcp-Param header never reached the tool: send again in whatever is
+			 * negotiated. Any other 4xx may be the tool's own answer: it stands if the endpoint turns out to be of
+			 * the same era. */
+			RpcMessage error;
+			bool unprocessed = IsModernErrorBody(x, &error) && (error.error_code_int == kRpcUnsupportedVersion ||
+			                                                    error.error_code_int == kRpcHeaderMismatch);
+			if (!unprocessed)
+				c->answer_if_era_holds = TransportOutcome(x, answered);
 			Requeue(c, true);
 			return;
 		}

@@ -59,19 +59,27 @@ test('the token is invisible to non-superusers and masked for superusers', async
   assert.ok(!cluster.log().includes(TOKEN), 'the token appears in the server log');
 });
 
-test('a server that rejects the token fails the run permanently with MCP_ERROR, without the token in the message', async () => {
+test('a server that rejects the token pauses claiming (401 is a setting, not the run): the run stays queued, unspent, and the token is never shown', async () => {
   const other = await startMcpServer(['--mode', 'stateless', '--reply', 'json', '--auth-token', 'a-different-token']);
   try {
     await cluster.reload({ 'diagnosis.mcp_url': other.url });
     await new Promise((r) => setTimeout(r, 300));
     const id = await enqueue(cluster, patients[1]);
-    await waitTerminal(cluster, [id]);
+    const status = await cluster.waitFor(async () => {
+      const s = (await cluster.query('SELECT state, last_error FROM diagnosis.worker_status()')).rows[0];
+      return s.state === 'config_error' ? s : null;
+    }, { what: 'the worker paused' });
+    assert.match(status.last_error, /401/);
+    assert.ok(!status.last_error.includes(TOKEN));
     const r = await run(cluster, id);
-    assert.equal(r.status, 'failed');
-    assert.equal(r.error_code, 'MCP_ERROR');
-    assert.match(r.error_message, /401/);
+    assert.equal(r.status, 'queued');
+    assert.equal(r.attempt, 0, 'the rejected call did not spend an attempt');
     assert.ok(!JSON.stringify(r).includes(TOKEN));
-    assert.equal(r.attempt, 1);
+    assert.ok(!cluster.log().includes(TOKEN));
+    // The right endpoint (and token) again: the run completes.
+    await cluster.reload({ 'diagnosis.mcp_url': server.url });
+    await waitTerminal(cluster, [id]);
+    assert.equal((await run(cluster, id)).status, 'completed');
   } finally {
     await cluster.reload({ 'diagnosis.mcp_url': server.url });
     await other.stop();

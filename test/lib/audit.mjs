@@ -16,7 +16,8 @@ WITH ev AS (
                     OR (event, status_from, status_to) NOT IN (
                          ('LOCKED', 'queued', 'running'), ('RETRY_SCHEDULED', 'running', 'queued'),
                          ('RECOVERED', 'running', 'queued'), ('COMPLETED', 'running', 'completed'),
-                         ('FAILED', 'running', 'failed'), ('CANCELLED', 'queued', 'cancelled'))))
+                         ('FAILED', 'running', 'failed'), ('CANCELLED', 'queued', 'cancelled'),
+                         ('CANCELLED', 'running', 'cancelled'))))
 ), last_event AS (
   SELECT DISTINCT ON (run_id) run_id, status_to FROM ev ORDER BY run_id, id DESC
 )

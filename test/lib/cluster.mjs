@@ -50,9 +50,10 @@ function settingLine(key, value) {
 }
 
 export class Cluster {
-  constructor(dir, port) {
+  constructor(dir, port, bindir = BINDIR) {
     this.dir = dir;
     this.port = port;
+    this.bindir = bindir;
     this.data = join(dir, 'data');
     this.logFile = join(dir, 'postgres.log');
   }
@@ -88,17 +89,17 @@ export class Cluster {
   }
 
   start() {
-    asPostgres([join(BINDIR, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start']);
+    asPostgres([join(this.bindir, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start']);
     live.add(this);
   }
 
   stop(mode = 'fast') {
-    asPostgres([join(BINDIR, 'pg_ctl'), '-D', this.data, '-m', mode, '-w', '-t', '60', 'stop']);
+    asPostgres([join(this.bindir, 'pg_ctl'), '-D', this.data, '-m', mode, '-w', '-t', '60', 'stop']);
     live.delete(this);
   }
 
   stopSync(mode = 'immediate') {
-    spawnSync('runuser', ['-u', 'postgres', '--', join(BINDIR, 'pg_ctl'), '-D', this.data, '-m', mode, '-w', 'stop'],
+    spawnSync('runuser', ['-u', 'postgres', '--', join(this.bindir, 'pg_ctl'), '-D', this.data, '-m', mode, '-w', 'stop'],
       { stdio: 'ignore', cwd: os.tmpdir() });
     live.delete(this);
   }
@@ -148,13 +149,14 @@ export class Cluster {
 
 /**
  * Starts a cluster with pg_diagnosis preloaded and the extension created in `postgres`.
- * settings: extra postgresql.conf lines (e.g. {'diagnosis.mcp_url': url}).
+ * settings: extra postgresql.conf lines (e.g. {'diagnosis.mcp_url': url}); bindir: another installation (the
+ * upgrade test starts a released version's, then the same data directory with this one: cluster.bindir = ...).
  */
-export async function startCluster({ settings = {}, createExtension = true } = {}) {
+export async function startCluster({ settings = {}, createExtension = true, bindir = BINDIR } = {}) {
   const dir = mkdtempSync(join(os.tmpdir(), 'pgdiag-cluster-'));
   chownSync(dir, pgUid(), pgUid());
-  const cluster = new Cluster(dir, await freePort());
-  asPostgres([join(BINDIR, 'initdb'), '-D', cluster.data, '-U', 'postgres', '--auth=trust', '--no-sync',
+  const cluster = new Cluster(dir, await freePort(), bindir);
+  asPostgres([join(bindir, 'initdb'), '-D', cluster.data, '-U', 'postgres', '--auth=trust', '--no-sync',
     '-E', 'UTF8', '--locale=C']);
   cluster.setSettings({
     listen_addresses: '127.0.0.1',

@@ -22,10 +22,15 @@ export class McpServer {
   }
 
   async resetStats() {
-    await fetch(`${this.base}/stats/reset`, { method: 'POST' });
+    // The server accepts writes only as application/json (a web page cannot send that cross-origin).
+    const res = await fetch(`${this.base}/stats/reset`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    if (!res.ok) throw new Error(`POST /stats/reset: ${res.status}`);
   }
 
-  /** Changes runtime settings (fault_rate, fault_kinds, latency_ms, reply, retry_after, session_expiry_calls). */
+  /**
+   * Changes runtime settings (fault_rate, fault_kinds, latency_ms, reply, retry_after, session_expiry_calls, hang_ms,
+   * task_poll_ms, task_ttl_ms).
+   */
   async configure(settings) {
     const res = await fetch(`${this.base}/config`, {
       method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(settings),
@@ -56,7 +61,10 @@ export class McpServer {
   }
 }
 
-/** Starts the reference server with the given flags (e.g. ['--reply', 'json']) and resolves once it listens. */
+/**
+ * Starts the reference server with the given flags (e.g. ['--reply', 'json'], ['--era', 'legacy'], ['--tasks',
+ * '--task-dir', dir]; mcp-server/README.md lists them) and resolves once it listens.
+ */
 export function startMcpServer(args = [], env = {}) {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [SERVER, '--host', '127.0.0.1', '--port', String(env.PORT ?? 0), ...args], {

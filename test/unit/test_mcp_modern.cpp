@@ -241,6 +241,27 @@ TEST_F(ClientTest, InvalidParamAnnotationMakesTheToolUnusable)
 	EXPECT_EQ(server.Count("tools/call"), 0);
 }
 
+TEST_F(ClientTest, PlainClientErrorOnACallIsTheAnswerWhenTheEraHolds)
+{
+	/* A 400 without a modern error body does not fit the era, so the endpoint is probed again; it is still modern,
+	 * so the 400 was the call's answer: the tool is not called a second time. */
+	ModernServer modern;
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/call"))
+			return Reply{Http(400, "text/plain", "injected fault")};
+		return modern(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::McpError);
+	EXPECT_EQ(out[0].http_status, 400);
+	EXPECT_EQ(server.Count("server/discover"), 2);
+	EXPECT_EQ(server.Count("tools/call"), 1);
+	EXPECT_EQ(client->Endpoint().era, "modern");
+}
+
 TEST_F(ClientTest, ModernCancelClosesTheStreamWithoutNotifications)
 {
 	ModernServer modern;

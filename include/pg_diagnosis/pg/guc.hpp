@@ -20,6 +20,7 @@ extern int pgdiag_max_response_bytes;
 extern int pgdiag_max_inputs_bytes;
 extern double pgdiag_min_confidence;
 extern char *pgdiag_context_pack_function;
+extern int pgdiag_max_inflight_per_organization;
 }
 
 namespace pgdiag {

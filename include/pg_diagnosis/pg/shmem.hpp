@@ -25,15 +25,28 @@ constexpr int kMaxWorkers = 64;
 constexpr int kLastErrorLen = 256;
 constexpr int kStateLen = 32;
 
+constexpr int kEraLen = 16;
+constexpr int kVersionLen = 32;
+
 struct WorkerSlot {
 	/* Protected by SharedState::mutex. */
 	pid_t pid;             /* 0: free */
+	int64 token;           /* this start's identity, recorded with the runs it claims (pids repeat); 0: free */
 	Latch *latch;
 	TimestampTz started_at;
-	char state[kStateLen]; /* starting, idle, working, paused, no_endpoint, waiting_for_extension, stopping */
+	char state[kStateLen]; /* starting, idle, working, paused, no_endpoint, waiting_for_extension,
+	                        * waiting_for_database, config_error, stopping */
 	char last_error[kLastErrorLen];
+	char era[kEraLen];     /* the endpoint's protocol era: modern, legacy, or empty until known */
+	char protocol_version[kVersionLen];
 	int inflight;
+	int call_limit;        /* calls in flight that fit in the file descriptors this worker may open */
+	int fd_limit;          /* its soft RLIMIT_NOFILE */
 	uint64 runs_done;
+	/* Kept across restarts of this slot's worker (not cleared by attach or detach). */
+	bool connecting;       /* set while connecting to diagnosis.database: still set at the next start means the
+	                        * last attempt died there (the database is missing) */
+	bool said_database_missing;
 };
 
 struct SharedState {
@@ -55,7 +68,10 @@ void InitShmemHooks();
 /* Sets the latch of every live worker. Never called with the spinlock held. */
 void WakeWorkers();
 
-/* pids of live workers (their slots are set and the processes exist); returns how many. */
-int LiveWorkerPids(pid_t *pids, int max);
+/* Tokens of live workers (their slots are set and the processes exist); returns how many. */
+int LiveWorkerTokens(int64 *tokens, int max);
+
+/* True when some live worker has calls in flight (runs in running that a lease may outlive). */
+bool AnyWorkerBusy();
 
 } // namespace pgdiag

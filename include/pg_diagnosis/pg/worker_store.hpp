@@ -12,30 +12,51 @@ extern "C" {
 
 namespace pgdiag {
 
-/* True when CREATE EXTENSION pg_diagnosis has run in this database. */
-bool ExtensionReady();
+enum class ExtensionState { Missing, OtherVersion, Ready };
+
+/* Whether CREATE EXTENSION pg_diagnosis has run in this database, at the version this library drives. */
+ExtensionState ExtensionReady();
 
 /* Compiles every result schema into the C++ registry. */
 void LoadResultSchemas();
 
 /*
- * Puts back runs left in `running` by processes that are not live workers, or whose lease expired
- * (RECOVERED; FAILED when their attempts are spent). With only_mine, hands back this worker's own runs
- * (shutdown). Returns how many runs moved.
+ * Puts back runs left in `running` by workers that are not alive (their token is not a live worker's), or whose
+ * lease expired (RECOVERED; FAILED when their attempts are spent; CANCELLED when a cancel was requested). With
+ * hand_back, hands back this worker's own runs at a clean shutdown, giving their attempt back. Returns how many
+ * runs moved; *running_left (when not NULL) says whether any run is still running anywhere.
  */
-int RecoverRuns(bool only_mine);
+int RecoverRuns(bool hand_back, bool *running_left);
+
+struct ClaimResult {
+	int claimed;
+	TimestampTz next_due; /* earliest run_after of a queued run when fewer than the limit were claimed */
+	char *config_error;   /* a setting that cannot work (the context pack function): nothing was claimed */
+};
 
 /*
- * Claims up to `limit` due runs (FOR UPDATE SKIP LOCKED, priority then run_after), writes LOCKED, builds their
- * context packs (a pack that fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
- * Returns how many were claimed; *next_due is the earliest run_after of a queued run when fewer than `limit`
- * were due (DT_NOEND when none).
+ * Claims up to `limit` due runs (FOR NO KEY UPDATE SKIP LOCKED, taking turns between organizations; within one,
+ * priority then run_after), writes LOCKED, builds their context packs as the pack function's owner (a pack that
+ * fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
  */
-int ClaimRuns(int limit, TimestampTz *next_due);
+void ClaimRuns(int limit, ClaimResult *result);
 
-/* Writes every finished run: artifacts, status and audit row, guarded by status and attempt. Returns how many
- * runs reached a terminal status; *next_retry becomes the earliest run_after of a retry it scheduled, if sooner. */
-int FinalizeFinishedRuns(TimestampTz *next_retry);
+struct FinalizeResult {
+	int terminal;           /* runs that reached completed, failed or cancelled */
+	int settled;            /* runs written (terminal or queued again); the rest were locked and stay pending */
+	TimestampTz next_retry; /* earliest run_after of a retry it scheduled, or DT_NOEND */
+	char last_error[256];   /* "CODE: message" of the last failed or retried run, or "" */
+};
+
+/* Writes every finished run: artifacts, status and audit row, guarded by status and attempt; rows another
+ * transaction holds locked are kept for the next pass, never waited for. */
+void FinalizeFinishedRuns(FinalizeResult *result);
+
+/* Commits the tasks the server created for calls in flight (task id and expiry in the run's row). */
+void RecordTasks();
+
+/* Stops the calls of this worker's runs whose cancel was requested. */
+void StopCancelledCalls();
 
 /* Writes due progress reports of runs in flight. */
 void WriteProgress();

@@ -1,0 +1,687 @@
+/* pg_diagnosis install script (the only hand-edited one; each release adds pg_diagnosis--A--B.sql). */
+\echo Use "CREATE EXTENSION pg_diagnosis" to load this file. \quit
+
+-- ===========================================================================================================
+-- Functions of the library (src/sql_api.cpp)
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._is_worker() RETURNS boolean
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'pgdiag_is_worker';
+COMMENT ON FUNCTION diagnosis._is_worker() IS
+    'True only inside a pg_diagnosis background worker: the state machine lets only workers move runs out of running.';
+
+CREATE FUNCTION diagnosis._wake_at_commit() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_wake_at_commit';
+COMMENT ON FUNCTION diagnosis._wake_at_commit() IS 'Wakes the workers when the current transaction commits.';
+
+CREATE FUNCTION diagnosis._begin_purge() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_begin_purge';
+COMMENT ON FUNCTION diagnosis._begin_purge() IS
+    'Lets the insert-only guards accept deletes until the end of the transaction; superuser only (purge_runs).';
+
+CREATE FUNCTION diagnosis._purging() RETURNS boolean
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_purging';
+COMMENT ON FUNCTION diagnosis._purging() IS 'True while diagnosis.purge_runs() runs in this transaction.';
+
+-- ===========================================================================================================
+-- Tenancy and clinical data
+-- ===========================================================================================================
+
+CREATE TABLE diagnosis.organizations (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE diagnosis.organizations IS 'Tenants. Created by a DBA; admins may rename their own.';
+
+CREATE TABLE diagnosis.members (
+    role_name        name NOT NULL,
+    organization_id  uuid NOT NULL REFERENCES diagnosis.organizations (id) ON DELETE CASCADE,
+    member_role      text NOT NULL CHECK (member_role IN ('clinician', 'admin')),
+    PRIMARY KEY (role_name, organization_id)
+);
+CREATE INDEX members_organization_idx ON diagnosis.members (organization_id);
+COMMENT ON TABLE diagnosis.members IS
+    'Which PostgreSQL role is a clinician or an admin of which organization (identity is current_user).';
+
+CREATE TABLE diagnosis.patients (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id  uuid NOT NULL REFERENCES diagnosis.organizations (id),
+    display_name     text,
+    data             jsonb NOT NULL DEFAULT '{}',
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX patients_organization_idx ON diagnosis.patients (organization_id);
+COMMENT ON TABLE diagnosis.patients IS 'Patients of an organization; data is free-form demographic and clinical context.';
+
+CREATE TABLE diagnosis.patient_assignments (
+    patient_id  uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE CASCADE,
+    role_name   name NOT NULL,
+    PRIMARY KEY (patient_id, role_name)
+);
+CREATE INDEX patient_assignments_role_idx ON diagnosis.patient_assignments (role_name);
+COMMENT ON TABLE diagnosis.patient_assignments IS 'Patients assigned to clinicians; a clinician sees only these.';
+
+CREATE TABLE diagnosis.observations (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    patient_id   uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE CASCADE,
+    code         text NOT NULL,
+    value        numeric,
+    unit         text,
+    observed_at  timestamptz NOT NULL,
+    data         jsonb
+);
+CREATE INDEX observations_patient_time_idx ON diagnosis.observations (patient_id, observed_at DESC, id DESC);
+COMMENT ON TABLE diagnosis.observations IS
+    'Clinical facts (LOINC or plain codes) that context packs are built from.';
+
+-- ===========================================================================================================
+-- Runs, artifacts, audit
+-- ===========================================================================================================
+
+CREATE TABLE diagnosis.result_schemas (
+    version  text PRIMARY KEY,
+    schema   jsonb NOT NULL CHECK (jsonb_typeof(schema) = 'object')
+);
+COMMENT ON TABLE diagnosis.result_schemas IS
+    'The JSON Schema each schema_version is validated against (RapidJSON). Readable by everyone, writable by superusers.';
+
+INSERT INTO diagnosis.result_schemas (version, schema) VALUES ('v1', $schema$
+{"type":"object","required":["risk_level","confidence_score","summary","primary_findings","recommendations"],
+ "properties":{
+  "risk_level":{"enum":["low","medium","high","critical"]},
+  "confidence_score":{"type":"number","minimum":0,"maximum":1},
+  "summary":{"type":"string","maxLength":4000},
+  "primary_findings":{"type":"array","items":{"type":"string"},"maxItems":50},
+  "recommendations":{"type":"array","maxItems":50,"items":{"type":"object","required":["text"],
+     "properties":{"text":{"type":"string"},"priority":{"enum":["routine","soon","urgent"]}}}},
+  "differential":{"type":"array","items":{"type":"object","required":["condition"],
+     "properties":{"condition":{"type":"string"},"probability":{"type":"number","minimum":0,"maximum":1}}}}}}
+$schema$);
+
+CREATE TABLE diagnosis.runs (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    patient_id          uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE RESTRICT,
+    organization_id     uuid NOT NULL REFERENCES diagnosis.organizations (id),
+    requested_by        name NOT NULL DEFAULT current_user,
+    status              text NOT NULL DEFAULT 'queued'
+                        CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    inputs              jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(inputs) = 'object'),
+    inputs_hash         text NOT NULL,
+    idempotency_key     text,
+    schema_version      text NOT NULL DEFAULT 'v1' REFERENCES diagnosis.result_schemas (version),
+    priority            int NOT NULL DEFAULT 0,
+    run_after           timestamptz NOT NULL DEFAULT now(),
+    attempt             int NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_retries         int NOT NULL CHECK (max_retries >= 0),
+    lease_expires_at    timestamptz,
+    worker_pid          int,
+    error_code          text CHECK (error_code IN ('VALIDATION_ERROR', 'LLM_ERROR', 'CONTEXT_PACK_ERROR', 'MCP_ERROR',
+                                                   'NETWORK_ERROR', 'TIMEOUT_ERROR', 'UNKNOWN_ERROR')),
+    error_message       text,
+    error_details       jsonb,
+    mcp_run_id          text,
+    processing_time_ms  int,
+    progress            real CHECK (progress BETWEEN 0 AND 1),
+    progress_message    text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    started_at          timestamptz,
+    completed_at        timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT runs_patient_idempotency_key UNIQUE (patient_id, idempotency_key),
+    CONSTRAINT runs_status_timestamps CHECK (CASE status
+        WHEN 'queued'    THEN completed_at IS NULL
+        WHEN 'running'   THEN started_at IS NOT NULL AND completed_at IS NULL
+        WHEN 'completed' THEN completed_at IS NOT NULL
+        WHEN 'failed'    THEN completed_at IS NOT NULL AND error_code IS NOT NULL
+        WHEN 'cancelled' THEN completed_at IS NOT NULL
+    END)
+);
+-- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
+CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
+    WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
+-- The worker's claim (priority, then run_after) and its next-due probe.
+CREATE INDEX runs_claim_idx ON diagnosis.runs (priority DESC, run_after) WHERE status = 'queued';
+CREATE INDEX runs_due_idx ON diagnosis.runs (run_after) WHERE status = 'queued';
+-- Recovery: runs held by a worker, and lease expiry.
+CREATE INDEX runs_running_idx ON diagnosis.runs (worker_pid, lease_expires_at) WHERE status = 'running';
+-- Retention and per-organization reads.
+CREATE INDEX runs_completed_idx ON diagnosis.runs (completed_at) WHERE status IN ('completed', 'failed', 'cancelled');
+CREATE INDEX runs_organization_idx ON diagnosis.runs (organization_id, created_at);
+COMMENT ON TABLE diagnosis.runs IS
+    'Diagnosis runs. Enter only through diagnosis.enqueue_diagnosis(); only a pg_diagnosis worker moves one out of running.';
+
+CREATE TABLE diagnosis.artifacts (
+    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    run_id                 uuid NOT NULL REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    patient_id             uuid NOT NULL,
+    organization_id        uuid NOT NULL,
+    artifact_type          text NOT NULL CHECK (artifact_type IN ('context_pack', 'mcp_response', 'diagnosis_json')),
+    artifact_data          jsonb NOT NULL,
+    content_sha256         text NOT NULL,
+    risk_level             text CHECK (risk_level IN ('low', 'medium', 'high', 'critical')),
+    confidence_score       real CHECK (confidence_score BETWEEN 0 AND 1),
+    primary_findings       text[],
+    recommendations_count  int,
+    needs_review           bool,
+    sequence_order         int,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT artifacts_run_type UNIQUE (run_id, artifact_type),
+    CONSTRAINT artifacts_diagnosis_columns CHECK (artifact_type = 'diagnosis_json' OR
+        (risk_level IS NULL AND confidence_score IS NULL AND primary_findings IS NULL))
+);
+CREATE INDEX artifacts_patient_idx ON diagnosis.artifacts (patient_id, created_at DESC) WHERE artifact_type = 'diagnosis_json';
+CREATE INDEX artifacts_organization_idx ON diagnosis.artifacts (organization_id);
+COMMENT ON TABLE diagnosis.artifacts IS
+    'Insert-only: context_pack, mcp_response and diagnosis_json of each run, written by the worker at finalize.';
+
+CREATE TABLE diagnosis.audit_log (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id           uuid REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    organization_id  uuid,
+    event            text NOT NULL CHECK (event IN ('ENQUEUED', 'DEDUPLICATED', 'LOCKED', 'RETRY_SCHEDULED', 'RECOVERED',
+                                                    'COMPLETED', 'FAILED', 'CANCELLED', 'PURGED')),
+    status_from      text,
+    status_to        text,
+    attempt          int,
+    actor            name NOT NULL DEFAULT current_user,
+    worker_pid       int,
+    details          jsonb,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX audit_log_run_idx ON diagnosis.audit_log (run_id, id);
+CREATE INDEX audit_log_organization_idx ON diagnosis.audit_log (organization_id, created_at);
+COMMENT ON TABLE diagnosis.audit_log IS 'Append-only: every step of every run, with the role that caused it.';
+
+-- ===========================================================================================================
+-- Guards: the state machine (SPEC section 3) and insert-only tables, for every role, superuser included
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._runs_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF diagnosis._purging() AND OLD.status IN ('completed', 'failed', 'cancelled') THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'run % cannot be deleted', OLD.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Terminal runs are deleted by diagnosis.purge_runs().';
+    END IF;
+    IF OLD.status IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'run % is %: a terminal run cannot change', OLD.id, OLD.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF NEW.id <> OLD.id OR NEW.patient_id <> OLD.patient_id OR NEW.organization_id <> OLD.organization_id
+       OR NEW.inputs_hash <> OLD.inputs_hash OR NEW.inputs <> OLD.inputs
+       OR NEW.idempotency_key IS DISTINCT FROM OLD.idempotency_key OR NEW.requested_by <> OLD.requested_by
+       OR NEW.created_at <> OLD.created_at OR NEW.schema_version <> OLD.schema_version THEN
+        RAISE EXCEPTION 'the identity of run % cannot change', OLD.id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF NEW.status = OLD.status THEN
+        IF OLD.status = 'running' AND NOT diagnosis._is_worker() THEN
+            RAISE EXCEPTION 'only a pg_diagnosis worker may change running run %', OLD.id
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF (OLD.status = 'queued' AND NEW.status = 'running')
+       OR (OLD.status = 'running' AND NEW.status IN ('completed', 'failed', 'queued')) THEN
+        IF NOT diagnosis._is_worker() THEN
+            RAISE EXCEPTION 'only a pg_diagnosis worker may move run % from % to %', OLD.id, OLD.status, NEW.status
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF OLD.status = 'queued' AND NEW.status = 'cancelled' THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'run % cannot move from % to %', OLD.id, OLD.status, NEW.status
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._runs_guard() IS 'The state machine of runs: every other transition raises 55000.';
+
+CREATE TRIGGER runs_state_machine BEFORE UPDATE OR DELETE ON diagnosis.runs
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._runs_guard();
+
+CREATE FUNCTION diagnosis._append_only_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND diagnosis._purging() THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'diagnosis.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Retention goes through diagnosis.purge_runs().';
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._append_only_guard() IS 'Refuses UPDATE, DELETE and TRUNCATE outside purge_runs.';
+
+CREATE TRIGGER artifacts_append_only BEFORE UPDATE OR DELETE ON diagnosis.artifacts
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER artifacts_no_truncate BEFORE TRUNCATE ON diagnosis.artifacts
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON diagnosis.audit_log
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON diagnosis.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER runs_no_truncate BEFORE TRUNCATE ON diagnosis.runs
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+
+CREATE FUNCTION diagnosis._artifacts_writer_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT diagnosis._is_worker() THEN
+        RAISE EXCEPTION 'only a pg_diagnosis worker writes artifacts'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._artifacts_writer_guard() IS 'The worker is the only writer of artifacts.';
+CREATE TRIGGER artifacts_writer BEFORE INSERT ON diagnosis.artifacts
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._artifacts_writer_guard();
+
+-- ===========================================================================================================
+-- Who sees what. The public helpers are C trampolines (pgdiag_call_as_owner): they pass the calling role to the
+-- _impl function and run it as the schema owner, so policies can read members without recursing into RLS.
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false)
+$$;
+
+-- Positional parameters: in SQL functions a column (members.member_role) would shadow a parameter of that name.
+CREATE FUNCTION diagnosis._member_orgs_impl(caller name, wanted_role text) RETURNS uuid[]
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(m.organization_id), '{}')
+    FROM diagnosis.members m
+    WHERE m.role_name = $1 AND ($2 IS NULL OR m.member_role = $2)
+$$;
+
+CREATE FUNCTION diagnosis._member_orgs(member_role text DEFAULT NULL) RETURNS uuid[]
+    LANGUAGE C STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis._member_orgs(text) IS
+    'Organizations where the calling role is a member (with that member_role when given); for row-level security.';
+
+CREATE FUNCTION diagnosis._assigned_patients_impl(caller name) RETURNS uuid[]
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(a.patient_id), '{}')
+    FROM diagnosis.patient_assignments a
+    JOIN diagnosis.patients p ON p.id = a.patient_id
+    JOIN diagnosis.members m ON m.role_name = a.role_name AND m.organization_id = p.organization_id
+                            AND m.member_role = 'clinician'
+    WHERE a.role_name = caller
+$$;
+
+CREATE FUNCTION diagnosis._assigned_patients() RETURNS uuid[]
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis._assigned_patients() IS
+    'Patients assigned to the calling role as a clinician of their organization; for row-level security.';
+
+-- The same rule as the policies on patients (admin of the patient's organization, or a clinician member of it
+-- assigned to the patient), for a role other than current_user, as index lookups for one patient (enqueue's hot path).
+CREATE FUNCTION diagnosis._role_sees_patient(role name, patient uuid) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT diagnosis._is_superuser($1)
+        OR EXISTS (SELECT 1
+                   FROM diagnosis.patients p
+                   JOIN diagnosis.members m ON m.organization_id = p.organization_id AND m.role_name = $1
+                   WHERE p.id = $2
+                     AND (m.member_role = 'admin'
+                          OR EXISTS (SELECT 1 FROM diagnosis.patient_assignments a
+                                     WHERE a.patient_id = p.id AND a.role_name = $1)))
+$$;
+
+-- ===========================================================================================================
+-- The SQL API
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._enqueue_diagnosis_impl(caller name, p_patient_id uuid, p_inputs jsonb,
+        p_idempotency_key text, p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_org          uuid;
+    v_hash         text;
+    v_max_retries  int;
+    v_run          diagnosis.runs;
+    v_id           uuid;
+BEGIN
+    IF p_patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_inputs IS NULL THEN
+        RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass ''{}'' for a run without inputs.';
+    END IF;
+    IF jsonb_typeof(p_inputs) <> 'object' THEN
+        RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF octet_length(p_inputs::text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            octet_length(p_inputs::text), current_setting('diagnosis.max_inputs_bytes')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_idempotency_key IS NOT NULL AND (length(p_idempotency_key) = 0 OR length(p_idempotency_key) > 200) THEN
+        RAISE EXCEPTION 'idempotency_key must be 1 to 200 characters' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- An unknown patient and one the caller may not see get the same error: nothing leaks.
+    SELECT p.organization_id INTO v_org FROM diagnosis.patients p WHERE p.id = p_patient_id;
+    IF NOT FOUND OR NOT diagnosis._role_sees_patient(caller, p_patient_id) THEN
+        RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_hash := encode(sha256(convert_to(p_inputs::text, 'UTF8')), 'hex');
+    v_max_retries := coalesce(p_max_retries, current_setting('diagnosis.max_retries')::int);
+
+    LOOP
+        IF p_idempotency_key IS NOT NULL THEN
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, idempotency_key,
+                                        priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
+                    coalesce(p_run_after, now()), v_max_retries)
+            ON CONFLICT (patient_id, idempotency_key) DO NOTHING
+            RETURNING id INTO v_id;
+        ELSE
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
+                                        priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_priority, coalesce(p_run_after, now()),
+                    v_max_retries)
+            ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+            DO NOTHING
+            RETURNING id INTO v_id;
+        END IF;
+
+        IF v_id IS NOT NULL THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_id, v_org, 'ENQUEUED', NULL, 'queued', 0, caller,
+                    jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key,
+                                                         'priority', p_priority, 'inputs_hash', v_hash)));
+            PERFORM diagnosis._wake_at_commit();
+            RETURN v_id;
+        END IF;
+
+        -- Somebody else's run already holds this key or these inputs: return it.
+        IF p_idempotency_key IS NOT NULL THEN
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND idempotency_key = p_idempotency_key;
+            IF FOUND AND v_run.inputs_hash <> v_hash THEN
+                RAISE EXCEPTION 'idempotency_key "%" was used for run % with different inputs',
+                    p_idempotency_key, v_run.id
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Use a new idempotency key for different inputs.';
+            END IF;
+        ELSE
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND idempotency_key IS NULL
+              AND status IN ('queued', 'running') AND schema_version = 'v1';
+        END IF;
+        IF FOUND THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_run.id, v_run.organization_id, 'DEDUPLICATED', v_run.status, v_run.status, v_run.attempt,
+                    caller, jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key)));
+            RETURN v_run.id;
+        END IF;
+        -- The run that conflicted finished (or was purged) between our insert and our read: try again.
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnosis(patient_id uuid, inputs jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
+        priority int DEFAULT 0, run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int) IS
+    'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs while a run is in flight.';
+
+CREATE FUNCTION diagnosis._cancel_diagnosis_impl(caller name, p_run_id uuid) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_run diagnosis.runs;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Waits for a claim in progress, so the outcome is one of the two, never both.
+    SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND OR NOT diagnosis._role_sees_patient(caller, v_run.patient_id) THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.requested_by <> caller AND NOT diagnosis._is_superuser(caller)
+       AND NOT v_run.organization_id = ANY (diagnosis._member_orgs_impl(caller, 'admin')) THEN
+        RAISE EXCEPTION 'permission denied to cancel run %', p_run_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the role that requested the run and the organization''s admins may cancel it.';
+    END IF;
+    IF v_run.status <> 'queued' THEN
+        RETURN false;
+    END IF;
+    UPDATE diagnosis.runs SET status = 'cancelled', completed_at = now(), updated_at = now() WHERE id = p_run_id;
+    INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
+    VALUES (p_run_id, v_run.organization_id, 'CANCELLED', 'queued', 'cancelled', v_run.attempt, caller);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.cancel_diagnosis(run_id uuid) RETURNS boolean
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.cancel_diagnosis(uuid) IS
+    'Cancels a queued run (requester or organization admin); false when it is no longer queued.';
+
+CREATE FUNCTION diagnosis._purge_runs_impl(caller name, p_older_than interval) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_super  boolean := diagnosis._is_superuser(caller);
+    v_orgs   uuid[];
+    v_total  bigint;
+BEGIN
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_super THEN
+        SELECT coalesce(array_agg(id), '{}') INTO v_orgs FROM diagnosis.organizations;
+    ELSE
+        v_orgs := diagnosis._member_orgs_impl(caller, 'admin');
+        IF cardinality(v_orgs) = 0 THEN
+            RAISE EXCEPTION 'permission denied to purge runs'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Only superusers and organization admins may purge runs.';
+        END IF;
+    END IF;
+
+    PERFORM diagnosis._begin_purge();
+    WITH deleted AS (
+        DELETE FROM diagnosis.runs
+        WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at <= now() - p_older_than
+          AND organization_id = ANY (v_orgs)
+        RETURNING organization_id
+    ), per_org AS (
+        SELECT o AS organization_id, (SELECT count(*) FROM deleted d WHERE d.organization_id = o) AS runs
+        FROM unnest(v_orgs) o
+    ), audit AS (
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, actor, details)
+        SELECT NULL, organization_id, 'PURGED', caller,
+               jsonb_build_object('runs', runs, 'older_than', p_older_than::text)
+        FROM per_org
+    )
+    SELECT coalesce(sum(runs), 0) INTO v_total FROM per_org;
+    RETURN v_total;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.purge_runs(older_than interval) RETURNS bigint
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.purge_runs(interval) IS
+    'Retention: deletes terminal runs completed longer ago than older_than, with their artifacts and audit rows, '
+    'and writes one PURGED audit row per organization. Superusers purge everywhere, admins their organizations.';
+
+CREATE FUNCTION diagnosis.wait_for_run(run_id uuid, timeout interval DEFAULT '30 seconds') RETURNS text
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_wait_for_run';
+COMMENT ON FUNCTION diagnosis.wait_for_run(uuid, interval) IS
+    'Sleeps until the run is terminal or the timeout passes (no busy polling); returns its status.';
+
+CREATE FUNCTION diagnosis.worker_status()
+    RETURNS TABLE (pid int, state text, inflight int, runs_done bigint, last_error text, started_at timestamptz)
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_worker_status';
+COMMENT ON FUNCTION diagnosis.worker_status() IS 'One row per live pg_diagnosis worker.';
+
+CREATE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pack jsonb;
+BEGIN
+    IF build_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT jsonb_build_object(
+               'schema', 'pg_diagnosis.context_pack.v1',
+               'patient', jsonb_build_object('id', p.id, 'organization_id', p.organization_id,
+                                             'display_name', p.display_name, 'data', p.data),
+               'observations', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object('code', o.code, 'value', o.value, 'unit', o.unit,
+                                                       'observed_at', o.observed_at, 'data', o.data)
+                                    ORDER BY o.observed_at DESC, o.id DESC)
+                   FROM (SELECT * FROM diagnosis.observations ob
+                         WHERE ob.patient_id = p.id
+                         ORDER BY ob.observed_at DESC, ob.id DESC LIMIT 500) o), '[]'::jsonb),
+               'inputs', '{}'::jsonb)
+      INTO pack
+      FROM diagnosis.patients p
+     WHERE p.id = build_context_pack.patient_id;
+    IF pack IS NULL THEN
+        RAISE EXCEPTION 'patient "%" does not exist', build_context_pack.patient_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN pack;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis.build_context_pack(uuid) IS
+    'The default context pack: the patient, their newest 500 observations, and (filled in by the worker) the run''s inputs.';
+
+-- ===========================================================================================================
+-- Views
+-- ===========================================================================================================
+
+CREATE VIEW diagnosis.queue_stats WITH (security_invoker = true) AS
+SELECT count(*) FILTER (WHERE status = 'queued')     AS queued,
+       count(*) FILTER (WHERE status = 'running')    AS running,
+       count(*) FILTER (WHERE status = 'completed')  AS completed,
+       count(*) FILTER (WHERE status = 'failed')     AS failed,
+       count(*) FILTER (WHERE status = 'cancelled')  AS cancelled,
+       now() - min(created_at) FILTER (WHERE status = 'queued') AS oldest_queued_age,
+       count(*) FILTER (WHERE status = 'completed' AND completed_at > now() - interval '1 minute') AS completed_last_minute,
+       count(*) FILTER (WHERE status = 'failed' AND completed_at > now() - interval '1 minute')    AS failed_last_minute
+FROM diagnosis.runs;
+COMMENT ON VIEW diagnosis.queue_stats IS 'Counts of the runs the caller may see, by status.';
+
+CREATE VIEW diagnosis.latest_diagnosis WITH (security_invoker = true) AS
+SELECT DISTINCT ON (a.patient_id)
+       a.patient_id, p.display_name, a.organization_id, a.run_id, a.risk_level, a.confidence_score, a.needs_review,
+       a.primary_findings, a.recommendations_count, a.artifact_data ->> 'summary' AS summary,
+       a.created_at AS diagnosed_at
+FROM diagnosis.artifacts a
+JOIN diagnosis.patients p ON p.id = a.patient_id
+WHERE a.artifact_type = 'diagnosis_json'
+ORDER BY a.patient_id, a.created_at DESC, a.id;
+COMMENT ON VIEW diagnosis.latest_diagnosis IS 'The newest diagnosis of each patient the caller may see.';
+
+CREATE VIEW diagnosis.review_queue WITH (security_invoker = true) AS
+SELECT *
+FROM diagnosis.latest_diagnosis
+WHERE needs_review OR risk_level IN ('high', 'critical')
+ORDER BY diagnosed_at DESC;
+COMMENT ON VIEW diagnosis.review_queue IS
+    'Latest diagnoses that need a clinician: low confidence, or high or critical risk; newest first.';
+
+-- ===========================================================================================================
+-- Row-level security (SPEC section 8)
+-- ===========================================================================================================
+
+ALTER TABLE diagnosis.organizations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.members ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.patients ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.patient_assignments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.observations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.artifacts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.audit_log ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY organizations_member_read ON diagnosis.organizations FOR SELECT
+    USING (id IN (SELECT unnest(diagnosis._member_orgs())));
+CREATE POLICY organizations_admin_update ON diagnosis.organizations FOR UPDATE
+    USING (id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY members_read ON diagnosis.members FOR SELECT
+    USING (role_name = current_user OR organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+CREATE POLICY members_admin_write ON diagnosis.members FOR ALL
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))))
+    WITH CHECK (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY patients_read ON diagnosis.patients FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY patients_admin_write ON diagnosis.patients FOR ALL
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))))
+    WITH CHECK (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY patient_assignments_read ON diagnosis.patient_assignments FOR SELECT
+    USING (role_name = current_user
+           OR patient_id IN (SELECT p.id FROM diagnosis.patients p
+                             WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+CREATE POLICY patient_assignments_admin_write ON diagnosis.patient_assignments FOR ALL
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                          WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))))
+    WITH CHECK (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                               WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+
+CREATE POLICY observations_read ON diagnosis.observations FOR SELECT
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p));
+CREATE POLICY observations_admin_write ON diagnosis.observations FOR ALL
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                          WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))))
+    WITH CHECK (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                               WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+
+CREATE POLICY runs_read ON diagnosis.runs FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR patient_id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY artifacts_read ON diagnosis.artifacts FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR patient_id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY audit_log_read ON diagnosis.audit_log FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR run_id IN (SELECT r.id FROM diagnosis.runs r
+                         WHERE r.patient_id IN (SELECT unnest(diagnosis._assigned_patients()))));
+
+-- ===========================================================================================================
+-- Privileges: read for everyone (row-level security decides the rows), writes only where a policy allows them,
+-- nothing on the internals.
+-- ===========================================================================================================
+
+GRANT USAGE ON SCHEMA diagnosis TO PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA diagnosis TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON diagnosis.patients, diagnosis.observations, diagnosis.patient_assignments,
+    diagnosis.members TO PUBLIC;
+GRANT UPDATE (name) ON diagnosis.organizations TO PUBLIC;
+
+REVOKE ALL ON FUNCTION diagnosis._wake_at_commit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._begin_purge() FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._member_orgs_impl(name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._assigned_patients_impl(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._role_sees_patient(name, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._is_superuser(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._cancel_diagnosis_impl(name, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._purge_runs_impl(name, interval) FROM PUBLIC;
