@@ -45,7 +45,7 @@ enum class Purpose {
 	Initialize,
 	Initialized,
 	ToolsList,
-	ToolCall,   /* tools/call, or the GET that resumes its stream */
+	ToolCall, /* tools/call, or the GET that resumes its stream */
 	TaskGet,
 	TaskResult, /* legacy tasks/result */
 	Fire,       /* replies, notifications/cancelled, tasks/cancel, DELETE: nothing to wait for */
@@ -69,10 +69,10 @@ struct Call {
 	CallRequest request;
 	Clock::time_point submitted;
 	Clock::time_point deadline;
-	bool retried = false;        /* the one retry after a lost session or an era that stopped fitting */
-	uint64_t exchange = 0;       /* the exchange in flight for this call, 0 if none */
-	std::string rpc_id;          /* JSON text of the tools/call id */
-	Era era = Era::Unknown;      /* the era the tools/call went out in */
+	bool retried = false;   /* the one retry after a lost session or an era that stopped fitting */
+	uint64_t exchange = 0;  /* the exchange in flight for this call, 0 if none */
+	std::string rpc_id;     /* JSON text of the tools/call id */
+	Era era = Era::Unknown; /* the era the tools/call went out in */
 	/* A 4xx that did not fit the era: the endpoint is probed again, and if it is still of this era the 4xx was
 	 * the call's answer after all (sending the call again would call the tool twice). */
 	std::optional<CallOutcome> answer_if_era_holds;
@@ -103,8 +103,8 @@ public:
 
 	void Configure(const ClientConfig &config) override
 	{
-		bool endpoint_changed = config.url != config_.url || config.auth_token != config_.auth_token ||
-		                        config.tool != config_.tool;
+		bool endpoint_changed =
+		    config.url != config_.url || config.auth_token != config_.auth_token || config.tool != config_.tool;
 		if (endpoint_changed)
 			EndSession(); /* with the old URL and token */
 		config_ = config;
@@ -220,7 +220,7 @@ public:
 		EndpointInfo info;
 		info.state = session_.phase == EndpointSession::Phase::Ready  ? "ready"
 		             : session_.phase == EndpointSession::Phase::Idle ? "idle"
-		                                                               : "probing";
+		                                                              : "probing";
 		info.era = EraName(session_.era);
 		info.protocol_version = session_.version;
 		info.tasks = session_.phase == EndpointSession::Phase::Ready && session_.TasksForTool();
@@ -523,7 +523,8 @@ private:
 			return;
 		}
 		if (!p.response) {
-			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
+			FailEndpoint(
+			    ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
 			return;
 		}
 		if (p.response->is_error) {
@@ -595,8 +596,8 @@ private:
 		p.tag = r.tag;
 		p.rpc_id = JsonString(token);
 		p.progress_token = p.rpc_id;
-		HttpRequest req = Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params),
-		                       RemainingMs(c), &p);
+		HttpRequest req =
+		    Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params), RemainingMs(c), &p);
 		req.headers.push_back("Idempotency-Key: " + token);
 		if (session_.era == Era::Modern && !session_.tool.param_headers.empty())
 			for (std::string &h : ParamHeaderLines(session_.tool.param_headers, BuildToolArguments(r)))
@@ -764,9 +765,9 @@ private:
 			if (c->retried) {
 				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
 				 * attempt with backoff can outlast. */
-				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
-				                       "MCP session lost again (HTTP 404) after re-initializing",
-				                       "{\"http_status\":404}"));
+				Finish(c,
+				       ErrorOutcome(ErrorCode::NetworkError, "MCP session lost again (HTTP 404) after re-initializing",
+				                    "{\"http_status\":404}"));
 				return;
 			}
 			RetryInNewSession(c, p);
@@ -801,10 +802,11 @@ private:
 		}
 		if (!answered) {
 			if (p.foreign_response || !x.is_sse)
-				Finish(c, ErrorOutcome(ErrorCode::McpError, x.body.empty() && !x.is_sse
-				                                                ? "HTTP " + std::to_string(x.status) +
-				                                                      " without a JSON-RPC response (protocol violation)"
-				                                                : "no JSON-RPC response with the request's id"));
+				Finish(c,
+				       ErrorOutcome(ErrorCode::McpError, x.body.empty() && !x.is_sse
+				                                             ? "HTTP " + std::to_string(x.status) +
+				                                                   " without a JSON-RPC response (protocol violation)"
+				                                             : "no JSON-RPC response with the request's id"));
 			else
 				/* MCP treats a closed stream as a disconnection, not as the end of the request: try again later. */
 				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
@@ -957,12 +959,13 @@ private:
 		}
 		if (task.status == "input_required" && c->era == Era::Modern) {
 			GiveUp(c, "input required");
-			Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " asks for input (input_required), "
-			                                            "which pg_diagnosis cannot give"));
+			Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id +
+			                                                " asks for input (input_required), "
+			                                                "which pg_diagnosis cannot give"));
 			return;
 		}
-		if (c->era == Era::Legacy && (task.status == "completed" || task.status == "failed" ||
-		                              task.status == "input_required")) {
+		if (c->era == Era::Legacy &&
+		    (task.status == "completed" || task.status == "failed" || task.status == "input_required")) {
 			/* 2025-11-25: the result (or the JSON-RPC error) comes from tasks/result. */
 			StartTaskRequest(c, Purpose::TaskResult);
 			return;
@@ -994,9 +997,9 @@ private:
 			return;
 		}
 		/* cancelled, or a status this client does not know */
-		Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " ended as \"" + task.status +
-		                                            "\" on the MCP server" +
-		                                            (task.status_message.empty() ? "" : ": " + task.status_message)));
+		Finish(c, ErrorOutcome(ErrorCode::McpError,
+		                       "task " + c->task_id + " ended as \"" + task.status + "\" on the MCP server" +
+		                           (task.status_message.empty() ? "" : ": " + task.status_message)));
 	}
 
 	void CompleteTaskResult(Call *c, const HttpExchange &x, Pending &p)
@@ -1035,8 +1038,7 @@ private:
 		for (const SseEvent &e : events)
 			Messages(p, e.data);
 		/* A body cut short (size cap, reset) may still parse: only a complete one counts. */
-		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 &&
-		    !x->body.empty())
+		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 && !x->body.empty())
 			Messages(p, x->body);
 	}
 
@@ -1152,8 +1154,8 @@ private:
 		for (Call *c : expired) {
 			bool waiting = std::find(waiting_.begin(), waiting_.end(), c) != waiting_.end();
 			GiveUp(c, "timed out");
-			Finish(c, ErrorOutcome(ErrorCode::TimeoutError, waiting ? "timed out waiting for the MCP endpoint"
-			                                                        : "MCP call timed out"));
+			Finish(c, ErrorOutcome(ErrorCode::TimeoutError,
+			                       waiting ? "timed out waiting for the MCP endpoint" : "MCP call timed out"));
 		}
 	}
 

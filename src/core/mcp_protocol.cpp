@@ -402,8 +402,8 @@ BuildCancelled(const std::string &request_id_json, const std::string &reason)
 std::string
 EncodeHeaderValue(const std::string &value)
 {
-	bool safe = !value.empty() && value.front() != ' ' && value.front() != '\t' && value.back() != ' ' &&
-	            value.back() != '\t';
+	bool safe =
+	    !value.empty() && value.front() != ' ' && value.front() != '\t' && value.back() != ' ' && value.back() != '\t';
 	for (unsigned char c : value)
 		safe = safe && ((c >= 0x20 && c <= 0x7e) || c == '\t');
 	if (value.size() >= 11 && value.rfind("=?base64?", 0) == 0 && value.compare(value.size() - 2, 2, "?=") == 0)
@@ -528,8 +528,10 @@ TransportOutcome(const HttpExchange &x, bool answered)
 	};
 	if (x.curl_code != CURLE_OK && !(answered && x.status >= 200 && x.status < 300)) {
 		if (x.local_failure) {
-			CallOutcome e = fail(ErrorCode::NetworkError, "local resource shortage: " + x.error +
-			                                                  (x.os_errno ? " (" + std::string(strerror(static_cast<int>(x.os_errno))) + ")" : ""));
+			CallOutcome e =
+			    fail(ErrorCode::NetworkError,
+			         "local resource shortage: " + x.error +
+			             (x.os_errno ? " (" + std::string(strerror(static_cast<int>(x.os_errno))) + ")" : ""));
 			e.local_failure = true;
 			return e;
 		}
@@ -541,8 +543,8 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		if (!x.callback_error.empty())
 			return fail(ErrorCode::UnknownError, "reading the response failed: " + x.callback_error);
 		if (x.inactive)
-			return fail(ErrorCode::TimeoutError, "no data from the MCP server for " +
-			                                         std::to_string(x.request.inactivity_ms) + " ms");
+			return fail(ErrorCode::TimeoutError,
+			            "no data from the MCP server for " + std::to_string(x.request.inactivity_ms) + " ms");
 		if (x.timed_out)
 			return fail(ErrorCode::TimeoutError, "MCP request timed out: " + x.error);
 		CURLcode c = static_cast<CURLcode>(x.curl_code);

@@ -98,8 +98,9 @@ TEST(Protocol, RepliesAndNotifications)
 	EXPECT_TRUE(m.is_error);
 	EXPECT_EQ(m.id, "\"s-1\"");
 	EXPECT_EQ(m.error_code_int, -32601);
-	EXPECT_EQ(BuildCancelled("\"run-1:1\"", "timed out"),
-	          R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"run-1:1","reason":"timed out"}})");
+	EXPECT_EQ(
+	    BuildCancelled("\"run-1:1\"", "timed out"),
+	    R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"run-1:1","reason":"timed out"}})");
 	RequestContext legacy{Era::Legacy, "2025-11-25", false};
 	EXPECT_EQ(BuildTaskRequest("g-1", legacy, "tasks/get", "t-1", ""),
 	          R"({"jsonrpc":"2.0","id":"g-1","method":"tasks/get","params":{"taskId":"t-1"}})");
@@ -109,10 +110,11 @@ TEST(Protocol, ParsesMessagesOfEveryKind)
 {
 	std::vector<RpcMessage> messages;
 	std::string error;
-	ASSERT_TRUE(ParseMessages(R"([{"jsonrpc":"2.0","id":1,"result":{"a":1}},{"jsonrpc":"2.0","id":"x","method":"ping"},)"
-	                          R"({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":0.5}},)"
-	                          R"({"jsonrpc":"2.0","id":2,"error":{"code":-32022,"message":"v","data":{"supported":["a","b"]}}},7])",
-	                          &messages, &error));
+	ASSERT_TRUE(ParseMessages(
+	    R"([{"jsonrpc":"2.0","id":1,"result":{"a":1}},{"jsonrpc":"2.0","id":"x","method":"ping"},)"
+	    R"({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":0.5}},)"
+	    R"({"jsonrpc":"2.0","id":2,"error":{"code":-32022,"message":"v","data":{"supported":["a","b"]}}},7])",
+	    &messages, &error));
 	ASSERT_EQ(messages.size(), 4u);
 	EXPECT_EQ(messages[0].kind, RpcMessage::Kind::Response);
 	EXPECT_EQ(messages[0].result, R"({"a":1})");
@@ -150,16 +152,19 @@ TEST(Protocol, TransportOutcomeFlags)
 
 TEST(Session, DiscoverJudgement)
 {
-	RpcMessage ok = One(R"({"jsonrpc":"2.0","id":"d","result":{"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"extensions":{"io.modelcontextprotocol/tasks":{}}}}})");
+	RpcMessage ok = One(
+	    R"({"jsonrpc":"2.0","id":"d","result":{"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"extensions":{"io.modelcontextprotocol/tasks":{}}}}})");
 	ProbeStep step = JudgeDiscover(Exchange(200, ""), &ok, "2026-07-28");
 	EXPECT_EQ(step.next, ProbeStep::Next::Modern);
 	EXPECT_TRUE(step.features.tools);
 	EXPECT_TRUE(step.features.tasks_extension);
 
 	// A legacy server: a 4xx without a modern body, or a JSON-RPC error to a method every modern server has.
-	EXPECT_EQ(JudgeDiscover(Exchange(400, R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"no session"},"id":null})"),
-	                        nullptr, "2026-07-28").next,
-	          ProbeStep::Next::Legacy);
+	EXPECT_EQ(
+	    JudgeDiscover(Exchange(400, R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"no session"},"id":null})"),
+	                  nullptr, "2026-07-28")
+	        .next,
+	    ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(404, "Not Found"), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(405, ""), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	RpcMessage generic = One(R"({"jsonrpc":"2.0","id":"d","result":{}})"); // answers any method with {}
@@ -170,8 +175,9 @@ TEST(Session, DiscoverJudgement)
 	// A modern server rejecting the version: retry with a listed modern one, fall back to a listed legacy one, or
 	// give up as a configuration error.
 	auto unsupported = [](const std::string &supported) {
-		return Exchange(400, R"({"jsonrpc":"2.0","id":"d","error":{"code":-32022,"message":"Unsupported","data":{"supported":)" +
-		                         supported + "}}}");
+		return Exchange(
+		    400, R"({"jsonrpc":"2.0","id":"d","error":{"code":-32022,"message":"Unsupported","data":{"supported":)" +
+		             supported + "}}}");
 	};
 	step = JudgeDiscover(unsupported(R"(["2026-07-28"])"), nullptr, "2026-01-01");
 	EXPECT_EQ(step.next, ProbeStep::Next::RetryModern);
@@ -194,7 +200,8 @@ TEST(Session, InitializeJudgement)
 {
 	HttpExchange x = Exchange(200, "");
 	x.session_id = "s-1";
-	RpcMessage ok = One(R"({"jsonrpc":"2.0","id":"i","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}}}})");
+	RpcMessage ok = One(
+	    R"({"jsonrpc":"2.0","id":"i","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}}}})");
 	ProbeStep step = JudgeInitialize(x, &ok);
 	EXPECT_EQ(step.next, ProbeStep::Next::LegacyReady);
 	EXPECT_EQ(step.version, "2025-11-25");
@@ -244,22 +251,24 @@ TEST(Session, TasksForTool)
 TEST(Tasks, CreateAndStatusInBothEras)
 {
 	TaskInfo t;
-	EXPECT_EQ(ParseCreateTask(R"({"resultType":"task","taskId":"a","status":"working","ttlMs":null,"pollIntervalMs":250})",
-	                          Era::Modern, &t),
-	          TaskParse::Task);
+	EXPECT_EQ(
+	    ParseCreateTask(R"({"resultType":"task","taskId":"a","status":"working","ttlMs":null,"pollIntervalMs":250})",
+	                    Era::Modern, &t),
+	    TaskParse::Task);
 	EXPECT_EQ(t.task_id, "a");
 	EXPECT_EQ(t.ttl_ms, -1);
 	EXPECT_EQ(t.poll_ms, 250);
 	EXPECT_EQ(ParseCreateTask(R"({"content":[],"structuredContent":{}})", Era::Modern, &t), TaskParse::NotATask);
 	EXPECT_EQ(ParseCreateTask(R"({"resultType":"task","status":"working"})", Era::Modern, &t), TaskParse::Invalid);
 	TaskInfo l;
-	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working","ttl":60000,"pollInterval":5000}})", Era::Legacy, &l),
+	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working","ttl":60000,"pollInterval":5000}})",
+	                          Era::Legacy, &l),
 	          TaskParse::Task);
 	EXPECT_EQ(l.ttl_ms, 60000);
 	EXPECT_EQ(l.poll_ms, 5000);
 	TaskInfo done;
-	ASSERT_TRUE(ParseTaskStatus(R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})",
-	                            Era::Modern, &done));
+	ASSERT_TRUE(ParseTaskStatus(
+	    R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})", Era::Modern, &done));
 	EXPECT_EQ(done.result, R"({"content":[]})");
 	EXPECT_TRUE(IsTerminalTaskStatus(done.status));
 	EXPECT_FALSE(IsTerminalTaskStatus("working"));
@@ -270,8 +279,9 @@ TEST(Tasks, ToolsListTaskSupport)
 {
 	ToolEntry e;
 	std::string cursor, error;
-	ASSERT_TRUE(ParseToolsList(R"({"tools":[{"name":"run_diagnosis","execution":{"taskSupport":"required"}}],"nextCursor":"n"})",
-	                           "run_diagnosis", &e, &cursor, &error));
+	ASSERT_TRUE(ParseToolsList(
+	    R"({"tools":[{"name":"run_diagnosis","execution":{"taskSupport":"required"}}],"nextCursor":"n"})",
+	    "run_diagnosis", &e, &cursor, &error));
 	EXPECT_TRUE(e.found);
 	EXPECT_EQ(e.task_support, "required");
 	EXPECT_EQ(cursor, "n");
@@ -296,8 +306,9 @@ TEST(Tools, ParamHeadersFromTheInputSchema)
 	r.attempt = 2;
 	r.inputs_json = R"({"urgent":true,"ward":"Station 3 – Nord"})";
 	auto lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
-	EXPECT_EQ(lines, (std::vector<std::string>{"Mcp-Param-Run-Id: r-1", "Mcp-Param-Attempt: 2", "Mcp-Param-Urgent: true",
-	                                           "Mcp-Param-Ward: " + EncodeHeaderValue("Station 3 – Nord")}));
+	EXPECT_EQ(lines,
+	          (std::vector<std::string>{"Mcp-Param-Run-Id: r-1", "Mcp-Param-Attempt: 2", "Mcp-Param-Urgent: true",
+	                                    "Mcp-Param-Ward: " + EncodeHeaderValue("Station 3 – Nord")}));
 	// Absent or null values are omitted.
 	r.inputs_json = R"({"urgent":null})";
 	lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
@@ -309,7 +320,8 @@ TEST(Tools, InvalidParamHeadersMakeTheToolUnusable)
 	auto invalid = [](const std::string &schema) {
 		ToolEntry e;
 		std::string cursor, error;
-		EXPECT_TRUE(ParseToolsList(R"({"tools":[{"name":"t","inputSchema":)" + schema + "}]}", "t", &e, &cursor, &error));
+		EXPECT_TRUE(
+		    ParseToolsList(R"({"tools":[{"name":"t","inputSchema":)" + schema + "}]}", "t", &e, &cursor, &error));
 		return e.invalid;
 	};
 	EXPECT_EQ(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"A"}}})"), "");
@@ -319,7 +331,10 @@ TEST(Tools, InvalidParamHeadersMakeTheToolUnusable)
 	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"X"},)"
 	                  R"("b":{"type":"string","x-mcp-header":"x"}}})"),
 	          "");
-	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"array","items":{"type":"string","x-mcp-header":"A"}}}})"), "");
+	EXPECT_NE(
+	    invalid(
+	        R"({"type":"object","properties":{"a":{"type":"array","items":{"type":"string","x-mcp-header":"A"}}}})"),
+	    "");
 	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"oneOf":[{"type":"string","x-mcp-header":"A"}]}}})"), "");
 	EXPECT_NE(invalid(R"({"type":"object","x-mcp-header":"Root"})"), "");
 }

@@ -51,8 +51,8 @@ TEST(Sse, LineEndingsLfCrCrlfAndSplitCrlf)
 
 TEST(Sse, MultiLineDataCommentsIdsAndUnknownFields)
 {
-	auto events = ParseChunks({": keep-alive\n", "id: 7\nevent: update\nretry: 100\nfoo: bar\n",
-	                           "data: line1\ndata:line2\ndata\n\n"});
+	auto events = ParseChunks(
+	    {": keep-alive\n", "id: 7\nevent: update\nretry: 100\nfoo: bar\n", "data: line1\ndata:line2\ndata\n\n"});
 	ASSERT_EQ(events.size(), 1u);
 	EXPECT_EQ(events[0].type, "update");
 	EXPECT_EQ(events[0].id, "7");
@@ -71,10 +71,13 @@ TEST(Sse, PrimingEventWithEmptyDataAndEventsWithoutData)
 
 TEST(Sse, LeadingBomSplitAcrossChunks)
 {
-	auto events = ParseChunks({"\xEF", "\xBB", "\xBF" "data: x\n\n"});
+	auto events = ParseChunks({"\xEF", "\xBB",
+	                           "\xBF"
+	                           "data: x\n\n"});
 	ASSERT_EQ(events.size(), 1u);
 	EXPECT_EQ(events[0].data, "x");
-	auto no_bom = ParseChunks({"\xEF" "data: y\n\n"}); // not a BOM: kept as text of an unknown field
+	auto no_bom = ParseChunks({"\xEF"
+	                           "data: y\n\n"}); // not a BOM: kept as text of an unknown field
 	EXPECT_TRUE(no_bom.empty());
 }
 

@@ -80,7 +80,7 @@ struct RpcMessage {
 	std::string method; /* requests and notifications */
 	std::string params; /* JSON text, "" when absent */
 	bool is_error = false;
-	std::string result; /* JSON text of result */
+	std::string result;     /* JSON text of result */
 	std::string error_code; /* JSON text of error.code */
 	int64_t error_code_int = 0;
 	std::string error_message;
@@ -138,8 +138,8 @@ struct ToolEntry {
 	std::vector<ParamHeader> param_headers;
 	std::string invalid; /* why its x-mcp-header annotations make the definition invalid, "" if they do not */
 };
-bool ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry,
-                    std::string *next_cursor, std::string *error);
+bool ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry, std::string *next_cursor,
+                    std::string *error);
 /* The tools/call arguments object {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
 std::string BuildToolArguments(const CallRequest &call);
 /* "Mcp-Param-{name}: value" for each annotated parameter present in `arguments_json` (strings as they are,
