@@ -266,6 +266,12 @@ TEST(Tasks, CreateAndStatusInBothEras)
 	          TaskParse::Task);
 	EXPECT_EQ(l.ttl_ms, 60000);
 	EXPECT_EQ(l.poll_ms, 5000);
+	// With the empty content some servers add for older result checks; not with real content.
+	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working"},"content":[]})", Era::Legacy, &l),
+	          TaskParse::Task);
+	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working"},"content":[{"type":"text","text":"x"}]})",
+	                          Era::Legacy, &l),
+	          TaskParse::NotATask);
 	TaskInfo done;
 	ASSERT_TRUE(ParseTaskStatus(
 	    R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})", Era::Modern, &done));
