@@ -1,6 +1,8 @@
 // The main job: a synthetic cohort diagnosed end to end through pg_diagnosis and the reference MCP server, with a
 // live progress display and a summary a clinician and a DBA can read.
-//   node demo/demo.mjs [--patients N] [--seed S] [--keep]
+//   node demo/demo.mjs [--patients N] [--seed S] [--fhir] [--keep]
+// --fhir: the cohort is kept as FHIR R4 Observation resources (demo/fhir_cohort.sql) and every context pack is
+// built from them by diagnosis.fhir_context_pack; the diagnoses are also shown as FHIR (diagnosis.news2_fhir).
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -16,6 +18,7 @@ const option = (name, fallback) => {
 const patients = Number(option('patients', 2000));
 const seed = Number(option('seed', 42));
 const keep = argv.includes('--keep');
+const fhir = argv.includes('--fhir');
 if (!Number.isInteger(patients) || patients < 1 || patients > 1000000) throw new Error('--patients must be 1..1000000');
 
 const tty = process.stdout.isTTY;
@@ -43,6 +46,33 @@ async function show(cluster, title, sql, user = 'postgres', params = []) {
   return result.rows;
 }
 
+/** The FHIR side: one resource the pack read, and the diagnosis as the NEWS2 Observation an EHR would read. */
+async function showFhir(cluster, critical) {
+  await show(cluster, 'Its newest FHIR inputs (fhir.observation, the relation diagnosis.fhir_source names)', `
+    SELECT resource #>> '{code,coding,0,code}' AS code, resource ->> 'status' AS status,
+           resource ->> 'effectiveDateTime' AS effective,
+           coalesce(resource #>> '{valueQuantity,value}', resource #>> '{component,0,valueQuantity,value}',
+                    resource #>> '{valueCodeableConcept,coding,0,display}') AS value,
+           coalesce(resource #>> '{valueQuantity,code}', resource #>> '{component,0,valueQuantity,code}') AS unit
+    FROM fhir.observation WHERE resource -> 'subject' ->> 'reference' = 'Patient/${critical.patient_id}'
+    ORDER BY resource ->> 'effectiveDateTime' DESC, resource ->> 'id' LIMIT 8;`);
+  await show(cluster, `Its diagnosis as FHIR: diagnosis.news2_fhir (UK Core NEWS2 Observation), as ${critical.clinician} reads it`, `
+    SELECT c #>> '{code,coding,0,code}' AS snomed_ct, c #>> '{code,coding,0,display}' AS component,
+           c #>> '{valueQuantity,value}' AS score
+    FROM diagnosis.news2_fhir n, jsonb_array_elements(n.resource -> 'component') c
+    WHERE n.run_id = '${critical.run_id}';`, critical.clinician);
+  await show(cluster, 'The same Observation: aggregate, interpretation, time and inputs', `
+    SELECT resource #>> '{code,coding,0,code}' AS code, resource #>> '{valueQuantity,value}' AS news2,
+           resource #>> '{interpretation,0,text}' AS interpretation, resource ->> 'effectiveDateTime' AS effective,
+           jsonb_array_length(resource -> 'derivedFrom') AS derived_from, resource #>> '{subject,reference}' AS subject
+    FROM diagnosis.news2_fhir WHERE run_id = '${critical.run_id}';`, critical.clinician);
+  await show(cluster, 'SpO2 scale 2 (hypercapnic respiratory failure) against scale 1, by risk level', `
+    SELECT n.resource -> 'component' @> '[{"code": {"coding": [{"code": "1104321000000108"}]}}]' AS scale_2,
+           l.risk_level, count(*) AS patients
+    FROM diagnosis.news2_fhir n JOIN diagnosis.latest_diagnosis l ON l.run_id = n.run_id
+    WHERE n.resource ? 'component' GROUP BY 1, 2 ORDER BY 1, 2;`);
+}
+
 let server;
 let cluster;
 async function cleanUp() {
@@ -56,20 +86,28 @@ process.on('SIGINT', async () => {
 });
 
 try {
-  say(bold('pg_diagnosis demo') + ` — ${patients} synthetic patients, seed ${seed}`);
+  say(bold('pg_diagnosis demo') + ` — ${patients} synthetic patients, seed ${seed}${fhir ? ', charted as FHIR' : ''}`);
   server = await startMcpServer(['--mode', 'stateful', '--reply', 'sse']);
   say(`  reference MCP server (NEWS2) listening at ${server.url}`);
-  cluster = await startCluster({ settings: { 'diagnosis.mcp_url': server.url, 'diagnosis.max_inflight': 64 } });
+  const fhirSettings = fhir
+    ? { 'diagnosis.context_pack_function': 'diagnosis.fhir_context_pack', 'diagnosis.fhir_source': 'fhir.observation' }
+    : {};
+  cluster = await startCluster({ settings: { 'diagnosis.mcp_url': server.url, 'diagnosis.max_inflight': 64, ...fhirSettings } });
   say(`  PostgreSQL 15 cluster with pg_diagnosis preloaded on 127.0.0.1:${cluster.port} (data in ${cluster.dir})`);
 
   const loadStarted = Date.now();
   const client = await cluster.connect();
   await client.query(`SELECT set_config('demo.patients', $1, false), set_config('demo.seed', $2, false)`, [String(patients), String(seed)]);
   const loaded = await client.query(readFileSync(join(here, 'cohort.sql'), 'utf8'));
-  await client.end();
   const mix = loaded.at(-2).rows.map((r) => `${r.trajectory} ${r.patients}`).join(', ');
-  const obs = (await cluster.query('SELECT count(*)::int AS n FROM diagnosis.observations')).rows[0].n;
+  const obs = (await client.query('SELECT count(*)::int AS n FROM diagnosis.observations')).rows[0].n;
+  const asFhir = fhir ? (await client.query(readFileSync(join(here, 'fhir_cohort.sql'), 'utf8'))).at(-1).rows[0] : null;
+  await client.end();
   say(`  cohort loaded in ${Date.now() - loadStarted} ms: ${mix}; ${obs} vital-sign observations`);
+  if (asFhir) {
+    say(`  as FHIR: ${asFhir.resources} Observation resources in fhir.observation (diagnosis.fhir_source), ` +
+        `${asFhir.spo2_scale_2} patients on SpO2 scale 2; packs built by diagnosis.fhir_context_pack`);
+  }
 
   // Every clinician enqueues their own patients, as themselves: row-level security decides which patients they see.
   say(bold('\nEnqueueing as each clinician (the batch API, under row-level security)'));
@@ -135,9 +173,13 @@ try {
   await show(cluster, 'Its audit trail', `
     SELECT event, status_from, status_to, attempt, actor, to_char(created_at, 'HH24:MI:SS.MS') AS at
     FROM diagnosis.audit_log WHERE run_id = '${critical.run_id}' ORDER BY id;`, critical.clinician);
-  await show(cluster, `The review queue of ${critical.clinician} (first 5)`, `
+  await show(cluster, `The review queue of ${critical.clinician}, most urgent first (first 5)`, `
     SELECT display_name, risk_level, confidence_score, needs_review, left(summary, 60) AS summary
     FROM diagnosis.review_queue LIMIT 5;`, critical.clinician);
+  await show(cluster, `The same queue by urgency: critical, high, medium, then needs-review (newest first in each)`, `
+    SELECT urgency, risk_level, count(*) AS patients, count(*) FILTER (WHERE needs_review) AS needs_review
+    FROM diagnosis.review_queue GROUP BY urgency, risk_level ORDER BY urgency;`, critical.clinician);
+  if (fhir) await showFhir(cluster, critical);
 
   say(bold('\nRow-level security: a clinician who is not assigned to this patient'));
   say(`  pgd_demo_unassigned=> SELECT diagnosis.enqueue_diagnosis('${critical.patient_id}');`);

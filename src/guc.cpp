@@ -34,6 +34,7 @@ int pgdiag_max_inputs_bytes = 1024 * 1024;
 double pgdiag_min_confidence = 0.5;
 char *pgdiag_context_pack_function = nullptr;
 int pgdiag_max_inflight_per_organization = 0;
+char *pgdiag_fhir_source = nullptr;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -95,5 +96,10 @@ pgdiag::InitGucs()
 	                        gettext_noop("Most runs one organization may have running at once; 0 means no cap."),
 	                        gettext_noop("Counted by each claim from committed runs."),
 	                        &pgdiag_max_inflight_per_organization, 0, 0, 1000000, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.fhir_source",
+	                           gettext_noop("Table or view of FHIR R4 Observation resources read by "
+	                                        "diagnosis.fhir_context_pack."),
+	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
+	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }

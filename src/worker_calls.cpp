@@ -108,6 +108,19 @@ MillisSince(Clock::time_point t)
 	return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
+/* Keeps the rows of the listed runs (their database rows were locked: they are written on a later pass). */
+template <typename Row>
+void
+KeepOnlyRuns(std::vector<Row> &rows, const char *const *run_ids, int n)
+{
+	std::vector<std::string> keep(run_ids, run_ids + n);
+	std::vector<Row> kept;
+	for (Row &row : rows)
+		if (std::find(keep.begin(), keep.end(), row.run_id) != keep.end())
+			kept.push_back(std::move(row));
+	rows = std::move(kept);
+}
+
 /* A retry, when the error is transient and attempts are left: the backoff, never sooner than Retry-After. */
 bool
 ScheduleRetry(const InflightRun &run, const CallOutcome &outcome, FinishedRun &f)
@@ -152,6 +165,10 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 		f.retry_delay_ms = kLocalRetryDelayMs;
 		if (outcome.config_error)
 			state->config_error = f.error_message;
+	} else if (outcome.task_lost && !outcome.cancelled && run.attempt < 1 + run.max_retries) {
+		/* The server no longer knows the task (expired, or lost with its store): a new attempt calls again. */
+		f.outcome = "queued";
+		f.retry_delay_ms = 0;
 	} else if (outcome.cancelled || !ScheduleRetry(run, outcome, f))
 		f.outcome = "failed";
 	state->finished.push_back(std::move(f));
@@ -326,16 +343,10 @@ bool
 ClearFinishedExcept(const char *const *run_ids, int n)
 {
 	return CppGuard([&] {
-		std::vector<std::string> keep(run_ids, run_ids + n);
-		std::vector<FinishedRun> kept;
-		for (FinishedRun &f : state->finished)
-			if (std::find(keep.begin(), keep.end(), f.run_id) != keep.end())
-				kept.push_back(std::move(f));
 		state->finished_views.clear();
-		state->finished = std::move(kept);
+		KeepOnlyRuns(state->finished, run_ids, n);
 	});
 }
-
 bool
 CollectProgress(int *count)
 {
@@ -398,13 +409,8 @@ bool
 ClearTasksExcept(const char *const *run_ids, int n)
 {
 	return CppGuard([&] {
-		std::vector<std::string> keep(run_ids, run_ids + n);
-		std::vector<TaskRow> kept;
-		for (TaskRow &t : state->tasks)
-			if (std::find(keep.begin(), keep.end(), t.run_id) != keep.end())
-				kept.push_back(std::move(t));
 		state->task_views.clear();
-		state->tasks = std::move(kept);
+		KeepOnlyRuns(state->tasks, run_ids, n);
 	});
 }
 

@@ -94,6 +94,20 @@ TextArray(const char *const *items, int n)
 	return PointerGetDatum(construct_md_array(datums, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/* The elements of a text[] datum as C strings in the worker's loop context (they outlive SPI_finish). */
+static char **
+CallerStrings(Datum array, int *n)
+{
+	Datum *elems;
+	char **strings;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, n);
+	strings = (char **) MemoryContextAlloc(work_caller_context, sizeof(char *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		strings[i] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(elems[i]));
+	return strings;
+}
+
 static const char *
 IntText(long value)
 {
@@ -482,15 +496,9 @@ ExecuteFinalize(void *arg)
 		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		b->terminal = isnull ? 0 : (int) DatumGetInt64(d);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		b->ndeferred = 0;
-		if (!isnull) {
-			Datum *ids;
-			int n;
-			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &ids, NULL, &n);
-			b->deferred = (char **) MemoryContextAlloc(work_caller_context, sizeof(char *) * n);
-			for (int i = 0; i < n; i++)
-				b->deferred[b->ndeferred++] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(ids[i]));
-		}
+		b->deferred = isnull ? NULL : CallerStrings(d, &b->ndeferred);
+		if (isnull)
+			b->ndeferred = 0;
 	}
 }
 
@@ -611,7 +619,7 @@ pgdiag::RecordTasks()
 	Oid argtypes[4] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 	Datum values[4];
 	const char **ids, **attempts, **task_ids, **ttls;
-	const char **keep;
+	char **keep;
 	int nkeep = 0;
 	int count = 0;
 	bool isnull;
@@ -625,7 +633,6 @@ pgdiag::RecordTasks()
 	attempts = (const char **) palloc(sizeof(char *) * count);
 	task_ids = (const char **) palloc(sizeof(char *) * count);
 	ttls = (const char **) palloc(sizeof(char *) * count);
-	keep = (const char **) palloc(sizeof(char *) * count);
 	for (int i = 0; i < count; i++) {
 		const calls::Task *t = calls::TaskAt(i);
 		ids[i] = t->run_id;
@@ -641,13 +648,7 @@ pgdiag::RecordTasks()
 	if (SPI_execute_plan(KeptPlan(&plan, tasks_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "recording tasks failed");
 	locked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull) {
-		Datum *elems;
-		int n;
-		deconstruct_array(DatumGetArrayTypeP(locked), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
-		for (int i = 0; i < n; i++)
-			keep[nkeep++] = MemoryContextStrdup(work_caller_context, TextDatumGetCString(elems[i]));
-	}
+	keep = isnull ? NULL : CallerStrings(locked, &nkeep);
 	EndWork();
 	if (!calls::ClearTasksExcept(keep, nkeep))
 		elog(ERROR, "pg_diagnosis: %s", cpp_guard_message);
@@ -864,6 +865,11 @@ LookupPackFunction(void *arg)
 	lookup->fn->qualified_name = MemoryContextStrdup(
 	    work_caller_context, quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
 	ReleaseSysCache(tuple);
+	/* The shipped FHIR pack needs diagnosis.fhir_source too: a source that cannot work pauses like a missing
+	 * function, instead of failing every run with CONTEXT_PACK_ERROR. */
+	if (strcmp(lookup->fn->qualified_name, "diagnosis.fhir_context_pack") == 0 &&
+	    SPI_execute("SELECT diagnosis._fhir_source()", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking diagnosis.fhir_source failed");
 }
 
 /*

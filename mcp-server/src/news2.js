@@ -1,15 +1,17 @@
 // NEWS2, the National Early Warning Score 2 (Royal College of Physicians, 2017), as pure functions.
 // Scores each parameter from its latest observation in a pg_diagnosis context pack, maps the aggregate to a risk
-// level and NEWS2's clinical response. Deterministic: no clocks, no randomness.
+// level and NEWS2's clinical response. SpO2 is scored on scale 1, or on scale 2 when the patient's data says
+// {"spo2_scale": 2} (hypercapnic respiratory failure: a clinician's decision, as the chart requires).
+// Deterministic: no clocks, no randomness.
 
 // Observation codes accepted for each parameter (LOINC or plain names).
 export const CODES = {
   respiration_rate: ['9279-1', 'respiratory_rate', 'respiration_rate'],
   spo2: ['59408-5', '2708-6', 'spo2'],
-  air_or_oxygen: ['supplemental_oxygen', '3151-8'],
+  air_or_oxygen: ['supplemental_oxygen', '3151-8', '3150-0'],
   systolic_bp: ['8480-6', 'systolic_bp'],
   pulse: ['8867-4', 'heart_rate', 'pulse'],
-  consciousness: ['80288-4', 'consciousness'],
+  consciousness: ['80288-4', '1104441000000107', 'consciousness'],
   temperature: ['8310-5', 'temperature'],
 };
 
@@ -45,6 +47,26 @@ export function scoreSpo2Scale1(v) {
   if (x <= 93) return 2;
   if (x <= 95) return 1;
   return 0;
+}
+
+/** SpO2 scale 2, for a target range of 88-92 %: low saturations score as on scale 1 shifted down, and on oxygen
+ * a saturation above the target range scores too (93-94 scores 1, 95-96 scores 2, 97+ scores 3). On air, 93 % and
+ * above scores 0. */
+export function scoreSpo2Scale2(v, onOxygen) {
+  const x = Math.round(v);
+  if (x <= 83) return 3;
+  if (x <= 85) return 2;
+  if (x <= 87) return 1;
+  if (x <= 92 || !onOxygen) return 0;
+  if (x <= 94) return 1;
+  if (x <= 96) return 2;
+  return 3;
+}
+
+/** The SpO2 scale the patient's data selects: 2 for {"spo2_scale": 2} (number or string), otherwise 1. */
+export function spo2Scale(patientData) {
+  const chosen = patientData && typeof patientData === 'object' ? patientData.spo2_scale : undefined;
+  return chosen === 2 || chosen === '2' ? 2 : 1;
 }
 
 export function scoreAirOrOxygen(onOxygen) {
@@ -93,7 +115,9 @@ function observationValue(parameter, obs) {
     return undefined;
   }
   if (numeric === undefined || !Number.isFinite(numeric)) return undefined;
-  if (parameter === 'air_or_oxygen') return numeric > 0;
+  // Inspired oxygen concentration (3150-0) above room air's 21 % means supplemental oxygen; any other code
+  // (a flag, or a flow rate 3151-8) means oxygen when above 0.
+  if (parameter === 'air_or_oxygen') return String(obs.code).trim() === '3150-0' ? numeric > 21 : numeric > 0;
   return numeric;
 }
 
@@ -107,41 +131,57 @@ const SCORERS = {
   temperature: scoreTemperature,
 };
 
-/** For each parameter, its values newest first (by observed_at, then by position in the pack). */
-export function valuesByParameter(observations = []) {
+/** The score of one parameter's value; SpO2 on scale 2 needs to know whether the patient is on oxygen. */
+function scoreOf(parameter, value, scale, onOxygen) {
+  if (parameter === 'spo2' && scale === 2) return scoreSpo2Scale2(value, onOxygen === true);
+  return SCORERS[parameter](value);
+}
+
+/** For each parameter, its readings ({value, obs}) newest first (by observed_at, then by position in the pack). */
+export function readingsByParameter(observations = []) {
   const indexed = observations.map((obs, i) => ({ obs, i, t: Date.parse(obs?.observed_at ?? '') }));
   indexed.sort((a, b) => {
     const ta = Number.isNaN(a.t) ? -Infinity : a.t;
     const tb = Number.isNaN(b.t) ? -Infinity : b.t;
     return tb - ta || a.i - b.i;
   });
-  const values = Object.fromEntries(PARAMETERS.map((p) => [p, []]));
+  const readings = Object.fromEntries(PARAMETERS.map((p) => [p, []]));
   for (const { obs } of indexed) {
     if (!obs || typeof obs !== 'object') continue;
     const parameter = codeToParameter.get(String(obs.code ?? '').trim());
     if (!parameter) continue;
     const value = observationValue(parameter, obs);
-    if (value !== undefined) values[parameter].push(value);
+    if (value !== undefined) readings[parameter].push({ value, obs });
   }
-  return values;
+  return readings;
 }
 
-function describe(parameter, value) {
+/** For each parameter, its values newest first. */
+export function valuesByParameter(observations = []) {
+  const readings = readingsByParameter(observations);
+  return Object.fromEntries(PARAMETERS.map((p) => [p, readings[p].map((r) => r.value)]));
+}
+
+function describe(parameter, value, scale) {
   const [label, unit] = LABELS[parameter];
+  if (parameter === 'spo2') return `${label} ${value} ${unit} (scale ${scale})`;
   if (parameter === 'air_or_oxygen') return `${label}: ${value ? 'supplemental oxygen' : 'room air'}`;
   if (parameter === 'consciousness') return `${label}: ${{ A: 'alert', C: 'new confusion', V: 'responds to voice', P: 'responds to pain', U: 'unresponsive' }[value]}`;
   return `${label} ${value}${unit ? ` ${unit}` : ''}`;
 }
 
-/** The aggregate of the given value per parameter (missing parameters score 0). */
-function aggregate(pick) {
-  let total = 0;
+/** The score of each parameter that has a value in `pick` (missing parameters are left out), on the given scale. */
+function scoresOf(pick, scale) {
+  const onOxygen = pick('air_or_oxygen');
+  const scores = {};
   for (const p of PARAMETERS) {
     const v = pick(p);
-    if (v !== undefined) total += SCORERS[p](v);
+    if (v !== undefined) scores[p] = scoreOf(p, v, scale, onOxygen);
   }
-  return total;
+  return scores;
 }
+
+const sum = (scores) => Object.values(scores).reduce((a, b) => a + b, 0);
 
 export function riskLevel(total, anySingleThree, worsening) {
   if (total >= 7) return worsening ? 'critical' : 'high';
@@ -195,7 +235,9 @@ export function confidence(missingCount) {
 /** The full NEWS2 diagnosis (a result schema v1 object) of a context pack. */
 export function diagnose(contextPack) {
   const observations = Array.isArray(contextPack?.observations) ? contextPack.observations : [];
-  const values = valuesByParameter(observations);
+  const scale = spo2Scale(contextPack?.patient?.data);
+  const readings = readingsByParameter(observations);
+  const values = Object.fromEntries(PARAMETERS.map((p) => [p, readings[p].map((r) => r.value)]));
   const present = PARAMETERS.filter((p) => values[p].length > 0);
   const missing = PARAMETERS.filter((p) => values[p].length === 0);
 
@@ -209,16 +251,18 @@ export function diagnose(contextPack) {
     };
   }
 
-  const scores = Object.fromEntries(present.map((p) => [p, SCORERS[p](values[p][0])]));
-  const total = aggregate((p) => values[p][0]);
+  const scores = scoresOf((p) => values[p][0], scale);
+  const total = sum(scores);
   const anySingleThree = Object.values(scores).some((s) => s === 3);
   const hasPrevious = PARAMETERS.some((p) => values[p].length > 1);
-  const previousTotal = aggregate((p) => (values[p].length > 1 ? values[p][1] : values[p][0]));
+  const previousTotal = sum(scoresOf((p) => (values[p].length > 1 ? values[p][1] : values[p][0]), scale));
   const worsening = hasPrevious && total > previousTotal;
   const risk = riskLevel(total, anySingleThree, worsening);
 
-  const findings = present.map((p) => `${describe(p, values[p][0])} scores ${scores[p]}`);
+  const findings = present.map((p) => `${describe(p, values[p][0], scale)} scores ${scores[p]}`);
   findings.push(`NEWS2 aggregate score ${total}` + (hasPrevious ? ` (previous ${previousTotal})` : ''));
+  findings.push(scale === 2 ? 'SpO2 scored on scale 2 (hypercapnic respiratory failure, target 88-92 %)'
+    : 'SpO2 scored on scale 1');
   for (const p of missing) findings.push(`${LABELS[p][0]} not recorded`);
 
   const differential = [];
@@ -238,7 +282,25 @@ export function diagnose(contextPack) {
       (missing.length ? `; ${missing.length} of 7 parameters not recorded` : '') + '.',
     primary_findings: findings,
     recommendations: recommendations(total, anySingleThree),
+    news2: news2Detail(total, scale, present.map((p) => ({ parameter: p, score: scores[p], reading: readings[p][0] }))),
   };
   if (differential.length) result.differential = differential;
   return result;
+}
+
+/** The scores behind the result, for consumers that render NEWS2 itself (pg_diagnosis's news2_fhir view): an extra
+ * property, which result schema v1 allows. `source` is the FHIR reference of the observation scored, when the pack
+ * came from FHIR (its data.fhir_reference). */
+function news2Detail(total, scale, scored) {
+  return {
+    aggregate: total,
+    spo2_scale: scale,
+    subscores: scored.map(({ parameter, score, reading }) => {
+      const entry = { parameter, score, value: reading.value };
+      if (reading.obs.observed_at !== undefined && reading.obs.observed_at !== null) entry.observed_at = reading.obs.observed_at;
+      const source = reading.obs.data?.fhir_reference;
+      if (typeof source === 'string') entry.source = source;
+      return entry;
+    }),
+  };
 }

@@ -23,6 +23,9 @@ const RESULT_SCHEMA = z.object({
   primary_findings: z.array(z.string()).max(50),
   recommendations: z.array(z.object({ text: z.string(), priority: z.enum(['routine', 'soon', 'urgent']).optional() })).max(50),
   differential: z.array(z.object({ condition: z.string(), probability: z.number().min(0).max(1).optional() })).optional(),
+  // The scores behind the result (news2.js), an extra property that schema v1 allows: SDK clients check
+  // structuredContent against this schema, which refuses properties it does not name.
+  news2: z.record(z.string(), z.any()).optional(),
 });
 
 const INPUT_SCHEMA = z.object({

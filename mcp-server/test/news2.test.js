@@ -1,8 +1,9 @@
-// NEWS2 scoring against the published bands (RCP 2017), both sides of every boundary, and the risk mapping.
+// NEWS2 scoring against the published bands (RCP 2017), both sides of every boundary (SpO2 on both scales), and the
+// risk mapping.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  scoreRespirationRate, scoreSpo2Scale1, scoreAirOrOxygen, scoreSystolicBp, scorePulse, scoreConsciousness,
+  scoreRespirationRate, scoreSpo2Scale1, scoreSpo2Scale2, spo2Scale, scoreAirOrOxygen, scoreSystolicBp, scorePulse, scoreConsciousness,
   scoreTemperature, riskLevel, confidence, diagnose, recommendations,
 } from '../src/news2.js';
 
@@ -16,6 +17,23 @@ test('respiration rate bands', () => bands(scoreRespirationRate, [
 test('SpO2 scale 1 bands', () => bands(scoreSpo2Scale1, [
   [80, 3], [91, 3], [92, 2], [93, 2], [94, 1], [95, 1], [96, 0], [100, 0],
 ]));
+// RCP 2017 chart, SpO2 scale 2: <=83 3, 84-85 2, 86-87 1, 88-92 0 (and >=93 on air 0); on oxygen 93-94 1,
+// 95-96 2, >=97 3.
+test('SpO2 scale 2 bands on air', () => bands((v) => scoreSpo2Scale2(v, false), [
+  [70, 3], [83, 3], [84, 2], [85, 2], [86, 1], [87, 1], [88, 0], [92, 0], [93, 0], [94, 0], [96, 0], [97, 0], [100, 0],
+  [83.4, 3], [83.5, 2], [92.4, 0],
+]));
+test('SpO2 scale 2 bands on oxygen', () => bands((v) => scoreSpo2Scale2(v, true), [
+  [83, 3], [84, 2], [85, 2], [86, 1], [87, 1], [88, 0], [92, 0], [93, 1], [94, 1], [95, 2], [96, 2], [97, 3], [100, 3],
+  [92.4, 0], [92.5, 1],
+]));
+test('the patient data selects the SpO2 scale; anything but 2 is scale 1', () => {
+  assert.equal(spo2Scale({ spo2_scale: 2 }), 2);
+  assert.equal(spo2Scale({ spo2_scale: '2' }), 2);
+  for (const data of [{ spo2_scale: 1 }, {}, null, undefined, { spo2_scale: 3 }, { spo2_scale: 'two' }, 'x']) {
+    assert.equal(spo2Scale(data), 1, JSON.stringify(data));
+  }
+});
 test('air or oxygen', () => {
   assert.equal(scoreAirOrOxygen(true), 2);
   assert.equal(scoreAirOrOxygen(false), 0);
@@ -105,4 +123,63 @@ test('deterministic: the same pack gives the same bytes, whatever the order of o
   const b = JSON.stringify(diagnose({ observations: [...observations].reverse() }));
   assert.equal(a, b);
   assert.equal(a, JSON.stringify(diagnose({ observations })));
+});
+
+const pack = (observations, data = {}) => ({ patient: { data }, observations });
+
+test('scale 2: an SpO2 of 90 % scores 0 for a hypercapnic patient and 3 on scale 1, and the findings say which', () => {
+  const observations = [obs('spo2', 90), obs('respiratory_rate', 18), obs('supplemental_oxygen', 0)];
+  const one = diagnose(pack(observations));
+  const two = diagnose(pack(observations, { spo2_scale: 2 }));
+  assert.ok(one.primary_findings.includes('SpO2 90 % (scale 1) scores 3'));
+  assert.ok(one.primary_findings.includes('SpO2 scored on scale 1'));
+  assert.equal(one.risk_level, 'medium'); // a single 3
+  assert.ok(two.primary_findings.includes('SpO2 90 % (scale 2) scores 0'));
+  assert.ok(two.primary_findings.some((f) => /^SpO2 scored on scale 2/.test(f)));
+  assert.equal(two.risk_level, 'low');
+  assert.equal(two.news2.spo2_scale, 2);
+  assert.equal(two.news2.aggregate, 0);
+});
+
+test('scale 2 on oxygen: 97 % scores 3 and oxygen scores 2; the previous set is scored on the same scale', () => {
+  const d = diagnose(pack([
+    obs('spo2', 90, 2), obs('supplemental_oxygen', 0, 2),
+    obs('spo2', 97, 0), obs('supplemental_oxygen', 1, 0),
+  ], { spo2_scale: 2 }));
+  assert.ok(d.primary_findings.includes('SpO2 97 % (scale 2) scores 3'));
+  assert.ok(d.primary_findings.includes('NEWS2 aggregate score 5 (previous 0)'));
+  assert.equal(d.risk_level, 'medium');
+});
+
+test('inspired oxygen: a flow above 0 (3151-8) or a concentration above 21 % (3150-0) is supplemental oxygen', () => {
+  const score = (code, value) => diagnose(pack([obs(code, value)])).news2.subscores[0].score;
+  assert.equal(score('3151-8', 2), 2);
+  assert.equal(score('3151-8', 0), 0);
+  assert.equal(score('3150-0', 21), 0);
+  assert.equal(score('3150-0', 21.5), 2);
+  assert.equal(score('3150-0', 28), 2);
+});
+
+test('ACVPU under its SNOMED CT code (1104441000000107) is consciousness', () => {
+  const d = diagnose(pack([obs('1104441000000107', null, 0, { acvpu: 'V' })]));
+  assert.ok(d.primary_findings.includes('Consciousness: responds to voice scores 3'));
+});
+
+test('news2: the aggregate and one sub-score per recorded parameter, with the FHIR source when the pack has one', () => {
+  const d = diagnose(pack([
+    obs('9279-1', 26, 0, { fhir_reference: 'Observation/rr-1' }), obs('9279-1', 18, 3, { fhir_reference: 'Observation/rr-0' }),
+    obs('59408-5', 95), obs('8867-4', 112), obs('80288-4', null, 0, { acvpu: 'A' }),
+  ]));
+  assert.deepEqual(d.news2, {
+    aggregate: 3 + 1 + 2 + 0,
+    spo2_scale: 1,
+    subscores: [
+      { parameter: 'respiration_rate', score: 3, value: 26, observed_at: at(0), source: 'Observation/rr-1' },
+      { parameter: 'spo2', score: 1, value: 95, observed_at: at(0) },
+      { parameter: 'pulse', score: 2, value: 112, observed_at: at(0) },
+      { parameter: 'consciousness', score: 0, value: 'A', observed_at: at(0) },
+    ],
+  });
+  const sumOfScores = d.news2.subscores.reduce((s, x) => s + x.score, 0);
+  assert.ok(d.primary_findings.includes(`NEWS2 aggregate score ${sumOfScores} (previous 3)`));
 });

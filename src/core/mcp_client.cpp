@@ -575,6 +575,8 @@ private:
 		}
 		c->answer_if_era_holds.reset();
 		if (!c->task_id.empty()) {
+			/* A resumed task is polled in the endpoint's era (2025-11-25 fetches the result with tasks/result). */
+			c->era = session_.era;
 			SchedulePoll(c, 0);
 			return;
 		}
@@ -706,6 +708,18 @@ private:
 		AbortExchange(c);
 	}
 
+	/* Ends this attempt at a call on our side (its deadline passed). A task is left running: it is durable on the
+	 * server and the run's next attempt polls it again instead of calling the tool twice. A direct call is given
+	 * up as above. */
+	void GiveUpAttempt(Call *c, const std::string &reason)
+	{
+		if (!c->task_id.empty()) {
+			AbortExchange(c);
+			return;
+		}
+		GiveUp(c, reason);
+	}
+
 	void Finish(Call *c, CallOutcome outcome)
 	{
 		outcome.tag = c->request.tag;
@@ -796,7 +810,7 @@ private:
 		CallOutcome o = TransportOutcome(x, answered);
 		if (o.code != ErrorCode::None) {
 			if (x.timed_out)
-				GiveUp(c, "timed out");
+				GiveUpAttempt(c, "timed out");
 			Finish(c, std::move(o));
 			return;
 		}
@@ -1153,7 +1167,7 @@ private:
 		}
 		for (Call *c : expired) {
 			bool waiting = std::find(waiting_.begin(), waiting_.end(), c) != waiting_.end();
-			GiveUp(c, "timed out");
+			GiveUpAttempt(c, "timed out");
 			Finish(c, ErrorOutcome(ErrorCode::TimeoutError,
 			                       waiting ? "timed out waiting for the MCP endpoint" : "MCP call timed out"));
 		}

@@ -841,8 +841,8 @@ ParseCreateTask(const std::string &result_json, Era era, TaskInfo *task)
 			return TaskParse::NotATask;
 		return ReadTask(doc, era, task) ? TaskParse::Task : TaskParse::Invalid;
 	}
-	/* 2025-11-25: {task: {...}}; some servers add an empty content array so that a plain CallToolResult check
-	 * passes too. Real content means a tool result that merely has a `task` member. */
+	/* A CreateTaskResult: "task" at the top (no CallToolResult has one). The official SDK adds an empty
+	 * "content" for 2025-11-25 clients; content with items would make it a tool result. */
 	const rapidjson::Value *t = Member(doc, "task");
 	const rapidjson::Value *content = Member(doc, "content");
 	if (!t || !t->IsObject() || (content && !(content->IsArray() && content->Empty())))

@@ -2,8 +2,14 @@
 // cluster is stopped with `pg_ctl stop -m immediate` and restarted, the MCP server is restarted, and the server
 // injects faults (5xx, 429 with Retry-After, hangs past the timeout, dropped connections, session expiry).
 // At the end every run must be terminal, none lost, none duplicated, every audit chain legal, and no MCP call made
-// for a run after it completed. Usable as a module (the short suite in integration/) and as a command:
-//   node chaos/chaos.mjs --runs 10000 --worker-kills 20 --immediate-restarts 20 --server-restarts 20
+// for a run after it completed. With --tasks 1 the server backs every call with a task (the tasks extension,
+// its store in a directory that outlives the server's restarts): the report then separates tools/call from task
+// polls and counts the runs whose tool was called more than once. Usable as a module (the short suite in
+// integration/) and as a command:
+//   node chaos/chaos.mjs --runs 10000 --worker-kills 20 --immediate-restarts 20 --server-restarts 20 [--tasks 1]
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import os from 'node:os';
 import { startCluster, freePort } from '../lib/cluster.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
 import { checkGuarantees } from '../lib/audit.mjs';
@@ -40,6 +46,7 @@ function mergeCalls(total, stats) {
   }
   for (const [kind, n] of Object.entries(stats.faults ?? {})) total.faults[kind] = (total.faults[kind] ?? 0) + n;
   total.initialize += stats.initialize ?? 0;
+  total.task_polls += stats.total_task_polls ?? 0;
 }
 
 /** Waits until the cluster answers and no run is held by a process that is not a live worker. */
@@ -56,14 +63,16 @@ async function waitRecovered(cluster, timeout) {
 
 export async function runChaos({
   runs = 1000, clients = 4, workerKills = 3, immediateRestarts = 2, serverRestarts = 2, faultRate = 0.1,
-  workers = 2, seed = 1, patients = 100, drainTimeoutMs = 300000, log = console.log,
+  workers = 2, seed = 1, patients = 100, drainTimeoutMs = 300000, log = console.log, tasks = false,
 } = {}) {
   const random = mulberry32(seed);
   const started = Date.now();
   const port = await freePort();
   const serverArgs = ['--port', String(port), '--mode', 'stateful', '--reply', 'sse', '--fault-rate', String(faultRate),
     '--fault-kinds', FAULT_KINDS, '--retry-after', '1', '--session-expiry-calls', '200', '--latency-ms', '20'];
-  const totals = { calls: {}, faults: {}, initialize: 0 };
+  const taskDir = tasks ? mkdtempSync(join(os.tmpdir(), 'pgdiag-chaos-tasks-')) : null;
+  if (tasks) serverArgs.push('--tasks', '--task-dir', taskDir, '--task-poll-ms', '100', '--latency-ms', '300');
+  const totals = { calls: {}, faults: {}, initialize: 0, task_polls: 0 };
   let server = await startMcpServer(serverArgs);
   const cluster = await startCluster({
     settings: {
@@ -197,11 +206,20 @@ export async function runChaos({
       }
     }
 
+    const repeatedRuns = Object.entries(totals.calls)
+      .filter(([, a]) => Object.values(a).reduce((x, y) => x + y, 0) > 1).map(([id]) => id);
+    const recoveredRuns = new Set((await cluster.query(
+      "SELECT DISTINCT run_id::text AS id FROM diagnosis.audit_log WHERE event = 'RECOVERED'")).rows.map((r) => r.id));
     Object.assign(report, counts, guarantees, {
       failed_by_code: failedBy,
       duplicated: guarantees.duplicate_diagnoses + guarantees.duplicate_terminal_events,
       calls_after_completion: callsAfterCompletion,
       mcp_calls: Object.values(totals.calls).reduce((s, a) => s + Object.values(a).reduce((x, y) => x + y, 0), 0),
+      task_polls: totals.task_polls,
+      runs_called_more_than_once: repeatedRuns.length,
+      // A run whose tool was called again although no crash ever interrupted it (always 0 without faults).
+      repeated_without_crash: repeatedRuns.filter((id) => !recoveredRuns.has(id)).length,
+      tasks,
       faults: totals.faults,
       enqueue_retries: enqueueRetries,
       duration_s: Math.round((Date.now() - started) / 100) / 10,
@@ -213,6 +231,7 @@ export async function runChaos({
   } finally {
     await server.stop();
     cluster.destroy();
+    if (taskDir) rmSync(taskDir, { recursive: true, force: true });
   }
 }
 
@@ -224,7 +243,7 @@ export function formatReport(r) {
     `failed by error code     ${Object.entries(r.failed_by_code ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `crashes survived         worker kill -9: ${r.crashes.worker_kill}, pg_ctl stop -m immediate: ${r.crashes.immediate_restart}, MCP server restarts: ${r.crashes.server_restart}`,
     `faults injected          ${Object.entries(r.faults).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
-    `MCP calls                ${r.mcp_calls}`,
+    `MCP calls                ${r.mcp_calls} tools/call${r.tasks ? `, ${r.task_polls} task polls; runs whose tool was called more than once: ${r.runs_called_more_than_once} (all after a crash interrupted them before their task id was committed: ${r.repeated_without_crash === 0})` : ''}`,
     `recovered runs           ${r.recovered}`,
     `retries scheduled        ${r.retries}`,
     `enqueue retries          ${r.enqueue_retries} (deduplicated enqueues ${r.deduplicated_enqueues})`,

@@ -54,13 +54,19 @@ test('latest_diagnosis and review_queue under row-level security', async () => {
   const leak = (await cluster.query(`SELECT count(*)::int AS n FROM diagnosis.latest_diagnosis
                                      WHERE organization_id = 'd0000000-0000-4000-8000-00000000000a'`, [], 'pgd_demo_admin_b')).rows[0].n;
   assert.equal(leak, 0);
-  // The review queue holds exactly the latest diagnoses that need review or are high/critical, newest first.
+  // The review queue holds exactly the latest diagnoses that need review or are medium, high or critical, most
+  // urgent first (critical, high, medium, then needs-review), newest first within each.
   const queue = (await cluster.query('SELECT risk_level, needs_review, diagnosed_at FROM diagnosis.review_queue', [], 'pgd_demo_admin_a')).rows;
   assert.ok(queue.length > 0);
-  assert.ok(queue.every((r) => r.needs_review || ['high', 'critical'].includes(r.risk_level)));
-  for (let i = 1; i < queue.length; i++) assert.ok(queue[i - 1].diagnosed_at >= queue[i].diagnosed_at);
+  assert.ok(queue.every((r) => r.needs_review || ['medium', 'high', 'critical'].includes(r.risk_level)));
+  const rank = (r) => ({ critical: 1, high: 2, medium: 3 })[r.risk_level] ?? 4;
+  for (let i = 1; i < queue.length; i++) {
+    const [a, b] = [queue[i - 1], queue[i]];
+    assert.ok(rank(a) < rank(b) || (rank(a) === rank(b) && a.diagnosed_at >= b.diagnosed_at), `row ${i} out of order`);
+  }
+  assert.deepEqual([...new Set(queue.map(rank))], [1, 2, 3, 4]);
   const expected = (await cluster.query(`SELECT count(*)::int AS n FROM diagnosis.latest_diagnosis
-       WHERE organization_id = 'd0000000-0000-4000-8000-00000000000a' AND (needs_review OR risk_level IN ('high', 'critical'))`)).rows[0].n;
+       WHERE organization_id = 'd0000000-0000-4000-8000-00000000000a' AND (needs_review OR risk_level IN ('medium', 'high', 'critical'))`)).rows[0].n;
   assert.equal(queue.length, expected);
   assert.ok(await count('pgd_demo_clin_a2', 'review_queue') < queue.length);
 });

@@ -108,9 +108,11 @@ for (const c of CANCEL_CASES) {
     await cluster.query('CREATE ROLE canceller LOGIN');
     await cluster.query("INSERT INTO diagnosis.members VALUES ('canceller', $1, 'admin')", [org]);
     const id = await enqueue(cluster, patients[0]);
+    // In flight at the server (a call still waiting for the session would be cancelled without a message).
     await cluster.waitFor(async () => {
       const r = await run(cluster, id);
-      return r.status === 'running' && (!c.args.includes('--tasks') || r.mcp_task_id);
+      return r.status === 'running' && (await server.stats()).calls?.[id] &&
+        (!c.args.includes('--tasks') || r.mcp_task_id);
     }, { what: 'the run in flight' });
     const started = Date.now();
     const client = await cluster.connect('canceller');

@@ -49,6 +49,8 @@ function corpus() {
   for (const u of UUIDS) cases.push(['wait_for_run', `SELECT diagnosis.wait_for_run($1::uuid, '10 ms')`, [u]]);
   for (const i of INTERVALS) cases.push(['wait_for_run', `SELECT diagnosis.wait_for_run('00000000-0000-0000-0000-000000000000', $1::interval)`, [i]]);
   for (const u of UUIDS) cases.push(['build_context_pack', 'SELECT diagnosis.build_context_pack($1::uuid)', [u]]);
+  // diagnosis.fhir_source is unset here: 55000 for a valid patient, the argument's own error otherwise.
+  for (const u of [...UUIDS, patient]) cases.push(['fhir_context_pack', 'SELECT diagnosis.fhir_context_pack($1::uuid)', [u]]);
   for (const i of INTERVALS) cases.push(['purge_runs', 'SELECT diagnosis.purge_runs($1::interval)', [i]]);
   cases.push(['worker_status', 'SELECT * FROM diagnosis.worker_status()', []]);
   cases.push(['queue_stats', 'SELECT * FROM diagnosis.queue_stats', []]);

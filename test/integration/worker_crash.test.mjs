@@ -96,8 +96,8 @@ test('three workers never double-claim: 300 runs, one LOCKED per attempt, one ca
     incomplete_artifact_sets: 0, diagnoses_on_unfinished_runs: 0 });
 });
 
-test('JSON replies from a stateless server, and a stateful server whose sessions expire every 2 calls', { timeout: 120000 }, async () => {
-  for (const args of [['--mode', 'stateless', '--reply', 'json'], ['--session-expiry-calls', '2']]) {
+test('JSON replies from a stateless server, and a legacy stateful server whose sessions expire every 2 calls', { timeout: 120000 }, async () => {
+  for (const args of [['--mode', 'stateless', '--reply', 'json'], ['--era', 'legacy', '--session-expiry-calls', '2']]) {
     const { server, cluster, patients } = await setUp({}, args);
     const ids = [];
     for (const p of patients.slice(0, 10)) ids.push(await enqueue(cluster, p, { mode: args.join(' ') }));

@@ -266,10 +266,12 @@ TEST(Tasks, CreateAndStatusInBothEras)
 	          TaskParse::Task);
 	EXPECT_EQ(l.ttl_ms, 60000);
 	EXPECT_EQ(l.poll_ms, 5000);
-	// With the empty content some servers add for older result checks; not with real content.
-	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working"},"content":[]})", Era::Legacy, &l),
-	          TaskParse::Task);
-	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working"},"content":[{"type":"text","text":"x"}]})",
+	/* The official SDK adds an empty content to a 2025-11-25 CreateTaskResult; content with items is a tool result. */
+	EXPECT_EQ(
+	    ParseCreateTask(R"({"content":[],"task":{"taskId":"c","status":"working","ttl":1000,"pollInterval":250}})",
+	                    Era::Legacy, &l),
+	    TaskParse::Task);
+	EXPECT_EQ(ParseCreateTask(R"({"content":[{"type":"text","text":"{}"}],"task":{"taskId":"d","status":"working"}})",
 	                          Era::Legacy, &l),
 	          TaskParse::NotATask);
 	TaskInfo done;

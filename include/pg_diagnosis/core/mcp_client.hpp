@@ -39,8 +39,8 @@ struct ClientConfig {
 	std::string auth_token; /* sent as "Authorization: Bearer <token>" when not empty */
 	long connect_timeout_ms = 10000;
 	long request_timeout_ms = 300000; /* total per call, session set-up included */
-	/* total for a task-backed call (polls included), from Submit; 0 = request_timeout_ms. A task outliving it is
-	 * cancelled (tasks/cancel). */
+	/* total for a task-backed call (polls included), from Submit; 0 = request_timeout_ms. Past it the call ends
+	 * with TIMEOUT_ERROR and its task keeps running for the next attempt to resume. */
 	long task_timeout_ms = 0;
 	long inactivity_timeout_ms = 0;       /* no byte for this long ends the call; 0 = request_timeout_ms */
 	size_t max_response_bytes = 8u << 20; /* per HTTP response, enforced in the write callback */
