@@ -77,12 +77,13 @@ PrintEndpoint(const EndpointInfo &e, const std::string &tool)
 		std::printf("session:           %s\n", e.session_id.c_str());
 	std::printf("capabilities:      %s\n", e.capabilities_json.empty() ? "-" : e.capabilities_json.c_str());
 	std::printf("tasks:             %s\n", e.tasks ? "yes (task-backed calls: exactly one tools/call per run)"
-	                                                : "no (direct calls: at-least-once)");
+	                                               : "no (direct calls: at-least-once)");
 	if (!tool.empty())
 		std::printf("tool:              %s: %s%s%s\n", tool.c_str(),
-		            e.tool_offered == 1 ? "offered" : e.tool_offered == 0 ? "NOT offered" : "not checked",
-		            e.tool_task_support.empty() ? "" : ", taskSupport ",
-		            e.tool_task_support.c_str());
+		            e.tool_offered == 1   ? "offered"
+		            : e.tool_offered == 0 ? "NOT offered"
+		                                  : "not checked",
+		            e.tool_task_support.empty() ? "" : ", taskSupport ", e.tool_task_support.c_str());
 	if (!e.last_error.empty())
 		std::printf("endpoint error:    %s\n", e.last_error.c_str());
 }
@@ -181,17 +182,19 @@ main(int argc, char **argv)
 		}
 		const CallOutcome &o = outcomes[0];
 		std::string flags;
-		for (auto [on, name] : {std::pair{o.config_error, "config_error"}, {o.local_failure, "local_failure"},
-		                        {o.task_lost, "task_lost"}, {o.cancelled, "cancelled"}})
+		for (auto [on, name] : {std::pair{o.config_error, "config_error"},
+		                        {o.local_failure, "local_failure"},
+		                        {o.task_lost, "task_lost"},
+		                        {o.cancelled, "cancelled"}})
 			if (on)
 				flags += std::string(flags.empty() ? "" : " ") + name;
 		std::printf("outcome:           %s%s%s\n", o.code == ErrorCode::None ? "OK" : ErrorCodeName(o.code),
 		            o.message.empty() ? "" : ": ", o.message.c_str());
 		std::printf("retry:             %s\n", o.code == ErrorCode::None ? "-"
-		                                       : o.config_error         ? "no: the setting cannot work (the worker pauses)"
-		                                       : o.local_failure        ? "yes, without spending an attempt"
-		                                       : IsTransient(o.code)    ? "yes (transient)"
-		                                                                : "no (permanent)");
+		                                       : o.config_error      ? "no: the setting cannot work (the worker pauses)"
+		                                       : o.local_failure     ? "yes, without spending an attempt"
+		                                       : IsTransient(o.code) ? "yes (transient)"
+		                                                             : "no (permanent)");
 		std::printf("flags:             %s\n", flags.empty() ? "-" : flags.c_str());
 		std::printf("http status:       %ld\n", o.http_status);
 		std::printf("elapsed:           %lld ms\n", static_cast<long long>(o.elapsed_ms));

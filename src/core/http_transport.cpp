@@ -446,10 +446,10 @@ HttpTransport::Finish(uint64_t id, int code)
 		if (x->error.empty())
 			x->error = x->errbuf[0] ? x->errbuf : curl_easy_strerror(c);
 		x->timed_out = c == CURLE_OPERATION_TIMEDOUT;
-		x->local_failure = c == CURLE_OUT_OF_MEMORY ||
-		                   (x->status == 0 && IsLocalResourceErrno(x->os_errno) &&
-		                    (c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST || c == CURLE_SEND_ERROR ||
-		                     c == CURLE_RECV_ERROR));
+		x->local_failure =
+		    c == CURLE_OUT_OF_MEMORY || (x->status == 0 && IsLocalResourceErrno(x->os_errno) &&
+		                                 (c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST ||
+		                                  c == CURLE_SEND_ERROR || c == CURLE_RECV_ERROR));
 	}
 	Release(x.get());
 	finished_.push_back(std::move(x));

@@ -25,7 +25,8 @@
 namespace pgdiag {
 namespace {
 
-/* Used when the server suggests no poll interval, and as the floor of the ones it suggests. */
+/* The task poll interval when the server suggests none, and the floor of the ones it suggests (a 0 must not make
+ * the owner spin). */
 constexpr int64_t kDefaultPollMs = 1000;
 constexpr int64_t kMinPollMs = 10;
 /* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
@@ -39,24 +40,12 @@ MillisUntil(Clock::time_point t, Clock::time_point now)
 	return std::chrono::duration_cast<std::chrono::milliseconds>(t - now).count();
 }
 
-std::string
-Quoted(const std::string &s)
-{
-	std::string out = "\"";
-	for (char c : s) {
-		if (c == '"' || c == '\\')
-			out += '\\';
-		out += c;
-	}
-	return out + "\"";
-}
-
 enum class Purpose {
 	Discover,
 	Initialize,
 	Initialized,
 	ToolsList,
-	ToolCall,   /* tools/call, or the GET that resumes its stream */
+	ToolCall, /* tools/call, or the GET that resumes its stream */
 	TaskGet,
 	TaskResult, /* legacy tasks/result */
 	Fire,       /* replies, notifications/cancelled, tasks/cancel, DELETE: nothing to wait for */
@@ -80,10 +69,10 @@ struct Call {
 	CallRequest request;
 	Clock::time_point submitted;
 	Clock::time_point deadline;
-	bool retried = false;        /* the one retry after a lost session or an era that stopped fitting */
-	uint64_t exchange = 0;       /* the exchange in flight for this call, 0 if none */
-	std::string rpc_id;          /* JSON text of the tools/call id */
-	Era era = Era::Unknown;      /* the era the tools/call went out in */
+	bool retried = false;   /* the one retry after a lost session or an era that stopped fitting */
+	uint64_t exchange = 0;  /* the exchange in flight for this call, 0 if none */
+	std::string rpc_id;     /* JSON text of the tools/call id */
+	Era era = Era::Unknown; /* the era the tools/call went out in */
 	/* A 4xx that did not fit the era: the endpoint is probed again, and if it is still of this era the 4xx was
 	 * the call's answer after all (sending the call again would call the tool twice). */
 	std::optional<CallOutcome> answer_if_era_holds;
@@ -114,8 +103,8 @@ public:
 
 	void Configure(const ClientConfig &config) override
 	{
-		bool endpoint_changed = config.url != config_.url || config.auth_token != config_.auth_token ||
-		                        config.tool != config_.tool;
+		bool endpoint_changed =
+		    config.url != config_.url || config.auth_token != config_.auth_token || config.tool != config_.tool;
 		if (endpoint_changed)
 			EndSession(); /* with the old URL and token */
 		config_ = config;
@@ -136,6 +125,8 @@ public:
 		call->deadline = call->submitted + std::chrono::milliseconds(config_.request_timeout_ms);
 		call->request = std::move(request);
 		call->task_id = call->request.resume_task_id;
+		if (!call->task_id.empty())
+			ExtendForTask(call.get());
 		Call *raw = call.get();
 		calls_[raw->request.tag] = std::move(call);
 		if (session_.phase == EndpointSession::Phase::Ready)
@@ -229,7 +220,7 @@ public:
 		EndpointInfo info;
 		info.state = session_.phase == EndpointSession::Phase::Ready  ? "ready"
 		             : session_.phase == EndpointSession::Phase::Idle ? "idle"
-		                                                               : "probing";
+		                                                              : "probing";
 		info.era = EraName(session_.era);
 		info.protocol_version = session_.version;
 		info.tasks = session_.phase == EndpointSession::Phase::Ready && session_.TasksForTool();
@@ -384,7 +375,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::Discover;
 		std::string id = NextId("discover");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("server/discover", "", BuildDiscover(id, session_.Context()), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -398,7 +389,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::Initialize;
 		std::string id = NextId("initialize");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("initialize", "", BuildInitialize(id, kLegacyRequestVersion), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -409,7 +400,7 @@ private:
 		Pending p;
 		p.purpose = Purpose::ToolsList;
 		std::string id = NextId("tools-list");
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		Send(Post("tools/list", "", BuildToolsList(id, session_.Context(), cursor), config_.request_timeout_ms, &p),
 		     std::move(p));
 	}
@@ -532,7 +523,8 @@ private:
 			return;
 		}
 		if (!p.response) {
-			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
+			FailEndpoint(
+			    ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
 			return;
 		}
 		if (p.response->is_error) {
@@ -549,6 +541,12 @@ private:
 		std::string cursor, error;
 		if (!ParseToolsList(p.response->result, config_.tool, &entry, &cursor, &error)) {
 			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
+			return;
+		}
+		if (entry.found && session_.era == Era::Modern && !entry.invalid.empty()) {
+			/* The transport page: a client MUST exclude a tool whose x-mcp-header annotations are invalid. */
+			session_.tool_checked = true;
+			FailEndpoint(ConfigError("the MCP server's tool \"" + config_.tool + "\" is unusable: " + entry.invalid));
 			return;
 		}
 		if (entry.found) {
@@ -598,11 +596,14 @@ private:
 		Pending p;
 		p.purpose = Purpose::ToolCall;
 		p.tag = r.tag;
-		p.rpc_id = Quoted(token);
+		p.rpc_id = JsonString(token);
 		p.progress_token = p.rpc_id;
-		HttpRequest req = Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params),
-		                       RemainingMs(c), &p);
+		HttpRequest req =
+		    Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params), RemainingMs(c), &p);
 		req.headers.push_back("Idempotency-Key: " + token);
+		if (session_.era == Era::Modern && !session_.tool.param_headers.empty())
+			for (std::string &h : ParamHeaderLines(session_.tool.param_headers, BuildToolArguments(r)))
+				req.headers.push_back(std::move(h));
 		if (!r.traceparent.empty())
 			req.headers.push_back("traceparent: " + r.traceparent);
 		c->rpc_id = p.rpc_id;
@@ -640,7 +641,7 @@ private:
 		Pending p;
 		p.purpose = purpose;
 		p.tag = c->request.tag;
-		p.rpc_id = Quoted(id);
+		p.rpc_id = JsonString(id);
 		HttpRequest r = Post(method, c->task_id,
 		                     BuildTaskRequest(id, session_.Context(), method, c->task_id, c->request.traceparent),
 		                     RemainingMs(c), &p);
@@ -699,8 +700,9 @@ private:
 	 * for a modern request closing its stream (the abort) is the cancellation. */
 	void GiveUp(Call *c, const std::string &reason)
 	{
-		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready)
-			SendTaskCancel(c);
+		if (!c->task_id.empty() && session_.phase == EndpointSession::Phase::Ready &&
+		    (c->era == Era::Modern || session_.features.legacy_task_cancel))
+			SendTaskCancel(c); /* 2025-11-25 servers declare tasks.cancel when they take it */
 		else if (c->task_id.empty() && c->era == Era::Legacy && !c->rpc_id.empty())
 			SendCancelled(c, reason); /* the tools/call went out: the server may still be working on it */
 		AbortExchange(c);
@@ -754,9 +756,10 @@ private:
 		}
 	}
 
-	/* The era no longer fits a 4xx answer: a modern server rejecting our version, or a legacy one rejecting a
-	 * modern request (or the reverse after a server change). */
-	bool EraStoppedFitting(const HttpExchange &x, Era era) const
+	/* A 4xx answer that a new probe may fix: a modern server rejecting our version or our Mcp-Param headers (the
+	 * tool's definition changed: the probe lists the tools again), a legacy one rejecting a modern request, or the
+	 * reverse after a server change. */
+	bool NeedsReprobe(const HttpExchange &x, Era era) const
 	{
 		if (x.curl_code != 0 || x.status < 400 || x.status >= 500 || x.status == 401 || x.status == 403 ||
 		    x.status == 408 || x.status == 429 || x.status == 404)
@@ -764,7 +767,8 @@ private:
 		RpcMessage error;
 		bool modern_body = IsModernErrorBody(x, &error);
 		if (era == Era::Modern)
-			return !modern_body || error.error_code_int == kRpcUnsupportedVersion;
+			return !modern_body || error.error_code_int == kRpcUnsupportedVersion ||
+			       error.error_code_int == kRpcHeaderMismatch;
 		return modern_body;
 	}
 
@@ -775,19 +779,22 @@ private:
 			if (c->retried) {
 				/* The server accepted a new initialize and lost that session too: churn on its side, which a later
 				 * attempt with backoff can outlast. */
-				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
-				                       "MCP session lost again (HTTP 404) after re-initializing",
-				                       "{\"http_status\":404}"));
+				Finish(c,
+				       ErrorOutcome(ErrorCode::NetworkError, "MCP session lost again (HTTP 404) after re-initializing",
+				                    "{\"http_status\":404}"));
 				return;
 			}
 			RetryInNewSession(c, p);
 			return;
 		}
-		if (!answered && !p.resumption && EraStoppedFitting(x, c->era) && !c->retried) {
-			/* A rejected protocol version never reached the tool: send again in whatever is negotiated. Any other
-			 * 4xx may be the tool's own answer: it stands if the endpoint turns out to be of the same era. */
+		if (!answered && !p.resumption && NeedsReprobe(x, c->era) && !c->retried) {
+			/* A rejected protocol version or Mcp-Param header never reached the tool: send again in whatever is
+			 * negotiated. Any other 4xx may be the tool's own answer: it stands if the endpoint turns out to be of
+			 * the same era. */
 			RpcMessage error;
-			if (!(IsModernErrorBody(x, &error) && error.error_code_int == kRpcUnsupportedVersion))
+			bool unprocessed = IsModernErrorBody(x, &error) && (error.error_code_int == kRpcUnsupportedVersion ||
+			                                                    error.error_code_int == kRpcHeaderMismatch);
+			if (!unprocessed)
 				c->answer_if_era_holds = TransportOutcome(x, answered);
 			Requeue(c, true);
 			return;
@@ -809,10 +816,11 @@ private:
 		}
 		if (!answered) {
 			if (p.foreign_response || !x.is_sse)
-				Finish(c, ErrorOutcome(ErrorCode::McpError, x.body.empty() && !x.is_sse
-				                                                ? "HTTP " + std::to_string(x.status) +
-				                                                      " without a JSON-RPC response (protocol violation)"
-				                                                : "no JSON-RPC response with the request's id"));
+				Finish(c,
+				       ErrorOutcome(ErrorCode::McpError, x.body.empty() && !x.is_sse
+				                                             ? "HTTP " + std::to_string(x.status) +
+				                                                   " without a JSON-RPC response (protocol violation)"
+				                                             : "no JSON-RPC response with the request's id"));
 			else
 				/* MCP treats a closed stream as a disconnection, not as the end of the request: try again later. */
 				Finish(c, ErrorOutcome(ErrorCode::NetworkError,
@@ -884,9 +892,17 @@ private:
 		Finish(c, std::move(done));
 	}
 
+	/* A task may take longer than a direct call: task_timeout_ms, when set, replaces the call's deadline. */
+	void ExtendForTask(Call *c) const
+	{
+		if (config_.task_timeout_ms > 0)
+			c->deadline = c->submitted + std::chrono::milliseconds(config_.task_timeout_ms);
+	}
+
 	void TaskCreated(Call *c, const TaskInfo &task)
 	{
 		c->task_id = task.task_id;
+		ExtendForTask(c);
 		CallTask t;
 		t.tag = c->request.tag;
 		t.task_id = task.task_id;
@@ -957,12 +973,13 @@ private:
 		}
 		if (task.status == "input_required" && c->era == Era::Modern) {
 			GiveUp(c, "input required");
-			Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " asks for input (input_required), "
-			                                            "which pg_diagnosis cannot give"));
+			Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id +
+			                                                " asks for input (input_required), "
+			                                                "which pg_diagnosis cannot give"));
 			return;
 		}
-		if (c->era == Era::Legacy && (task.status == "completed" || task.status == "failed" ||
-		                              task.status == "input_required")) {
+		if (c->era == Era::Legacy &&
+		    (task.status == "completed" || task.status == "failed" || task.status == "input_required")) {
 			/* 2025-11-25: the result (or the JSON-RPC error) comes from tasks/result. */
 			StartTaskRequest(c, Purpose::TaskResult);
 			return;
@@ -994,9 +1011,9 @@ private:
 			return;
 		}
 		/* cancelled, or a status this client does not know */
-		Finish(c, ErrorOutcome(ErrorCode::McpError, "task " + c->task_id + " ended as \"" + task.status +
-		                                            "\" on the MCP server" +
-		                                            (task.status_message.empty() ? "" : ": " + task.status_message)));
+		Finish(c, ErrorOutcome(ErrorCode::McpError,
+		                       "task " + c->task_id + " ended as \"" + task.status + "\" on the MCP server" +
+		                           (task.status_message.empty() ? "" : ": " + task.status_message)));
 	}
 
 	void CompleteTaskResult(Call *c, const HttpExchange &x, Pending &p)
@@ -1035,8 +1052,7 @@ private:
 		for (const SseEvent &e : events)
 			Messages(p, e.data);
 		/* A body cut short (size cap, reset) may still parse: only a complete one counts. */
-		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 &&
-		    !x->body.empty())
+		if (x->finished && x->curl_code == 0 && !x->is_sse && x->status >= 200 && x->status < 300 && !x->body.empty())
 			Messages(p, x->body);
 	}
 
@@ -1152,8 +1168,8 @@ private:
 		for (Call *c : expired) {
 			bool waiting = std::find(waiting_.begin(), waiting_.end(), c) != waiting_.end();
 			GiveUpAttempt(c, "timed out");
-			Finish(c, ErrorOutcome(ErrorCode::TimeoutError, waiting ? "timed out waiting for the MCP endpoint"
-			                                                        : "MCP call timed out"));
+			Finish(c, ErrorOutcome(ErrorCode::TimeoutError,
+			                       waiting ? "timed out waiting for the MCP endpoint" : "MCP call timed out"));
 		}
 	}
 

@@ -2,7 +2,9 @@
  * mcp_protocol.cpp: MCP JSON-RPC messages for both eras, and the classification of what comes back.
  */
 #include <algorithm>
+#include <cctype>
 #include <cstring>
+#include <strings.h>
 #include <ctime>
 
 #include <curl/curl.h>
@@ -186,6 +188,15 @@ IsAcceptedLegacyVersion(const std::string &v)
 /* ------------------------------------------------------------ building */
 
 std::string
+JsonString(const std::string &s)
+{
+	rapidjson::StringBuffer b;
+	Writer w(b);
+	Str(w, s);
+	return Text(b);
+}
+
+std::string
 BuildDiscover(const std::string &id, const RequestContext &ctx)
 {
 	rapidjson::StringBuffer b;
@@ -272,20 +283,8 @@ BuildToolCall(const std::string &id, const RequestContext &ctx, const ToolCallPa
 	w.Key("name");
 	Str(w, p.tool);
 	w.Key("arguments");
-	w.StartObject();
-	w.Key("run_id");
-	Str(w, r.run_id);
-	w.Key("patient_id");
-	Str(w, r.patient_id);
-	w.Key("attempt");
-	w.Int(r.attempt);
-	w.Key("schema_version");
-	Str(w, r.schema_version);
-	w.Key("inputs");
-	w.RawValue(r.inputs_json.data(), r.inputs_json.size(), rapidjson::kObjectType);
-	w.Key("context_pack");
-	w.RawValue(r.context_pack_json.data(), r.context_pack_json.size(), rapidjson::kObjectType);
-	w.EndObject();
+	std::string arguments = BuildToolArguments(r);
+	w.RawValue(arguments.data(), arguments.size(), rapidjson::kObjectType);
 	if (p.legacy_task) {
 		w.Key("task");
 		w.StartObject();
@@ -302,6 +301,28 @@ BuildToolCall(const std::string &id, const RequestContext &ctx, const ToolCallPa
 	EraMeta(w, ctx);
 	w.EndObject();
 	w.EndObject();
+	w.EndObject();
+	return Text(b);
+}
+
+std::string
+BuildToolArguments(const CallRequest &r)
+{
+	rapidjson::StringBuffer b;
+	Writer w(b);
+	w.StartObject();
+	w.Key("run_id");
+	Str(w, r.run_id);
+	w.Key("patient_id");
+	Str(w, r.patient_id);
+	w.Key("attempt");
+	w.Int(r.attempt);
+	w.Key("schema_version");
+	Str(w, r.schema_version);
+	w.Key("inputs");
+	w.RawValue(r.inputs_json.data(), r.inputs_json.size(), rapidjson::kObjectType);
+	w.Key("context_pack");
+	w.RawValue(r.context_pack_json.data(), r.context_pack_json.size(), rapidjson::kObjectType);
 	w.EndObject();
 	return Text(b);
 }
@@ -381,8 +402,8 @@ BuildCancelled(const std::string &request_id_json, const std::string &reason)
 std::string
 EncodeHeaderValue(const std::string &value)
 {
-	bool safe = !value.empty() && value.front() != ' ' && value.front() != '\t' && value.back() != ' ' &&
-	            value.back() != '\t';
+	bool safe =
+	    !value.empty() && value.front() != ' ' && value.front() != '\t' && value.back() != ' ' && value.back() != '\t';
 	for (unsigned char c : value)
 		safe = safe && ((c >= 0x20 && c <= 0x7e) || c == '\t');
 	if (value.size() >= 11 && value.rfind("=?base64?", 0) == 0 && value.compare(value.size() - 2, 2, "?=") == 0)
@@ -507,8 +528,10 @@ TransportOutcome(const HttpExchange &x, bool answered)
 	};
 	if (x.curl_code != CURLE_OK && !(answered && x.status >= 200 && x.status < 300)) {
 		if (x.local_failure) {
-			CallOutcome e = fail(ErrorCode::NetworkError, "local resource shortage: " + x.error +
-			                                                  (x.os_errno ? " (" + std::string(strerror(static_cast<int>(x.os_errno))) + ")" : ""));
+			CallOutcome e =
+			    fail(ErrorCode::NetworkError,
+			         "local resource shortage: " + x.error +
+			             (x.os_errno ? " (" + std::string(strerror(static_cast<int>(x.os_errno))) + ")" : ""));
 			e.local_failure = true;
 			return e;
 		}
@@ -520,8 +543,8 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		if (!x.callback_error.empty())
 			return fail(ErrorCode::UnknownError, "reading the response failed: " + x.callback_error);
 		if (x.inactive)
-			return fail(ErrorCode::TimeoutError, "no data from the MCP server for " +
-			                                         std::to_string(x.request.inactivity_ms) + " ms");
+			return fail(ErrorCode::TimeoutError,
+			            "no data from the MCP server for " + std::to_string(x.request.inactivity_ms) + " ms");
 		if (x.timed_out)
 			return fail(ErrorCode::TimeoutError, "MCP request timed out: " + x.error);
 		CURLcode c = static_cast<CURLcode>(x.curl_code);
@@ -666,6 +689,95 @@ ParseInitializeResult(const std::string &result_json, ServerFeatures *f, std::st
 	return true;
 }
 
+namespace {
+
+/* RFC 9110 tchar. */
+bool
+IsToken(const std::string &s)
+{
+	if (s.empty())
+		return false;
+	for (unsigned char c : s)
+		if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c)))
+			return false;
+	return true;
+}
+
+/* Collects the x-mcp-header annotations of an inputSchema. `reachable`: this schema is reached from the root by
+ * `properties` keys only (the root itself cannot be a parameter). Sets *invalid at the first violation. */
+void
+CollectParamHeaders(const rapidjson::Value &schema, std::vector<std::string> &path, bool reachable,
+                    std::vector<ParamHeader> *out, std::string *invalid)
+{
+	if (!invalid->empty())
+		return;
+	if (schema.IsArray()) {
+		for (auto &item : schema.GetArray())
+			CollectParamHeaders(item, path, false, out, invalid);
+		return;
+	}
+	if (!schema.IsObject())
+		return;
+	if (const rapidjson::Value *h = Member(schema, "x-mcp-header")) {
+		std::string type = StringMember(schema, "type");
+		std::string name = h->IsString() ? std::string(h->GetString(), h->GetStringLength()) : "";
+		if (!reachable || path.empty())
+			*invalid = "x-mcp-header outside a chain of properties";
+		else if (!IsToken(name))
+			*invalid = "x-mcp-header \"" + name + "\" is not an HTTP field-name token";
+		else if (type != "string" && type != "integer" && type != "boolean")
+			*invalid = "x-mcp-header \"" + name + "\" on a parameter that is not a string, integer or boolean";
+		for (const ParamHeader &seen : *out)
+			if (invalid->empty() && strcasecmp(seen.name.c_str(), name.c_str()) == 0)
+				*invalid = "x-mcp-header \"" + name + "\" used twice";
+		if (!invalid->empty())
+			return;
+		out->push_back(ParamHeader{path, name});
+	}
+	for (auto &m : schema.GetObject()) {
+		std::string key(m.name.GetString(), m.name.GetStringLength());
+		if (key == "properties" && m.value.IsObject()) {
+			for (auto &p : m.value.GetObject()) {
+				path.emplace_back(p.name.GetString(), p.name.GetStringLength());
+				CollectParamHeaders(p.value, path, reachable, out, invalid);
+				path.pop_back();
+			}
+		} else if (key != "x-mcp-header")
+			CollectParamHeaders(m.value, path, false, out, invalid);
+	}
+}
+
+} // namespace
+
+std::vector<std::string>
+ParamHeaderLines(const std::vector<ParamHeader> &headers, const std::string &arguments_json)
+{
+	std::vector<std::string> lines;
+	rapidjson::Document doc;
+	std::string error;
+	if (headers.empty() || !ParseObject(arguments_json, doc, &error))
+		return lines;
+	for (const ParamHeader &h : headers) {
+		const rapidjson::Value *v = &doc;
+		for (const std::string &key : h.path)
+			if (!(v = Member(*v, key.c_str())))
+				break;
+		if (!v || v->IsNull())
+			continue;
+		std::string text;
+		if (v->IsString())
+			text.assign(v->GetString(), v->GetStringLength());
+		else if (v->IsBool())
+			text = v->GetBool() ? "true" : "false";
+		else if (v->IsInt64())
+			text = std::to_string(v->GetInt64());
+		else
+			continue; /* not the primitive the schema promised: nothing to mirror */
+		lines.push_back("Mcp-Param-" + h.name + ": " + EncodeHeaderValue(text));
+	}
+	return lines;
+}
+
 bool
 ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry, std::string *next_cursor,
                std::string *error)
@@ -684,6 +796,12 @@ ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntr
 		entry->found = true;
 		const rapidjson::Value *execution = Member(t, "execution");
 		entry->task_support = execution ? StringMember(*execution, "taskSupport") : "";
+		entry->param_headers.clear();
+		entry->invalid.clear();
+		if (const rapidjson::Value *schema = Member(t, "inputSchema")) {
+			std::vector<std::string> path;
+			CollectParamHeaders(*schema, path, true, &entry->param_headers, &entry->invalid);
+		}
 	}
 	*next_cursor = StringMember(doc, "nextCursor");
 	return true;

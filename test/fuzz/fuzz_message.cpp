@@ -37,6 +37,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ToolEntry entry;
 	std::string cursor;
 	ParseToolsList(text, "run_diagnosis", &entry, &cursor, &error);
+	ParamHeaderLines({ParamHeader{{"run_id"}, "Run"}, ParamHeader{{"inputs", "a"}, "A"}}, text);
+	ParamHeaderLines(entry.param_headers, text);
 
 	HttpExchange x;
 	x.finished = true;

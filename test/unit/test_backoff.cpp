@@ -43,9 +43,9 @@ TEST(RetryAfter, HttpDates)
 {
 	// 1994-11-06 08:49:37 UTC = 784111777
 	std::time_t now = 784111777 - 30;
-	EXPECT_EQ(ParseRetryAfterMs("Sun, 06 Nov 1994 08:49:37 GMT", now), 30000);  // IMF-fixdate
-	EXPECT_EQ(ParseRetryAfterMs("Sunday, 06-Nov-94 08:49:37 GMT", now), 30000); // RFC 850
-	EXPECT_EQ(ParseRetryAfterMs("Sun Nov  6 08:49:37 1994", now), 30000);       // asctime
+	EXPECT_EQ(ParseRetryAfterMs("Sun, 06 Nov 1994 08:49:37 GMT", now), 30000);   // IMF-fixdate
+	EXPECT_EQ(ParseRetryAfterMs("Sunday, 06-Nov-94 08:49:37 GMT", now), 30000);  // RFC 850
+	EXPECT_EQ(ParseRetryAfterMs("Sun Nov  6 08:49:37 1994", now), 30000);        // asctime
 	EXPECT_EQ(ParseRetryAfterMs("Sun, 06 Nov 1994 08:49:37 GMT", now + 100), 0); // in the past
 }
 
@@ -60,7 +60,7 @@ TEST(ErrorCodes, NamesAndTransience)
 	EXPECT_STREQ(ErrorCodeName(ErrorCode::UnknownError), "UNKNOWN_ERROR");
 	EXPECT_TRUE(IsTransient(ErrorCode::NetworkError));
 	EXPECT_TRUE(IsTransient(ErrorCode::TimeoutError));
-	for (ErrorCode c : {ErrorCode::ValidationError, ErrorCode::LlmError, ErrorCode::ContextPackError, ErrorCode::McpError,
-	                    ErrorCode::UnknownError})
+	for (ErrorCode c : {ErrorCode::ValidationError, ErrorCode::LlmError, ErrorCode::ContextPackError,
+	                    ErrorCode::McpError, ErrorCode::UnknownError})
 		EXPECT_FALSE(IsTransient(c));
 }

@@ -71,8 +71,9 @@ TEST(Transport, MethodsHeadersAndSseEvents)
 	ASSERT_EQ(requests.size(), 3u);
 	for (const Request &r : requests) {
 		EXPECT_EQ(r.Get("x-test"), "1");
-		if (r.method == "POST")
+		if (r.method == "POST") {
 			EXPECT_EQ(r.body, "[1]");
+		}
 	}
 	EXPECT_EQ(transport.Count(), 0u);
 }
@@ -113,9 +114,8 @@ TEST(Transport, LocalResourceErrnos)
 // requeues the run without spending an attempt). The child reports through its exit status.
 TEST_F(ClientTest, DescriptorShortageIsALocalFailure)
 {
-	TestServer server([](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
-	});
+	TestServer server(
+	    [](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r); });
 	std::string url = server.Url();
 	pid_t child = fork();
 	ASSERT_GE(child, 0);

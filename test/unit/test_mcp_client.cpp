@@ -8,9 +8,8 @@ namespace {
 
 TEST_F(ClientTest, JsonReplyAndHeaders)
 {
-	TestServer server([](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
-	});
+	TestServer server(
+	    [](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r); });
 	ClientConfig config;
 	config.auth_token = "s3cret";
 	auto client = Make(server.Url(), config);
@@ -48,8 +47,9 @@ TEST_F(ClientTest, JsonReplyAndHeaders)
 	EXPECT_EQ(call.Get("idempotency-key"), "run-1:1");
 	EXPECT_FALSE(call.Has("expect"));
 	EXPECT_NE(call.body.find("\"id\":\"run-1:1\""), std::string::npos);
-	EXPECT_NE(call.body.find("\"arguments\":{\"run_id\":\"run-1\",\"patient_id\":\"patient-1\",\"attempt\":1,"
-	                         "\"schema_version\":\"v1\",\"inputs\":{\"reason\":\"test\"},\"context_pack\":{\"observations\":[]}}"),
+	EXPECT_NE(call.body.find(
+	              "\"arguments\":{\"run_id\":\"run-1\",\"patient_id\":\"patient-1\",\"attempt\":1,"
+	              "\"schema_version\":\"v1\",\"inputs\":{\"reason\":\"test\"},\"context_pack\":{\"observations\":[]}}"),
 	          std::string::npos)
 	    << call.body;
 	EXPECT_NE(call.body.find("\"_meta\":{\"progressToken\":\"run-1:1\"}"), std::string::npos);
@@ -72,16 +72,18 @@ TEST_F(ClientTest, SseReplyWithProgressAndPing)
 			return r.body.find("\"result\":{}") != std::string::npos || r.body.find("\"error\"") != std::string::npos
 			           ? Reply{Json("")}
 			           : Session(r, "");
-		std::string events = "id: 1\ndata:\n\n"
-		                     ": keep-alive\n\n"
-		                     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
-		                     "{\"progressToken\":\"run-1:1\",\"progress\":1,\"total\":4,\"message\":\"scoring\"}}\n\n"
-		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
-		                     "{\"progressToken\":\"someone-else\",\"progress\":3,\"total\":4}}\n\n"
-		                     "data: {\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"ping\"}\n\n"
-		                     "data: {\"jsonrpc\":\"2.0\",\"id\":\"s-1\",\"method\":\"sampling/createMessage\",\"params\":{}}\n\n"
-		                     "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"
-		                     "data: " + ToolResult(IdOf(r)) + "\r\n\r\n";
+		std::string events =
+		    "id: 1\ndata:\n\n"
+		    ": keep-alive\n\n"
+		    "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		    "{\"progressToken\":\"run-1:1\",\"progress\":1,\"total\":4,\"message\":\"scoring\"}}\n\n"
+		    "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		    "{\"progressToken\":\"someone-else\",\"progress\":3,\"total\":4}}\n\n"
+		    "data: {\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"ping\"}\n\n"
+		    "data: {\"jsonrpc\":\"2.0\",\"id\":\"s-1\",\"method\":\"sampling/createMessage\",\"params\":{}}\n\n"
+		    "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"
+		    "data: " +
+		    ToolResult(IdOf(r)) + "\r\n\r\n";
 		Reply reply{Http(200, "text/event-stream", events)};
 		return reply;
 	});
@@ -97,11 +99,12 @@ TEST_F(ClientTest, SseReplyWithProgressAndPing)
 	EXPECT_EQ(progress[0].message, "scoring");
 	// The ping was answered with an empty result; no session id was ever sent (stateless server).
 	// Every server request is answered: ping with an empty result, anything else with -32601.
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.body == R"({"jsonrpc":"2.0","id":99,"result":{}})"; },
-	                    client.get()));
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) {
-		return r.body.find(R"("id":"s-1","error":{"code":-32601)") != std::string::npos;
-	}, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.body == R"({"jsonrpc":"2.0","id":99,"result":{}})"; }, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server,
+	    [](const Request &r) { return r.body.find(R"("id":"s-1","error":{"code":-32601)") != std::string::npos; },
+	    client.get()));
 	for (const Request &r : server.Requests())
 		EXPECT_FALSE(r.Has("mcp-session-id"));
 }
@@ -172,7 +175,8 @@ TEST_F(ClientTest, HttpStatusClassification)
 	    {"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n", ErrorCode::McpError, -1},
 	};
 	for (const StatusCase &c : cases) {
-		TestServer server([&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{c.reply} : Session(r); });
+		TestServer server(
+		    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{c.reply} : Session(r); });
 		auto client = Make(server.Url());
 		outcomes.clear();
 		client->Submit(Call(1));
@@ -194,25 +198,40 @@ TEST_F(ClientTest, ProtocolViolationsAndToolErrors)
 		bool has_response;
 	};
 	std::vector<Case> cases = {
-	    {[](const Request &r) { return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32602,"message":"bad params"}})"); },
+	    {[](const Request &r) {
+		     return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32602,"message":"bad params"}})");
+	     },
 	     ErrorCode::McpError, false},
 	    {[](const Request &) { return Json("{not json"); }, ErrorCode::McpError, false},
-	    {[](const Request &) { return Json(R"({"jsonrpc":"2.0","id":"other","result":{}})"); }, ErrorCode::McpError, false},
-	    {[](const Request &) { return std::string("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"); }, ErrorCode::McpError, false},
+	    {[](const Request &) { return Json(R"({"jsonrpc":"2.0","id":"other","result":{}})"); }, ErrorCode::McpError,
+	     false},
+	    {[](const Request &) { return std::string("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"); },
+	     ErrorCode::McpError, false},
 	    // A stream that ends before the response is a disconnection (transient); one that answers another id is a
 	    // protocol violation.
-	    {[](const Request &r) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":" + IdOf(r) + ",\"res"); },
+	    {[](const Request &r) {
+		     return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":" + IdOf(r) + ",\"res");
+	     },
 	     ErrorCode::NetworkError, false},
-	    {[](const Request &) { return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":\"other\",\"result\":{}}\n\n"); },
+	    {[](const Request &) {
+		     return Http(200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"id\":\"other\",\"result\":{}}\n\n");
+	     },
 	     ErrorCode::McpError, false},
-	    {[](const Request &r) { return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"result":{"isError":true,"content":[{"type":"text","text":"no"}]}})"); },
+	    {[](const Request &r) {
+		     return Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+		                 R"(,"result":{"isError":true,"content":[{"type":"text","text":"no"}]}})");
+	     },
 	     ErrorCode::LlmError, true},
-	    {[](const Request &r) { return Json(ToolResult(IdOf(r), R"({"risk_level":"purple"})")); }, ErrorCode::ValidationError, true},
-	    {[](const Request &r) { return Json(R"([{"jsonrpc":"2.0","method":"notifications/x"},)" + ToolResult(IdOf(r)) + "]"); },
+	    {[](const Request &r) { return Json(ToolResult(IdOf(r), R"({"risk_level":"purple"})")); },
+	     ErrorCode::ValidationError, true},
+	    {[](const Request &r) {
+		     return Json(R"([{"jsonrpc":"2.0","method":"notifications/x"},)" + ToolResult(IdOf(r)) + "]");
+	     },
 	     ErrorCode::None, true},
 	};
 	for (size_t i = 0; i < cases.size(); i++) {
-		TestServer server([&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{cases[i].reply(r)} : Session(r); });
+		TestServer server(
+		    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{cases[i].reply(r)} : Session(r); });
 		auto client = Make(server.Url());
 		outcomes.clear();
 		client->Submit(Call(1));
@@ -394,7 +413,8 @@ TEST_F(ClientTest, ClosedStreamIsResumedWithLastEventId)
 			Reply reply{"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 			            "id: ev-3\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
 			            "{\"progressToken\":\"run-1:1\",\"progress\":2,\"total\":2}}\n\n"
-			            "id: ev-4\ndata: " + ToolResult("\"run-1:1\"") + "\n\n"};
+			            "id: ev-4\ndata: " +
+			            ToolResult("\"run-1:1\"") + "\n\n"};
 			reply.close = true;
 			return reply;
 		}
@@ -485,7 +505,8 @@ TEST_F(ClientTest, CancelSendsNotificationsCancelled)
 	auto client = Make(server.Url());
 	client->Submit(Call(1));
 	client->Submit(Call(2, "run-2"));
-	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
+	ASSERT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
 	DriveFor(*client, 100);
 	client->Cancel(1);
 	client->Cancel(42); // unknown: ignored
@@ -495,7 +516,8 @@ TEST_F(ClientTest, CancelSendsNotificationsCancelled)
 	EXPECT_TRUE(out[0].cancelled);
 	EXPECT_NE(out[0].code, ErrorCode::None);
 	EXPECT_EQ(client->InFlight(), 1u);
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
 	Request cancelled;
 	for (const Request &r : server.Requests())
 		if (r.IsMethod("notifications/cancelled"))
@@ -514,7 +536,8 @@ TEST_F(ClientTest, TimeoutSendsNotificationsCancelled)
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_EQ(out[0].code, ErrorCode::TimeoutError) << out[0].message;
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }, client.get()));
 }
 
 TEST_F(ClientTest, ShutdownCancelsCallsAndDeletesTheSession)
@@ -526,7 +549,8 @@ TEST_F(ClientTest, ShutdownCancelsCallsAndDeletesTheSession)
 	});
 	auto client = Make(server.Url());
 	client->Submit(Call(1));
-	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
+	ASSERT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
 	DriveFor(*client, 50);
 	auto started = std::chrono::steady_clock::now();
 	client->Shutdown();
@@ -534,7 +558,8 @@ TEST_F(ClientTest, ShutdownCancelsCallsAndDeletesTheSession)
 	EXPECT_EQ(client->InFlight(), 0u);
 	EXPECT_TRUE(client->TakeOutcomes().empty());
 	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsCancelledFor(r, "run-1:1"); }));
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; }));
+	EXPECT_TRUE(
+	    WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; }));
 }
 
 TEST_F(ClientTest, NoToolsCapabilityIsAConfigurationError)
@@ -575,9 +600,8 @@ TEST_F(ClientTest, ToolNotOfferedIsAConfigurationError)
 
 TEST_F(ClientTest, LegacyEraIsCachedForTheClientsLife)
 {
-	TestServer server([](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
-	});
+	TestServer server(
+	    [](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r); });
 	auto client = Make(server.Url());
 	client->Submit(Call(1));
 	RunUntil(*client, 1);
@@ -593,8 +617,9 @@ TEST_F(ClientTest, LegacyEraIsCachedForTheClientsLife)
 	EXPECT_EQ(server.Count("server/discover"), 1);
 	EXPECT_EQ(server.Count("initialize"), 2);
 	// The session of the old URL was ended, not abandoned.
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; },
-	                    client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.method == "DELETE" && r.Get("mcp-session-id") == "sess-1"; },
+	    client.get()));
 }
 
 } // namespace

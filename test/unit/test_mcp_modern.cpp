@@ -11,9 +11,8 @@ const char *const kTrace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331
 TEST_F(ClientTest, ModernCallCarriesMetadataHeadersAndTraceContext)
 {
 	ModernServer modern;
-	TestServer server([&](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r);
-	});
+	TestServer server(
+	    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r); });
 	auto client = Make(server.Url());
 	CallRequest call = Call(3);
 	call.traceparent = kTrace;
@@ -30,7 +29,8 @@ TEST_F(ClientTest, ModernCallCarriesMetadataHeadersAndTraceContext)
 	for (const Request &r : requests) {
 		EXPECT_EQ(r.Get("mcp-protocol-version"), "2026-07-28") << r.body;
 		EXPECT_FALSE(r.Has("mcp-session-id"));
-		EXPECT_NE(r.body.find(R"("io.modelcontextprotocol/protocolVersion":"2026-07-28")"), std::string::npos) << r.body;
+		EXPECT_NE(r.body.find(R"("io.modelcontextprotocol/protocolVersion":"2026-07-28")"), std::string::npos)
+		    << r.body;
 		EXPECT_NE(r.body.find(R"("io.modelcontextprotocol/clientInfo":{"name":"pg_diagnosis")"), std::string::npos);
 	}
 	EXPECT_EQ(requests[0].Get("mcp-method"), "server/discover");
@@ -55,9 +55,8 @@ TEST_F(ClientTest, ModernCallCarriesMetadataHeadersAndTraceContext)
 
 TEST_F(ClientTest, LegacyCallCarriesTraceContextToo)
 {
-	TestServer server([](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r);
-	});
+	TestServer server(
+	    [](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : Session(r); });
 	auto client = Make(server.Url());
 	CallRequest call = Call(3);
 	call.traceparent = kTrace;
@@ -77,9 +76,10 @@ TEST_F(ClientTest, UnsupportedModernVersionFallsBackToAListedLegacyVersion)
 {
 	TestServer server([](const Request &r, int) {
 		if (r.IsMethod("server/discover"))
-			return Reply{Http(400, "application/json",
-			                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-			                      R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2025-11-25"],"requested":"2026-07-28"}}})")};
+			return Reply{Http(
+			    400, "application/json",
+			    R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+			        R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2025-11-25"],"requested":"2026-07-28"}}})")};
 		if (r.IsMethod("tools/call"))
 			return Reply{Json(ToolResult(IdOf(r)))};
 		LegacyServer legacy;
@@ -147,8 +147,9 @@ TEST_F(ClientTest, EraIsReprobedWhenItStopsFitting)
 			return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r);
 		if (r.IsMethod("tools/call")) {
 			if (!r.Has("mcp-session-id"))
-				return Reply{Http(400, "application/json",
-				                  R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null})")};
+				return Reply{Http(
+				    400, "application/json",
+				    R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null})")};
 			return Reply{Json(ToolResult(IdOf(r)))};
 		}
 		return Session(r);
@@ -177,9 +178,10 @@ TEST_F(ClientTest, UnsupportedVersionOnACallReprobes)
 	ModernServer modern;
 	TestServer server([&](const Request &r, int) {
 		if (r.IsMethod("tools/call") && calls++ == 0)
-			return Reply{Http(400, "application/json",
-			                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
-			                      R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2026-07-28"]}}})")};
+			return Reply{Http(
+			    400, "application/json",
+			    R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+			        R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2026-07-28"]}}})")};
 		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r);
 	});
 	auto client = Make(server.Url());
@@ -190,6 +192,59 @@ TEST_F(ClientTest, UnsupportedVersionOnACallReprobes)
 	EXPECT_EQ(server.Count("server/discover"), 2);
 	EXPECT_EQ(server.Count("tools/call"), 2);
 	EXPECT_EQ(client->Endpoint().era, "modern");
+}
+
+// x-mcp-header: the annotated parameters travel as Mcp-Param-* headers; a HeaderMismatch makes the client list
+// the tools again and retry once.
+TEST_F(ClientTest, AnnotatedParametersAreMirroredIntoHeaders)
+{
+	std::atomic<bool> annotated{false};
+	ModernServer modern;
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/list") && annotated)
+			return Reply{Json(Result(
+			    r,
+			    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{)"
+			    R"("patient_id":{"type":"string","x-mcp-header":"Patient"},"attempt":{"type":"integer","x-mcp-header":"Attempt"}}}}]})"))};
+		if (r.IsMethod("tools/call")) {
+			if (annotated && r.Get("mcp-param-patient") != "patient-1")
+				return Reply{Http(400, "application/json",
+				                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+				                      R"(,"error":{"code":-32020,"message":"Header mismatch"}})")};
+			return Reply{Json(ToolResult(IdOf(r)))};
+		}
+		return modern(r);
+	});
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	RunUntil(*client, 1);
+	ASSERT_EQ(outcomes.size(), 1u);
+	EXPECT_FALSE(server.First("tools/call").Has("mcp-param-patient"));
+	// The server's tool definition changes: the first call after it is rejected, re-listed, and retried with headers.
+	annotated = true;
+	client->Submit(Call(2, "run-2"));
+	auto out = RunUntil(*client, 2);
+	ASSERT_EQ(out.size(), 2u);
+	EXPECT_EQ(out[1].code, ErrorCode::None) << out[1].message;
+	EXPECT_EQ(server.Count("tools/list"), 2);
+	Request last = server.Requests().back();
+	EXPECT_EQ(last.Get("mcp-param-patient"), "patient-1");
+	EXPECT_EQ(last.Get("mcp-param-attempt"), "1");
+}
+
+TEST_F(ClientTest, InvalidParamAnnotationMakesTheToolUnusable)
+{
+	ModernServer modern;
+	modern.tools =
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{"attempt":{"type":"number","x-mcp-header":"Attempt"}}}}]})";
+	TestServer server([&](const Request &r, int) { return modern(r); });
+	auto client = Make(server.Url());
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_TRUE(out[0].config_error) << out[0].message;
+	EXPECT_NE(out[0].message.find("x-mcp-header"), std::string::npos) << out[0].message;
+	EXPECT_EQ(server.Count("tools/call"), 0);
 }
 
 TEST_F(ClientTest, PlainClientErrorOnACallIsTheAnswerWhenTheEraHolds)
@@ -225,7 +280,8 @@ TEST_F(ClientTest, ModernCancelClosesTheStreamWithoutNotifications)
 	});
 	auto client = Make(server.Url());
 	client->Submit(Call(1));
-	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
+	ASSERT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.IsMethod("tools/call"); }, client.get()));
 	DriveFor(*client, 100);
 	client->Cancel(1);
 	auto out = RunUntil(*client, 1);
@@ -243,8 +299,9 @@ TEST_F(ClientTest, ModernServerRequestsAreNotAnswered)
 	TestServer server([&](const Request &r, int) {
 		if (!r.IsMethod("tools/call"))
 			return modern(r);
-		return Reply{Http(200, "text/event-stream",
-		                  "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}\n\ndata: " + ToolResult(IdOf(r)) + "\n\n")};
+		return Reply{
+		    Http(200, "text/event-stream",
+		         "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}\n\ndata: " + ToolResult(IdOf(r)) + "\n\n")};
 	});
 	auto client = Make(server.Url());
 	client->Submit(Call(1));

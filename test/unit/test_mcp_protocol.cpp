@@ -79,6 +79,18 @@ TEST(Protocol, ToolCallBodies)
 	EXPECT_NE(body.find(R"("task":{},"_meta":{"progressToken":"r\"1:1"}})"), std::string::npos) << body;
 }
 
+TEST(Protocol, RequestIdsAreJsonStrings)
+{
+	EXPECT_EQ(JsonString("run-1:1"), "\"run-1:1\"");
+	EXPECT_EQ(JsonString("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+	// The id that comes back is compared as JSON text: the same escaping on both sides.
+	RpcMessage m;
+	std::vector<RpcMessage> messages;
+	std::string error;
+	ASSERT_TRUE(ParseMessages("{\"jsonrpc\":\"2.0\",\"id\":\"x\\ny\",\"result\":{}}", &messages, &error));
+	EXPECT_EQ(messages[0].id, JsonString("x\ny"));
+}
+
 TEST(Protocol, RepliesAndNotifications)
 {
 	EXPECT_EQ(BuildEmptyResult("99"), R"({"jsonrpc":"2.0","id":99,"result":{}})");
@@ -86,8 +98,9 @@ TEST(Protocol, RepliesAndNotifications)
 	EXPECT_TRUE(m.is_error);
 	EXPECT_EQ(m.id, "\"s-1\"");
 	EXPECT_EQ(m.error_code_int, -32601);
-	EXPECT_EQ(BuildCancelled("\"run-1:1\"", "timed out"),
-	          R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"run-1:1","reason":"timed out"}})");
+	EXPECT_EQ(
+	    BuildCancelled("\"run-1:1\"", "timed out"),
+	    R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"run-1:1","reason":"timed out"}})");
 	RequestContext legacy{Era::Legacy, "2025-11-25", false};
 	EXPECT_EQ(BuildTaskRequest("g-1", legacy, "tasks/get", "t-1", ""),
 	          R"({"jsonrpc":"2.0","id":"g-1","method":"tasks/get","params":{"taskId":"t-1"}})");
@@ -97,10 +110,11 @@ TEST(Protocol, ParsesMessagesOfEveryKind)
 {
 	std::vector<RpcMessage> messages;
 	std::string error;
-	ASSERT_TRUE(ParseMessages(R"([{"jsonrpc":"2.0","id":1,"result":{"a":1}},{"jsonrpc":"2.0","id":"x","method":"ping"},)"
-	                          R"({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":0.5}},)"
-	                          R"({"jsonrpc":"2.0","id":2,"error":{"code":-32022,"message":"v","data":{"supported":["a","b"]}}},7])",
-	                          &messages, &error));
+	ASSERT_TRUE(ParseMessages(
+	    R"([{"jsonrpc":"2.0","id":1,"result":{"a":1}},{"jsonrpc":"2.0","id":"x","method":"ping"},)"
+	    R"({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":0.5}},)"
+	    R"({"jsonrpc":"2.0","id":2,"error":{"code":-32022,"message":"v","data":{"supported":["a","b"]}}},7])",
+	    &messages, &error));
 	ASSERT_EQ(messages.size(), 4u);
 	EXPECT_EQ(messages[0].kind, RpcMessage::Kind::Response);
 	EXPECT_EQ(messages[0].result, R"({"a":1})");
@@ -138,16 +152,19 @@ TEST(Protocol, TransportOutcomeFlags)
 
 TEST(Session, DiscoverJudgement)
 {
-	RpcMessage ok = One(R"({"jsonrpc":"2.0","id":"d","result":{"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"extensions":{"io.modelcontextprotocol/tasks":{}}}}})");
+	RpcMessage ok = One(
+	    R"({"jsonrpc":"2.0","id":"d","result":{"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"extensions":{"io.modelcontextprotocol/tasks":{}}}}})");
 	ProbeStep step = JudgeDiscover(Exchange(200, ""), &ok, "2026-07-28");
 	EXPECT_EQ(step.next, ProbeStep::Next::Modern);
 	EXPECT_TRUE(step.features.tools);
 	EXPECT_TRUE(step.features.tasks_extension);
 
 	// A legacy server: a 4xx without a modern body, or a JSON-RPC error to a method every modern server has.
-	EXPECT_EQ(JudgeDiscover(Exchange(400, R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"no session"},"id":null})"),
-	                        nullptr, "2026-07-28").next,
-	          ProbeStep::Next::Legacy);
+	EXPECT_EQ(
+	    JudgeDiscover(Exchange(400, R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"no session"},"id":null})"),
+	                  nullptr, "2026-07-28")
+	        .next,
+	    ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(404, "Not Found"), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	EXPECT_EQ(JudgeDiscover(Exchange(405, ""), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	RpcMessage generic = One(R"({"jsonrpc":"2.0","id":"d","result":{}})"); // answers any method with {}
@@ -158,8 +175,9 @@ TEST(Session, DiscoverJudgement)
 	// A modern server rejecting the version: retry with a listed modern one, fall back to a listed legacy one, or
 	// give up as a configuration error.
 	auto unsupported = [](const std::string &supported) {
-		return Exchange(400, R"({"jsonrpc":"2.0","id":"d","error":{"code":-32022,"message":"Unsupported","data":{"supported":)" +
-		                         supported + "}}}");
+		return Exchange(
+		    400, R"({"jsonrpc":"2.0","id":"d","error":{"code":-32022,"message":"Unsupported","data":{"supported":)" +
+		             supported + "}}}");
 	};
 	step = JudgeDiscover(unsupported(R"(["2026-07-28"])"), nullptr, "2026-01-01");
 	EXPECT_EQ(step.next, ProbeStep::Next::RetryModern);
@@ -182,7 +200,8 @@ TEST(Session, InitializeJudgement)
 {
 	HttpExchange x = Exchange(200, "");
 	x.session_id = "s-1";
-	RpcMessage ok = One(R"({"jsonrpc":"2.0","id":"i","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}}}})");
+	RpcMessage ok = One(
+	    R"({"jsonrpc":"2.0","id":"i","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}}}})");
 	ProbeStep step = JudgeInitialize(x, &ok);
 	EXPECT_EQ(step.next, ProbeStep::Next::LegacyReady);
 	EXPECT_EQ(step.version, "2025-11-25");
@@ -232,29 +251,32 @@ TEST(Session, TasksForTool)
 TEST(Tasks, CreateAndStatusInBothEras)
 {
 	TaskInfo t;
-	EXPECT_EQ(ParseCreateTask(R"({"resultType":"task","taskId":"a","status":"working","ttlMs":null,"pollIntervalMs":250})",
-	                          Era::Modern, &t),
-	          TaskParse::Task);
+	EXPECT_EQ(
+	    ParseCreateTask(R"({"resultType":"task","taskId":"a","status":"working","ttlMs":null,"pollIntervalMs":250})",
+	                    Era::Modern, &t),
+	    TaskParse::Task);
 	EXPECT_EQ(t.task_id, "a");
 	EXPECT_EQ(t.ttl_ms, -1);
 	EXPECT_EQ(t.poll_ms, 250);
 	EXPECT_EQ(ParseCreateTask(R"({"content":[],"structuredContent":{}})", Era::Modern, &t), TaskParse::NotATask);
 	EXPECT_EQ(ParseCreateTask(R"({"resultType":"task","status":"working"})", Era::Modern, &t), TaskParse::Invalid);
 	TaskInfo l;
-	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working","ttl":60000,"pollInterval":5000}})", Era::Legacy, &l),
+	EXPECT_EQ(ParseCreateTask(R"({"task":{"taskId":"b","status":"working","ttl":60000,"pollInterval":5000}})",
+	                          Era::Legacy, &l),
 	          TaskParse::Task);
 	EXPECT_EQ(l.ttl_ms, 60000);
 	EXPECT_EQ(l.poll_ms, 5000);
 	/* The official SDK adds an empty content to a 2025-11-25 CreateTaskResult; content with items is a tool result. */
-	EXPECT_EQ(ParseCreateTask(R"({"content":[],"task":{"taskId":"c","status":"working","ttl":1000,"pollInterval":250}})",
-	                          Era::Legacy, &l),
-	          TaskParse::Task);
+	EXPECT_EQ(
+	    ParseCreateTask(R"({"content":[],"task":{"taskId":"c","status":"working","ttl":1000,"pollInterval":250}})",
+	                    Era::Legacy, &l),
+	    TaskParse::Task);
 	EXPECT_EQ(ParseCreateTask(R"({"content":[{"type":"text","text":"{}"}],"task":{"taskId":"d","status":"working"}})",
 	                          Era::Legacy, &l),
 	          TaskParse::NotATask);
 	TaskInfo done;
-	ASSERT_TRUE(ParseTaskStatus(R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})",
-	                            Era::Modern, &done));
+	ASSERT_TRUE(ParseTaskStatus(
+	    R"({"resultType":"complete","taskId":"a","status":"completed","result":{"content":[]}})", Era::Modern, &done));
 	EXPECT_EQ(done.result, R"({"content":[]})");
 	EXPECT_TRUE(IsTerminalTaskStatus(done.status));
 	EXPECT_FALSE(IsTerminalTaskStatus("working"));
@@ -265,12 +287,64 @@ TEST(Tasks, ToolsListTaskSupport)
 {
 	ToolEntry e;
 	std::string cursor, error;
-	ASSERT_TRUE(ParseToolsList(R"({"tools":[{"name":"run_diagnosis","execution":{"taskSupport":"required"}}],"nextCursor":"n"})",
-	                           "run_diagnosis", &e, &cursor, &error));
+	ASSERT_TRUE(ParseToolsList(
+	    R"({"tools":[{"name":"run_diagnosis","execution":{"taskSupport":"required"}}],"nextCursor":"n"})",
+	    "run_diagnosis", &e, &cursor, &error));
 	EXPECT_TRUE(e.found);
 	EXPECT_EQ(e.task_support, "required");
 	EXPECT_EQ(cursor, "n");
 	EXPECT_FALSE(ParseToolsList(R"({"nope":1})", "x", &e, &cursor, &error));
+}
+
+TEST(Tools, ParamHeadersFromTheInputSchema)
+{
+	ToolEntry e;
+	std::string cursor, error;
+	ASSERT_TRUE(ParseToolsList(
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object","properties":{)"
+	    R"("run_id":{"type":"string","x-mcp-header":"Run-Id"},"attempt":{"type":"integer","x-mcp-header":"Attempt"},)"
+	    R"("inputs":{"type":"object","properties":{"urgent":{"type":"boolean","x-mcp-header":"Urgent"},)"
+	    R"("ward":{"type":"string","x-mcp-header":"Ward"}}}}}}]})",
+	    "run_diagnosis", &e, &cursor, &error));
+	EXPECT_TRUE(e.invalid.empty()) << e.invalid;
+	ASSERT_EQ(e.param_headers.size(), 4u);
+	CallRequest r;
+	r.run_id = "r-1";
+	r.patient_id = "p";
+	r.attempt = 2;
+	r.inputs_json = R"({"urgent":true,"ward":"Station 3 – Nord"})";
+	auto lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
+	EXPECT_EQ(lines,
+	          (std::vector<std::string>{"Mcp-Param-Run-Id: r-1", "Mcp-Param-Attempt: 2", "Mcp-Param-Urgent: true",
+	                                    "Mcp-Param-Ward: " + EncodeHeaderValue("Station 3 – Nord")}));
+	// Absent or null values are omitted.
+	r.inputs_json = R"({"urgent":null})";
+	lines = ParamHeaderLines(e.param_headers, BuildToolArguments(r));
+	EXPECT_EQ(lines.size(), 2u);
+}
+
+TEST(Tools, InvalidParamHeadersMakeTheToolUnusable)
+{
+	auto invalid = [](const std::string &schema) {
+		ToolEntry e;
+		std::string cursor, error;
+		EXPECT_TRUE(
+		    ParseToolsList(R"({"tools":[{"name":"t","inputSchema":)" + schema + "}]}", "t", &e, &cursor, &error));
+		return e.invalid;
+	};
+	EXPECT_EQ(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"A"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"number","x-mcp-header":"A"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"A B"}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":""}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"type":"string","x-mcp-header":"X"},)"
+	                  R"("b":{"type":"string","x-mcp-header":"x"}}})"),
+	          "");
+	EXPECT_NE(
+	    invalid(
+	        R"({"type":"object","properties":{"a":{"type":"array","items":{"type":"string","x-mcp-header":"A"}}}})"),
+	    "");
+	EXPECT_NE(invalid(R"({"type":"object","properties":{"a":{"oneOf":[{"type":"string","x-mcp-header":"A"}]}}})"), "");
+	EXPECT_NE(invalid(R"({"type":"object","x-mcp-header":"Root"})"), "");
 }
 
 } // namespace

@@ -36,17 +36,21 @@ struct ModernTasks {
 		if (r.IsMethod("tools/call")) {
 			std::string run = r.body.substr(r.body.find("\"run_id\":\"") + 10);
 			run = run.substr(0, run.find('"'));
-			return {Json(Result(r, R"({"resultType":"task","taskId":"t-)" + run +
-			                           R"(","status":"working","createdAt":"2026-08-01T00:00:00Z","lastUpdatedAt":"2026-08-01T00:00:00Z","ttlMs":60000,"pollIntervalMs":)" +
-			                           poll_interval + "}"))};
+			return {Json(Result(
+			    r,
+			    R"({"resultType":"task","taskId":"t-)" + run +
+			        R"(","status":"working","createdAt":"2026-08-01T00:00:00Z","lastUpdatedAt":"2026-08-01T00:00:00Z","ttlMs":60000,"pollIntervalMs":)" +
+			        poll_interval + "}"))};
 		}
 		if (r.IsMethod("tasks/get")) {
 			std::string id = TaskIdOf(r);
 			if (id.rfind("t-", 0) != 0)
-				return {Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) + R"(,"error":{"code":-32602,"message":"unknown task"}})")};
+				return {Json(R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+				             R"(,"error":{"code":-32602,"message":"unknown task"}})")};
 			if (++gets <= polls)
 				return {Json(Result(r, R"({"resultType":"complete","taskId":")" + id +
-				                           R"(","status":"working","ttlMs":60000,"pollIntervalMs":)" + poll_interval + "}"))};
+				                           R"(","status":"working","ttlMs":60000,"pollIntervalMs":)" + poll_interval +
+				                           "}"))};
 			return {Json(Result(r, R"({"resultType":"complete","taskId":")" + id +
 			                           R"(","status":"completed","ttlMs":60000,"result":)" + Diagnosis() + "}"))};
 		}
@@ -76,8 +80,10 @@ TEST_F(ClientTest, ModernTaskIsCreatedPolledAndCompleted)
 	EXPECT_EQ(server.Count("tools/call"), 1);
 	EXPECT_EQ(server.Count("tasks/get"), 3);
 	Request call = server.First("tools/call");
-	EXPECT_NE(call.body.find(R"("io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}})"),
-	          std::string::npos)
+	EXPECT_NE(
+	    call.body.find(
+	        R"("io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}})"),
+	    std::string::npos)
 	    << call.body;
 	std::vector<Request> gets;
 	for (const Request &r : server.Requests())
@@ -87,8 +93,9 @@ TEST_F(ClientTest, ModernTaskIsCreatedPolledAndCompleted)
 		EXPECT_EQ(gets[i].Get("mcp-method"), "tasks/get");
 		EXPECT_EQ(gets[i].Get("mcp-name"), "t-run-1"); // routing header: the task id
 		EXPECT_EQ(gets[i].Get("mcp-protocol-version"), "2026-07-28");
-		if (i > 0)
+		if (i > 0) {
 			EXPECT_GE(gets[i].at - gets[i - 1].at, std::chrono::milliseconds(45)); // honours pollIntervalMs
+		}
 	}
 }
 
@@ -109,6 +116,30 @@ TEST_F(ClientTest, ManyTasksArePolledByOneClient)
 	EXPECT_EQ(tasks.size(), 30u);
 	EXPECT_EQ(server.Count("tools/call"), 30);
 	EXPECT_GE(server.Count("tasks/get"), 61);
+}
+
+// task_timeout_ms: a task may outlive request_timeout_ms; past task_timeout_ms the attempt ends with
+// TIMEOUT_ERROR and the task is left running on the server for the next attempt to resume (no tasks/cancel).
+TEST_F(ClientTest, TaskTimeoutReplacesTheRequestTimeout)
+{
+	ModernTasks tasks_server;
+	tasks_server.polls = 1000;
+	TestServer server([&](const Request &r, int) { return tasks_server(r); });
+	ClientConfig config;
+	config.request_timeout_ms = 300;
+	config.task_timeout_ms = 1200;
+	auto client = Make(server.Url(), config);
+	auto started = std::chrono::steady_clock::now();
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1);
+	auto took = std::chrono::steady_clock::now() - started;
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::TimeoutError) << out[0].message;
+	EXPECT_EQ(out[0].task_id, "t-run-1");
+	EXPECT_GE(took, std::chrono::milliseconds(1100));
+	EXPECT_LT(took, std::chrono::milliseconds(3000));
+	DriveFor(*client, 200);
+	EXPECT_EQ(server.Count("tasks/cancel"), 0);
 }
 
 TEST_F(ClientTest, ResumedTaskIsPolledWithoutCallingTheTool)
@@ -152,15 +183,19 @@ TEST_F(ClientTest, CancelOfATaskSendsTasksCancel)
 	auto client = Make(server.Url());
 	client->Submit(Call(4));
 	RunUntil(*client, 0);
-	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tasks/get"); }, client.get()));
+	ASSERT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.IsMethod("tasks/get"); }, client.get()));
 	client->Cancel(4);
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_TRUE(out[0].cancelled);
 	EXPECT_EQ(out[0].task_id, "t-run-1");
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) {
-		return r.IsMethod("tasks/cancel") && TaskIdOf(r) == "t-run-1" && r.Get("mcp-name") == "t-run-1";
-	}, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server,
+	    [](const Request &r) {
+		    return r.IsMethod("tasks/cancel") && TaskIdOf(r) == "t-run-1" && r.Get("mcp-name") == "t-run-1";
+	    },
+	    client.get()));
 	EXPECT_EQ(server.Count("notifications/cancelled"), 0); // never for tasks
 	int gets = server.Count("tasks/get");
 	DriveFor(*client, 200);
@@ -193,7 +228,8 @@ TEST_F(ClientTest, ShutdownLeavesTasksRunning)
 	TestServer server([&](const Request &r, int) { return tasks_server(r); });
 	auto client = Make(server.Url());
 	client->Submit(Call(4));
-	ASSERT_TRUE(WaitFor(server, [](const Request &r) { return r.IsMethod("tasks/get"); }, client.get()));
+	ASSERT_TRUE(WaitFor(
+	    server, [](const Request &r) { return r.IsMethod("tasks/get"); }, client.get()));
 	client->Shutdown();
 	std::this_thread::sleep_for(std::chrono::milliseconds(100));
 	EXPECT_EQ(server.Count("tasks/cancel"), 0); // a restart resumes the task
@@ -207,14 +243,18 @@ TEST_F(ClientTest, LegacyTaskUsesTasksResult)
 	LegacyServer legacy;
 	legacy.version = "2025-11-25";
 	legacy.capabilities = R"({"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}})";
-	legacy.tools = R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
+	legacy.tools =
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
 	std::atomic<int> gets{0};
 	TestServer server([&](const Request &r, int) {
 		if (r.IsMethod("tools/call"))
-			return Reply{Json(Result(r, R"({"task":{"taskId":"lt-1","status":"working","createdAt":"x","lastUpdatedAt":"x","ttl":30000,"pollInterval":40}})"))};
+			return Reply{Json(Result(
+			    r,
+			    R"({"task":{"taskId":"lt-1","status":"working","createdAt":"x","lastUpdatedAt":"x","ttl":30000,"pollInterval":40}})"))};
 		if (r.IsMethod("tasks/get"))
-			return Reply{Json(Result(r, std::string(R"({"taskId":"lt-1","status":")") + (gets++ ? "completed" : "working") +
-			                               R"(","ttl":30000,"pollInterval":40})"))};
+			return Reply{
+			    Json(Result(r, std::string(R"({"taskId":"lt-1","status":")") + (gets++ ? "completed" : "working") +
+			                       R"(","ttl":30000,"pollInterval":40})"))};
 		if (r.IsMethod("tasks/result"))
 			return Reply{Http(200, "text/event-stream", "id: 1\ndata: " + Result(r, Diagnosis()) + "\n\n")};
 		return legacy(r);
@@ -243,7 +283,8 @@ TEST_F(ClientTest, ResumedLegacyTaskFetchesItsResult)
 	LegacyServer legacy;
 	legacy.version = "2025-11-25";
 	legacy.capabilities = R"({"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}})";
-	legacy.tools = R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
+	legacy.tools =
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
 	TestServer server([&](const Request &r, int) {
 		if (r.IsMethod("tasks/get"))
 			return Reply{Json(Result(r, R"({"taskId":"lt-9","status":"completed","ttl":30000,"pollInterval":40})"))};
@@ -273,7 +314,8 @@ TEST_F(ClientTest, LegacySessionLostUnderATaskPollsAgain)
 	std::atomic<int> gets{0};
 	TestServer server([&](const Request &r, int) {
 		if (r.IsMethod("tools/call"))
-			return Reply{Json(Result(r, R"({"task":{"taskId":"lt-2","status":"working","ttl":null,"pollInterval":20}})"))};
+			return Reply{
+			    Json(Result(r, R"({"task":{"taskId":"lt-2","status":"working","ttl":null,"pollInterval":20}})"))};
 		if (r.IsMethod("tasks/get")) {
 			if (gets++ == 0)
 				return Reply{Http(404, "application/json", "{}")}; // the session expired
@@ -300,9 +342,8 @@ TEST_F(ClientTest, LegacyToolWithoutTaskSupportIsCalledDirectly)
 	LegacyServer legacy;
 	legacy.version = "2025-11-25";
 	legacy.capabilities = R"({"tools":{},"tasks":{"requests":{"tools":{"call":{}}}}})";
-	TestServer server([&](const Request &r, int) {
-		return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : legacy(r);
-	});
+	TestServer server(
+	    [&](const Request &r, int) { return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : legacy(r); });
 	auto client = Make(server.Url());
 	client->Submit(Call(2));
 	auto out = RunUntil(*client, 1);

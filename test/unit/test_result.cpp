@@ -36,40 +36,47 @@ TEST_F(ResultTest, FirstTextItemWhenNoStructuredContent)
 	std::string escaped;
 	for (char ch : text)
 		escaped += ch == '"' ? std::string("\\\"") : std::string(1, ch);
-	ResultCheck c = CheckToolResult(R"({"content":[{"type":"image","data":"x"},{"type":"text","text":")" + escaped +
-	                                    R"("}]})",
-	                                "v1", schemas);
+	ResultCheck c = CheckToolResult(
+	    R"({"content":[{"type":"image","data":"x"},{"type":"text","text":")" + escaped + R"("}]})", "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::None) << c.message;
 	EXPECT_EQ(c.mcp_run_id, "");
 }
 
 TEST_F(ResultTest, IsErrorIsLlmError)
 {
-	ResultCheck c = CheckToolResult(R"({"isError":true,"content":[{"type":"text","text":"model overloaded"}]})", "v1", schemas);
+	ResultCheck c =
+	    CheckToolResult(R"({"isError":true,"content":[{"type":"text","text":"model overloaded"}]})", "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::LlmError);
 	EXPECT_NE(c.message.find("model overloaded"), std::string::npos);
 }
 
 TEST_F(ResultTest, SchemaViolationsNameThePointerAndKeyword)
 {
-	ResultCheck c = CheckToolResult(Structured(R"({"risk_level":"purple","confidence_score":0.5,"summary":"s","primary_findings":[],"recommendations":[]})"),
-	                                "v1", schemas);
+	ResultCheck c = CheckToolResult(
+	    Structured(
+	        R"({"risk_level":"purple","confidence_score":0.5,"summary":"s","primary_findings":[],"recommendations":[]})"),
+	    "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::ValidationError);
 	EXPECT_NE(c.details_json.find("\"pointer\":\"/risk_level\""), std::string::npos) << c.details_json;
 	EXPECT_NE(c.details_json.find("\"keyword\":\"enum\""), std::string::npos) << c.details_json;
 
-	c = CheckToolResult(Structured(R"({"risk_level":"low","confidence_score":1.7,"summary":"s","primary_findings":[],"recommendations":[]})"),
-	                    "v1", schemas);
+	c = CheckToolResult(
+	    Structured(
+	        R"({"risk_level":"low","confidence_score":1.7,"summary":"s","primary_findings":[],"recommendations":[]})"),
+	    "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::ValidationError);
 	EXPECT_NE(c.details_json.find("\"keyword\":\"maximum\""), std::string::npos) << c.details_json;
 
-	c = CheckToolResult(Structured(R"({"risk_level":"low","confidence_score":0.1,"summary":"s","primary_findings":[]})"), "v1",
-	                    schemas);
+	c = CheckToolResult(
+	    Structured(R"({"risk_level":"low","confidence_score":0.1,"summary":"s","primary_findings":[]})"), "v1",
+	    schemas);
 	EXPECT_EQ(c.code, ErrorCode::ValidationError);
 	EXPECT_NE(c.details_json.find("\"keyword\":\"required\""), std::string::npos) << c.details_json;
 
-	c = CheckToolResult(Structured(R"({"risk_level":"low","confidence_score":0.1,"summary":"s","primary_findings":[],"recommendations":[{"priority":"soon"}]})"),
-	                    "v1", schemas);
+	c = CheckToolResult(
+	    Structured(
+	        R"({"risk_level":"low","confidence_score":0.1,"summary":"s","primary_findings":[],"recommendations":[{"priority":"soon"}]})"),
+	    "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::ValidationError);
 	EXPECT_NE(c.details_json.find("/recommendations/0"), std::string::npos) << c.details_json;
 }
@@ -95,7 +102,8 @@ TEST_F(ResultTest, UnknownSchemaVersionAndNul)
 {
 	EXPECT_EQ(CheckToolResult(Structured(kValidDiagnosis), "v9", schemas).code, ErrorCode::ValidationError);
 	ResultCheck c = CheckToolResult(
-	    Structured(R"({"risk_level":"low","confidence_score":0.5,"summary":"a\u0000b","primary_findings":[],"recommendations":[]})"),
+	    Structured(
+	        R"({"risk_level":"low","confidence_score":0.5,"summary":"a\u0000b","primary_findings":[],"recommendations":[]})"),
 	    "v1", schemas);
 	EXPECT_EQ(c.code, ErrorCode::McpError);
 	EXPECT_NE(c.message.find("NUL"), std::string::npos);

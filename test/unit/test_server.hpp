@@ -26,7 +26,6 @@ namespace pgdiag_test {
 
 using namespace pgdiag;
 
-
 struct Request {
 	std::string method, path, body;
 	std::map<std::string, std::string> headers; // lower-case names
@@ -38,9 +37,9 @@ struct Request {
 
 // What the scripted server does with one request.
 struct Reply {
-	std::string raw;       // written as is (status line, headers, body)
-	bool close = false;    // close the connection afterwards
-	int hang_ms = 0;       // wait before writing (the test server stops waiting at shutdown)
+	std::string raw;                                  // written as is (status line, headers, body)
+	bool close = false;                               // close the connection afterwards
+	int hang_ms = 0;                                  // wait before writing (the test server stops waiting at shutdown)
 	std::vector<std::pair<int, std::string>> trickle; // (delay ms, bytes) written after raw
 };
 
@@ -75,8 +74,9 @@ IdOf(const Request &r)
 inline std::string
 ToolResult(const std::string &id, const std::string &diagnosis = kValidDiagnosis)
 {
-	return R"({"jsonrpc":"2.0","id":)" + id + R"(,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":)" +
-	       diagnosis + R"(,"_meta":{"run_id":"srv-1"}}})";
+	return R"({"jsonrpc":"2.0","id":)" + id +
+	       R"(,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":)" + diagnosis +
+	       R"(,"_meta":{"run_id":"srv-1"}}})";
 }
 
 class TestServer {
@@ -282,8 +282,9 @@ struct LegacyServer {
 	Reply operator()(const Request &r) const
 	{
 		if (r.IsMethod("server/discover"))
-			return {Http(400, "application/json",
-			             R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: Server not initialized"},"id":null})")};
+			return {Http(
+			    400, "application/json",
+			    R"({"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: Server not initialized"},"id":null})")};
 		if (r.IsMethod("initialize"))
 			return {Json(Result(r, R"({"protocolVersion":")" + version + R"(","capabilities":)" + capabilities +
 			                           R"(,"serverInfo":{"name":"t","version":"1"}})"),
@@ -312,12 +313,14 @@ struct ModernServer {
 	Reply operator()(const Request &r) const
 	{
 		if (r.IsMethod("server/discover"))
-			return {Json(Result(r, R"({"resultType":"complete","supportedVersions":)" + versions +
-			                           R"(,"capabilities":)" + capabilities +
-			                           R"(,"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"m","version":"2"}}})"))};
+			return {
+			    Json(Result(r, R"({"resultType":"complete","supportedVersions":)" + versions + R"(,"capabilities":)" +
+			                       capabilities +
+			                       R"(,"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"m","version":"2"}}})"))};
 		if (r.IsMethod("tools/list"))
 			return {Json(Result(r, tools))};
-		return {Http(400, "application/json", R"({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"unexpected"}})")};
+		return {Http(400, "application/json",
+		             R"({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"unexpected"}})")};
 	}
 };
 

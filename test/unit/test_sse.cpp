@@ -51,8 +51,8 @@ TEST(Sse, LineEndingsLfCrCrlfAndSplitCrlf)
 
 TEST(Sse, MultiLineDataCommentsIdsAndUnknownFields)
 {
-	auto events = ParseChunks({": keep-alive\n", "id: 7\nevent: update\nretry: 100\nfoo: bar\n",
-	                           "data: line1\ndata:line2\ndata\n\n"});
+	auto events = ParseChunks(
+	    {": keep-alive\n", "id: 7\nevent: update\nretry: 100\nfoo: bar\n", "data: line1\ndata:line2\ndata\n\n"});
 	ASSERT_EQ(events.size(), 1u);
 	EXPECT_EQ(events[0].type, "update");
 	EXPECT_EQ(events[0].id, "7");
@@ -71,10 +71,13 @@ TEST(Sse, PrimingEventWithEmptyDataAndEventsWithoutData)
 
 TEST(Sse, LeadingBomSplitAcrossChunks)
 {
-	auto events = ParseChunks({"\xEF", "\xBB", "\xBF" "data: x\n\n"});
+	auto events = ParseChunks({"\xEF", "\xBB",
+	                           "\xBF"
+	                           "data: x\n\n"});
 	ASSERT_EQ(events.size(), 1u);
 	EXPECT_EQ(events[0].data, "x");
-	auto no_bom = ParseChunks({"\xEF" "data: y\n\n"}); // not a BOM: kept as text of an unknown field
+	auto no_bom = ParseChunks({"\xEF"
+	                           "data: y\n\n"}); // not a BOM: kept as text of an unknown field
 	EXPECT_TRUE(no_bom.empty());
 }
 
@@ -108,4 +111,20 @@ TEST(Sse, ChunkingNeverChangesTheEvents)
 		EXPECT_EQ(whole[i].type, bytes[i].type);
 		EXPECT_EQ(whole[i].id, bytes[i].id);
 	}
+}
+
+// SEP-1699 needs the reconnection time and the last event id of a stream, kept across events.
+TEST(Sse, RetryAndLastEventIdAreKept)
+{
+	SseParser parser;
+	std::vector<SseEvent> events;
+	EXPECT_EQ(parser.RetryMs(), -1);
+	ASSERT_TRUE(parser.Feed("id: e-1\nretry: 500\ndata:\n\n", 26, events));
+	EXPECT_EQ(parser.RetryMs(), 500);
+	EXPECT_EQ(parser.LastEventId(), "e-1");
+	std::string more = "retry: 5x\nretry:\nid: e-2\n\nretry: 99999999999\n";
+	ASSERT_TRUE(parser.Feed(more.data(), more.size(), events));
+	EXPECT_EQ(parser.LastEventId(), "e-2"); // an id without data still counts
+	EXPECT_EQ(parser.RetryMs(), 999999999); // non-digits ignored, huge values capped
+	EXPECT_EQ(events.size(), 1u);
 }

@@ -35,9 +35,9 @@ struct HttpRequest {
 	std::string body;                 /* POST only */
 	long timeout_ms = 300000;         /* the whole exchange */
 	long connect_timeout_ms = 10000;
-	long inactivity_ms = 0;           /* no byte for this long ends the exchange; 0 = no limit */
-	size_t max_bytes = 8u << 20;      /* response body cap, enforced in the write callback */
-	std::string ca_file;              /* "" = the system's CA bundle */
+	long inactivity_ms = 0;      /* no byte for this long ends the exchange; 0 = no limit */
+	size_t max_bytes = 8u << 20; /* response body cap, enforced in the write callback */
+	std::string ca_file;         /* "" = the system's CA bundle */
 	std::string user_agent = "pg_diagnosis";
 };
 
@@ -48,11 +48,11 @@ struct HttpExchange {
 
 	/* The response, filled in while it arrives. */
 	long status = 0;
-	std::string content_type; /* lower case */
-	std::string session_id;   /* Mcp-Session-Id */
-	std::string retry_after;  /* Retry-After */
-	bool is_sse = false;      /* a 2xx text/event-stream */
-	std::string body;         /* every non-SSE body, error bodies included */
+	std::string content_type;     /* lower case */
+	std::string session_id;       /* Mcp-Session-Id */
+	std::string retry_after;      /* Retry-After */
+	bool is_sse = false;          /* a 2xx text/event-stream */
+	std::string body;             /* every non-SSE body, error bodies included */
 	std::vector<SseEvent> events; /* SSE events not yet taken by the owner */
 	SseParser sse;
 	size_t bytes = 0;
@@ -60,14 +60,14 @@ struct HttpExchange {
 
 	/* How it ended (valid once finished). */
 	bool finished = false;
-	int curl_code = 0;        /* CURLcode; 0 = the transfer completed */
-	long os_errno = 0;        /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
-	int socket_errno = 0;     /* errno of a failed socket() (the open-socket callback) */
-	std::string error;        /* libcurl's message for curl_code, "" when 0 */
-	bool timed_out = false;   /* the total or connect timeout */
-	bool inactive = false;    /* ended by the transport's inactivity limit */
-	bool too_big = false;     /* max_bytes exceeded */
-	bool sse_failed = false;  /* an SSE event exceeded max_bytes */
+	int curl_code = 0;          /* CURLcode; 0 = the transfer completed */
+	long os_errno = 0;          /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
+	int socket_errno = 0;       /* errno of a failed socket() (the open-socket callback) */
+	std::string error;          /* libcurl's message for curl_code, "" when 0 */
+	bool timed_out = false;     /* the total or connect timeout */
+	bool inactive = false;      /* ended by the transport's inactivity limit */
+	bool too_big = false;       /* max_bytes exceeded */
+	bool sse_failed = false;    /* an SSE event exceeded max_bytes */
 	bool local_failure = false; /* this process ran out of descriptors or memory: not the peer's fault */
 	std::string callback_error;
 

@@ -49,6 +49,9 @@ struct ToolCallParams {
 	const CallRequest *call = nullptr;
 };
 
+/* `s` as JSON text (a quoted, escaped JSON string): how a request id is compared with the ids that come back. */
+std::string JsonString(const std::string &s);
+
 /* Request bodies. `id` is the request id as a plain string (sent as a JSON string). */
 std::string BuildDiscover(const std::string &id, const RequestContext &ctx);
 std::string BuildInitialize(const std::string &id, const std::string &version);
@@ -77,7 +80,7 @@ struct RpcMessage {
 	std::string method; /* requests and notifications */
 	std::string params; /* JSON text, "" when absent */
 	bool is_error = false;
-	std::string result; /* JSON text of result */
+	std::string result;     /* JSON text of result */
 	std::string error_code; /* JSON text of error.code */
 	int64_t error_code_int = 0;
 	std::string error_message;
@@ -122,13 +125,27 @@ struct ServerFeatures {
 bool ParseDiscoverResult(const std::string &result_json, ServerFeatures *features, std::string *error);
 bool ParseInitializeResult(const std::string &result_json, ServerFeatures *features, std::string *error);
 
+/* A tool parameter the server wants mirrored into an Mcp-Param-{name} header (x-mcp-header, 2026-07-28). */
+struct ParamHeader {
+	std::vector<std::string> path; /* the chain of `properties` keys from the inputSchema root */
+	std::string name;
+};
+
 /* The configured tool's entry in a tools/list page. */
 struct ToolEntry {
 	bool found = false;
 	std::string task_support; /* execution.taskSupport: "forbidden", "optional", "required"; "" when absent */
+	std::vector<ParamHeader> param_headers;
+	std::string invalid; /* why its x-mcp-header annotations make the definition invalid, "" if they do not */
 };
-bool ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry,
-                    std::string *next_cursor, std::string *error);
+bool ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry, std::string *next_cursor,
+                    std::string *error);
+/* The tools/call arguments object {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
+std::string BuildToolArguments(const CallRequest &call);
+/* "Mcp-Param-{name}: value" for each annotated parameter present in `arguments_json` (strings as they are,
+ * integers in decimal, booleans as true/false, encoded as EncodeHeaderValue says); absent or null ones are
+ * omitted. */
+std::vector<std::string> ParamHeaderLines(const std::vector<ParamHeader> &headers, const std::string &arguments_json);
 
 /* Tasks: the modern extension's CreateTaskResult/DetailedTask and the 2025-11-25 experimental form. */
 struct TaskInfo {

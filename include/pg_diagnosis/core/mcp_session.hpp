@@ -33,11 +33,11 @@ private:
 /* What to do after a probe (server/discover) or initialize exchange. */
 struct ProbeStep {
 	enum class Next {
-		Modern,       /* speak `version`, statelessly */
-		RetryModern,  /* discover again with `version` (the server listed it as supported) */
-		Legacy,       /* send initialize */
-		LegacyReady,  /* initialize succeeded: send notifications/initialized */
-		Fail,         /* `failure` ends every call waiting for the endpoint */
+		Modern,      /* speak `version`, statelessly */
+		RetryModern, /* discover again with `version` (the server listed it as supported) */
+		Legacy,      /* send initialize */
+		LegacyReady, /* initialize succeeded: send notifications/initialized */
+		Fail,        /* `failure` ends every call waiting for the endpoint */
 	};
 	Next next = Next::Fail;
 	std::string version;
