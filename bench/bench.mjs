@@ -11,7 +11,7 @@ import os from 'node:os';
 import { run as runGraphileWorker, Logger } from 'graphile-worker';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
-import { startFastEndpoint, loadBenchPatients } from './lib.mjs';
+import { startFastEndpoint, loadBenchPatients, PG_BINDIR, procStats, clusterCpu, openRuns, endToEnd } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -30,55 +30,6 @@ const row = (measure, value, unit, note = '') => {
 
 const workerPid = async (cluster) =>
   (await cluster.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker' ORDER BY pid LIMIT 1`)).rows[0]?.pid;
-/** CPU seconds so far and private (anonymous) resident memory of a process: shared buffers the worker touches
- * count in VmRSS but are not its own, so RssAnon is what would grow with a leak. */
-function procStats(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  const cpuTicks = Number(stat[11]) + Number(stat[12]);
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const anonKb = Number(status.match(/RssAnon:\s+(\d+)/)[1]);
-  return { cpuSeconds: cpuTicks / 100, rssMb: Math.round(anonKb / 102.4) / 10 };
-}
-/** CPU seconds used so far by every process of the cluster (postmaster's children) and by one other pid. */
-function clusterCpu(cluster) {
-  const postmaster = Number(readFileSync(join(cluster.data, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  let total = 0;
-  for (const entry of execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)]).toString().trim().split(/\s+/)) {
-    try { total += procStats(Number(entry)).cpuSeconds; } catch { /* exited */ }
-  }
-  return total;
-}
-
-const openRuns = async (cluster) => (await cluster.query(`
-  SELECT (SELECT count(*) FROM diagnosis.runs WHERE status = 'queued')
-       + (SELECT count(*) FROM diagnosis.runs WHERE status = 'running') AS n`)).rows[0].n;
-
-/** Enqueues n runs set-based (chunks of 5,000 per statement, each its own transaction) and waits for all. */
-async function endToEnd(cluster, n, label) {
-  const patients = 1000;
-  const started = Date.now();
-  const client = await cluster.connect();
-  const backend = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-  const backendCpu0 = procStats(backend).cpuSeconds;
-  for (let from = 0; from < n; from += 5000) {
-    await client.query(`
-      SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % ${patients}), 12, '0'))::uuid,
-                                               jsonb_build_object('bench', $1::text, 'n', g)))
-      FROM generate_series($2::int, $3::int) g`, [label, from, Math.min(n, from + 5000) - 1]);
-  }
-  const enqueueSeconds = (Date.now() - started) / 1000;
-  const enqueueCpu = procStats(backend).cpuSeconds - backendCpu0;
-  await client.end();
-  for (;;) {
-    if (Number(await openRuns(cluster)) === 0) break;
-    await sleep(50);
-  }
-  const seconds = (Date.now() - started) / 1000;
-  const failed = (await cluster.query(`SELECT count(*)::int AS n FROM diagnosis.runs WHERE inputs->>'bench' = $1 AND status <> 'completed'`, [label])).rows[0].n;
-  if (failed) throw new Error(`${failed} runs of ${label} did not complete`);
-  return { rate: Math.round(n / seconds), seconds, enqueueRate: Math.round(n / enqueueSeconds), enqueueCpu };
-}
-
 const CLUSTER_SETTINGS = {
   shared_preload_libraries: 'pg_diagnosis,pg_stat_statements', 'pg_stat_statements.track': 'all',
   shared_buffers: '512MB', max_wal_size: '8GB', checkpoint_timeout: '30min', wal_buffers: '16MB',
@@ -87,7 +38,7 @@ const CLUSTER_SETTINGS = {
 
 async function main() {
   results.machine = { cpus: os.cpus().length, model: os.cpus()[0]?.model, memory_gb: Math.round(os.totalmem() / 2 ** 30),
-    postgres: execFileSync('pg_config', ['--version']).toString().trim(), node: process.version, date: new Date().toISOString() };
+    postgres: execFileSync(join(PG_BINDIR, 'pg_config'), ['--version']).toString().trim(), node: process.version, date: new Date().toISOString() };
   log(`pg_diagnosis benchmark (${quick ? 'quick' : 'full'}): ${results.machine.cpus} cores, ${results.machine.model}`);
 
   const fast = await startFastEndpoint();
@@ -356,7 +307,7 @@ COMMIT;
     chmodSync(file, 0o644);
     const transactions = Math.ceil(n / batch / 2);
     const t0 = Date.now();
-    const bench = spawnSync('runuser', ['-u', 'postgres', '--', join(execFileSync('pg_config', ['--bindir']).toString().trim(), 'pgbench'),
+    const bench = spawnSync('runuser', ['-u', 'postgres', '--', join(PG_BINDIR, 'pgbench'),
       '-n', '-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres', '-c', '2', '-j', '2', '-t', String(transactions),
       '-f', file, 'postgres'], { encoding: 'utf8' });
     const seconds = (Date.now() - t0) / 1000;
