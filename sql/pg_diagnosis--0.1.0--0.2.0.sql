@@ -273,3 +273,31 @@ COMMENT ON FUNCTION diagnosis._warn_outside_worker_database() IS
     'Warns when the extension is created in a database the workers do not serve (diagnosis.database).';
 
 REVOKE ALL ON FUNCTION diagnosis._warn_outside_worker_database() FROM PUBLIC;
+
+
+-- ===========================================================================================================
+-- Performance (issue 17): the access helpers on enqueue's path become plpgsql (plans kept per session)
+-- ===========================================================================================================
+
+-- A sql function with a SET clause is never inlined, and is parsed and planned again on every call (about half of
+-- enqueue's CPU in 0.1.0); plpgsql keeps its plans for the session. Same bodies, same results.
+CREATE OR REPLACE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION diagnosis._role_sees_patient(role name, patient uuid) RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN diagnosis._is_superuser($1)
+        OR EXISTS (SELECT 1
+                   FROM diagnosis.patients p
+                   JOIN diagnosis.members m ON m.organization_id = p.organization_id AND m.role_name = $1
+                   WHERE p.id = $2
+                     AND (m.member_role = 'admin'
+                          OR EXISTS (SELECT 1 FROM diagnosis.patient_assignments a
+                                     WHERE a.patient_id = p.id AND a.role_name = $1)));
+END;
+$$;
