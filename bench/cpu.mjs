@@ -1,5 +1,6 @@
 // CPU per run on both sides, for comparing one change with another: after a warm-up, N runs end to end
-// (set-based enqueue overlapping the drain), then N queued beforehand and drained. Prints one JSON line.
+// (set-based enqueue overlapping the drain; with the WAL they wrote, a figure the machine's load cannot move), then
+// N queued beforehand and drained. Prints one JSON line.
 // Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/cpu.mjs [--runs 10000] [--label text]
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startFastEndpoint, loadBenchPatients, procStats, openRuns, endToEnd } from './lib.mjs';
@@ -16,9 +17,12 @@ try {
   await loadBenchPatients(cluster);
   const [pid] = await cluster.workerPids();
   await endToEnd(cluster, 1000, 'warm-up');
+  const lsn = async () => (await cluster.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l;
+  const l0 = await lsn();
   const w0 = procStats(pid).cpuSeconds;
   const e2e = await endToEnd(cluster, N, 'e2e');
   const worker = procStats(pid).cpuSeconds - w0;
+  const walBytes = Number((await cluster.query('SELECT pg_wal_lsn_diff($1, $2) AS d', [await lsn(), l0])).rows[0].d);
   await cluster.reload({ 'diagnosis.enabled': 'off' });
   await sleep(300);
   await cluster.query(`SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % 1000), 12, '0'))::uuid,
@@ -30,7 +34,7 @@ try {
   const drainSeconds = (Date.now() - t0) / 1000;
   console.log(JSON.stringify({ label: option('--label', ''), runs: N, e2e_rate: e2e.rate, enqueue_rate: e2e.enqueueRate,
     worker_ms_per_1000: Math.round((worker / N) * 1e6), enqueue_ms_per_1000: Math.round((e2e.enqueueCpu / N) * 1e6),
-    drain_rate: Math.round(N / drainSeconds), drain_worker_ms_per_1000: Math.round(((procStats(pid).cpuSeconds - d0) / N) * 1e6) }));
+    wal_bytes_per_run: Math.round(walBytes / N), drain_rate: Math.round(N / drainSeconds), drain_worker_ms_per_1000: Math.round(((procStats(pid).cpuSeconds - d0) / N) * 1e6) }));
 } finally {
   cluster.destroy();
   await fast.stop();

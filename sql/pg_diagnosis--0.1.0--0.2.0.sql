@@ -90,6 +90,7 @@ DECLARE
     v_org          uuid;
     v_visible      boolean;
     v_hash         text;
+    v_text         text;
     v_max_retries  int;
     v_run          diagnosis.runs;
     v_id           uuid;
@@ -105,9 +106,10 @@ BEGIN
         RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF octet_length(p_inputs::text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+    v_text := p_inputs::text;
+    IF octet_length(v_text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
         RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
-            octet_length(p_inputs::text), current_setting('diagnosis.max_inputs_bytes')
+            octet_length(v_text), current_setting('diagnosis.max_inputs_bytes')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_max_retries < 0 OR p_max_retries > 100 THEN
@@ -134,7 +136,7 @@ BEGIN
         RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    v_hash := encode(sha256(convert_to(p_inputs::text, 'UTF8')), 'hex');
+    v_hash := encode(sha256(convert_to(v_text, 'UTF8')), 'hex');
     v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
 
     LOOP
@@ -143,7 +145,7 @@ BEGIN
                                         priority, run_after, max_retries)
             VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
                     coalesce(p_run_after, now()), v_max_retries)
-            ON CONFLICT (patient_id, idempotency_key) DO NOTHING
+            ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id INTO v_id;
         ELSE
             INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
@@ -301,3 +303,15 @@ BEGIN
                                      WHERE a.patient_id = p.id AND a.role_name = $1)));
 END;
 $$;
+
+-- ===========================================================================================================
+-- Performance (issue 17): the index set of runs, each index on one stage of a run's life (see pg_diagnosis.sql)
+-- ===========================================================================================================
+
+ALTER TABLE diagnosis.runs DROP CONSTRAINT runs_patient_idempotency_key;
+CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+DROP INDEX diagnosis.runs_completed_idx;
+DROP INDEX diagnosis.runs_organization_idx;
+CREATE INDEX runs_finished_idx ON diagnosis.runs (organization_id, completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');

@@ -138,7 +138,6 @@ CREATE TABLE diagnosis.runs (
     -- a cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
     cancel_requested_at timestamptz,
     cancel_requested_by name,
-    CONSTRAINT runs_patient_idempotency_key UNIQUE (patient_id, idempotency_key),
     CONSTRAINT runs_status_timestamps CHECK (CASE status
         WHEN 'queued'    THEN completed_at IS NULL
         WHEN 'running'   THEN started_at IS NOT NULL AND completed_at IS NULL
@@ -147,6 +146,12 @@ CREATE TABLE diagnosis.runs (
         WHEN 'cancelled' THEN completed_at IS NOT NULL
     END)
 );
+-- The index set (issue 17). A status change is never a HOT update (status is in the predicates), so it inserts into
+-- every index without a predicate and every one whose predicate the new status meets: each index below is partial,
+-- on one stage of a run's life, and the primary key is the only one a run's three versions all enter.
+-- Idempotency keys (most runs have none).
+CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
 CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
     WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
@@ -155,9 +160,9 @@ CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, r
 CREATE INDEX runs_due_idx ON diagnosis.runs (run_after) WHERE status = 'queued';
 -- Runs in flight: recovery, cancel requests, and the per-organization cap of the claim.
 CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
--- Retention and per-organization reads.
-CREATE INDEX runs_completed_idx ON diagnosis.runs (completed_at) WHERE status IN ('completed', 'failed', 'cancelled');
-CREATE INDEX runs_organization_idx ON diagnosis.runs (organization_id, created_at);
+-- Finished runs: retention (purge_runs, per organization) and per-organization reads of history.
+CREATE INDEX runs_finished_idx ON diagnosis.runs (organization_id, completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
 COMMENT ON TABLE diagnosis.runs IS
     'Diagnosis runs. Enter only through diagnosis.enqueue_diagnosis(); only a pg_diagnosis worker moves one out of running.';
 
@@ -373,6 +378,7 @@ DECLARE
     v_org          uuid;
     v_visible      boolean;
     v_hash         text;
+    v_text         text;
     v_max_retries  int;
     v_run          diagnosis.runs;
     v_id           uuid;
@@ -388,9 +394,10 @@ BEGIN
         RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF octet_length(p_inputs::text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+    v_text := p_inputs::text;
+    IF octet_length(v_text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
         RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
-            octet_length(p_inputs::text), current_setting('diagnosis.max_inputs_bytes')
+            octet_length(v_text), current_setting('diagnosis.max_inputs_bytes')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_max_retries < 0 OR p_max_retries > 100 THEN
@@ -417,7 +424,7 @@ BEGIN
         RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    v_hash := encode(sha256(convert_to(p_inputs::text, 'UTF8')), 'hex');
+    v_hash := encode(sha256(convert_to(v_text, 'UTF8')), 'hex');
     v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
 
     LOOP
@@ -426,7 +433,7 @@ BEGIN
                                         priority, run_after, max_retries)
             VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
                     coalesce(p_run_after, now()), v_max_retries)
-            ON CONFLICT (patient_id, idempotency_key) DO NOTHING
+            ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id INTO v_id;
         ELSE
             INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
