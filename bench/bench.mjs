@@ -12,6 +12,7 @@ import { run as runGraphileWorker, Logger } from 'graphile-worker';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
 import { startFastEndpoint, loadBenchPatients, PG_BINDIR, procStats, clusterCpu, openRuns, endToEnd } from './lib.mjs';
+import { latencyRegime, idleStates, fairness } from './latency.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -175,6 +176,11 @@ async function main() {
     log('\n== graphile-worker, same job, same endpoint');
     results.graphile = await graphileWorker(cluster, fast.url, quick ? 2000 : 5000);
 
+    // The model-latency regime: calls that take seconds, SSE with a progress notification.
+    log('\n== model-latency regime: an endpoint that answers after seconds (SSE, progress notification)');
+    results.latency = await latencyRegime(cluster, { quick, row });
+    await cluster.reload({ 'diagnosis.mcp_url': fast.url, 'diagnosis.max_inflight': 128 });
+
     // The physical ceiling: pgbench replaying the claim and finalize SQL, no HTTP.
     log('\n== ceiling: pgbench replaying the claim and finalize SQL');
     results.ceiling = await ceiling(cluster, quick ? 4000 : 20000);
@@ -182,6 +188,13 @@ async function main() {
     // Claim cost with a million runs queued for later and a million due.
     log(`\n== claim cost with ${MILLION.toLocaleString('en')} runs`);
     results.claim = await claimCost(cluster);
+    cluster.destroy();
+
+    // Each on a cluster of its own: the worker's CPU in every state where it cannot work, and fairness.
+    log('\n== the worker when it cannot work');
+    results.idle = await idleStates({ quick, row, settings: CLUSTER_SETTINGS });
+    log('\n== fairness');
+    results.fairness = await fairness({ backlog: quick ? 10000 : 100000, url: fast.url, row, settings: CLUSTER_SETTINGS });
   } finally {
     cluster.destroy();
     await fast.stop();
@@ -259,6 +272,49 @@ async function graphileWorker(cluster, url, n) {
   return best;
 }
 
+/** The worker's own SQL, read from src/worker_store.cpp, so the ceiling replays exactly what the worker runs. */
+function workerStatement(name) {
+  const source = readFileSync(join(root, 'src', 'worker_store.cpp'), 'utf8');
+  const start = source.indexOf(`static const char *${name} =`);
+  const body = source.slice(start, source.indexOf(';\n', start));
+  return [...body.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1].replace(/\\"/g, '"')).join('');
+}
+const withParams = (sql, params) => sql.replace(/\$(\d+)/g, (_, i) => params[Number(i)]);
+
+/**
+ * One pgbench transaction pair per batch: the worker's claim statement and its context-pack statement in one
+ * transaction, then its finalize statement (three artifacts, status, audit) in another, as the worker commits them,
+ * with the HTTP call in between removed. Triggers off (session_replication_role = replica): pgbench is no worker.
+ */
+export function ceilingScript(batch) {
+  const claim = withParams(workerStatement('claim_sql'), { 1: batch, 2: 360000, 3: 'pg_backend_pid()', 4: 0, 5: 1 });
+  const tail = 'SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent';
+  if (!claim.includes(tail)) throw new Error('the claim statement no longer ends as the ceiling expects');
+  const answer = '{"content":[{"type":"text","text":"{}"}],"structuredContent":{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}}';
+  const diagnosis = '{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}';
+  const col = (expr) => `(SELECT array_agg(${expr} ORDER BY ord) FROM pg_temp.batch)`;
+  const finalize = withParams(workerStatement('finalize_sql'), {
+    1: col('id'), 2: col('attempt::text'), 3: col("'completed'::text"), 4: col('NULL::text'), 5: col('NULL::text'),
+    6: col('NULL::text'), 7: col('pack'), 8: col(`'${answer}'::text`), 9: col(`'${diagnosis}'::text`),
+    10: col("'1'::text"), 11: col('NULL::text'), 12: col("'0'::text"), 13: 0.5, 14: 'pg_backend_pid()', 15: col("'false'::text"),
+  });
+  return `
+SET client_min_messages = warning;
+CREATE TEMP TABLE IF NOT EXISTS batch (ord serial, id text, patient_id text, attempt int, max_retries int, schema_version text,
+                                       inputs text, traceparent text, pack text);
+BEGIN;
+SET LOCAL session_replication_role = replica;
+${claim.replace(tail, `INSERT INTO pg_temp.batch (id, patient_id, attempt, max_retries, schema_version, inputs, traceparent) ${tail}`)};
+UPDATE pg_temp.batch SET pack = (diagnosis.build_context_pack(patient_id::uuid) || jsonb_build_object('inputs', inputs::jsonb))::text;
+COMMIT;
+BEGIN;
+SET LOCAL session_replication_role = replica;
+${finalize};
+TRUNCATE pg_temp.batch;
+COMMIT;
+`;
+}
+
 async function ceiling(cluster, n) {
   await cluster.reload({ 'diagnosis.enabled': 'off' });
   await sleep(300);
@@ -269,39 +325,7 @@ async function ceiling(cluster, n) {
     await cluster.query(`SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % 1000), 12, '0'))::uuid,
                                                                   jsonb_build_object('ceiling', $1::int, 'n', g)))
                          FROM generate_series(1, $2::int) g`, [batch, n]);
-    // The worker's claim and finalize statements with the HTTP call removed; triggers off (pgbench is no worker).
-    const script = `
-BEGIN;
-SET LOCAL session_replication_role = replica;
-CREATE TEMP TABLE IF NOT EXISTS batch (id uuid, patient_id uuid, organization_id uuid, attempt int) ON COMMIT DELETE ROWS;
-WITH picked AS (SELECT id FROM diagnosis.runs WHERE status = 'queued' AND priority = 0 AND run_after <= now()
-                ORDER BY run_after LIMIT ${batch} FOR UPDATE SKIP LOCKED),
-     claimed AS (UPDATE diagnosis.runs r SET status = 'running', attempt = r.attempt + 1, started_at = now(),
-                        lease_expires_at = now() + interval '6 minutes', worker_pid = pg_backend_pid(), updated_at = now()
-                 FROM picked p WHERE r.id = p.id RETURNING r.id, r.patient_id, r.organization_id, r.attempt),
-     locked AS (INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, worker_pid)
-                SELECT id, organization_id, 'LOCKED', 'queued', 'running', attempt, current_user, pg_backend_pid() FROM claimed)
-INSERT INTO batch SELECT * FROM claimed;
-WITH upd AS (UPDATE diagnosis.runs r SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
-                    processing_time_ms = 1, progress = 1, updated_at = now()
-             FROM batch b WHERE r.id = b.id AND r.status = 'running' AND r.attempt = b.attempt
-             RETURNING r.id, r.patient_id, r.organization_id, r.attempt),
-     art AS (INSERT INTO diagnosis.artifacts (run_id, patient_id, organization_id, artifact_type, artifact_data, content_sha256,
-                    risk_level, confidence_score, primary_findings, recommendations_count, needs_review, sequence_order)
-             SELECT u.id, u.patient_id, u.organization_id, a.t, a.d, encode(sha256(convert_to(a.d::text, 'UTF8')), 'hex'),
-                    CASE WHEN a.s = 3 THEN a.d->>'risk_level' END, CASE WHEN a.s = 3 THEN (a.d->>'confidence_score')::real END,
-                    CASE WHEN a.s = 3 THEN ARRAY(SELECT jsonb_array_elements_text(a.d->'primary_findings')) END,
-                    CASE WHEN a.s = 3 THEN jsonb_array_length(a.d->'recommendations') END,
-                    CASE WHEN a.s = 3 THEN (a.d->>'confidence_score')::float8 < 0.5 END, a.s
-             FROM upd u CROSS JOIN LATERAL (VALUES
-               ('context_pack', diagnosis.build_context_pack(u.patient_id), 1),
-               ('mcp_response', '{"content":[{"type":"text","text":"{}"}],"structuredContent":{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate score 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}}'::jsonb, 2),
-               ('diagnosis_json', '{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate score 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}'::jsonb, 3)) a(t, d, s)),
-     aud AS (INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, worker_pid)
-             SELECT id, organization_id, 'COMPLETED', 'running', 'completed', attempt, current_user, pg_backend_pid() FROM upd)
-SELECT count(*) FROM upd;
-COMMIT;
-`;
+    const script = ceilingScript(batch);
     const file = join(dir, `ceiling-${batch}.sql`);
     writeFileSync(file, script);
     chmodSync(file, 0o644);
@@ -369,13 +393,30 @@ function writeReport() {
   plotScaling(r.scaling, join(root, 'docs', 'bench-scaling.svg'));
   const table = ['| measure | value | unit | note |', '|---|---:|---|---|',
     ...r.rows.map((x) => `| ${x.measure} | ${x.value} | ${x.unit} | ${x.note} |`)].join('\n');
+  const lat = r.latency;
+  const fdAllowed = lat.points.filter((p) => p.callLimit >= p.inflight);
+  const worstShare = Math.min(...fdAllowed.map((p) => p.share));
+  const latFailed = lat.points.reduce((a, p) => a + p.failed, 0);
+  const gwBestLat = lat.graphile.reduce((a, g) => (!a || g.rate > a.rate ? g : a), null);
   const targets = [
-    ['pg_diagnosis / graphile-worker', `${ratioGw}x`, '>= 10x', Number(ratioGw) >= 10],
-    ['pg_diagnosis drain rate / batched ceiling (32 per transaction)', ratioCeil, '>= 0.5', Number(ratioCeil) >= 0.5],
-    ['enqueue-to-claim p50', `${r.latencyP50} ms`, '< 5 ms', r.latencyP50 < 5],
+    ['pg_diagnosis / graphile-worker, end to end (fast endpoint)', `${ratioGw}x`, '>= 10x', Number(ratioGw) >= 10],
+    ['pg_diagnosis drain rate / pgbench ceiling of the same SQL (32 per transaction)', ratioCeil, '>= 0.5', Number(ratioCeil) >= 0.5],
+    ['enqueue-to-claim p50', `${r.latencyP50} ms`, '< 2 ms', r.latencyP50 < 2],
+    ['worker CPU per 1,000 runs (0.1.0: 562 ms)', `${Math.round(r.cpu.worker)} ms`, '< 281 ms', r.cpu.worker < 281],
+    ['enqueueing backend CPU per 1,000 runs (0.1.0: 393 ms)', `${Math.round(r.cpu.enqueue)} ms`, '< 197 ms', r.cpu.enqueue < 197],
+    [`latency regime: worst share of Little's law (${fdAllowed.length} of ${lat.points.length} points within the fd budget)`,
+      `${(worstShare * 100).toFixed(1)} %`, '>= 90 %', worstShare >= 0.9],
+    ['latency regime: failed runs', `${latFailed}`, '0', latFailed === 0],
     ['queries when idle', `${r.idleQueries}`, '0', r.idleQueries === 0],
     ['worker RSS growth', rssGrowth, 'within 10 %', r.rss.length > 1 ? Math.abs(r.rss[1][1] - r.rss[0][1]) / r.rss[0][1] <= 0.1 : null],
   ];
+  plotLatency(lat, join(root, 'docs', 'bench-latency.svg'));
+  const latencyTable = ['| max_inflight | call limit (fd budget) | runs/s | Little\'s law | share | failed | worker RssAnon (MB) | kB per call in flight |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...lat.points.map((p) => `| ${p.inflight} | ${p.callLimit} | ${p.rate} | ${p.little} | ${(p.share * 100).toFixed(1)} % | ${p.failed} | ${p.rssMb.toFixed(1)} | ${p.perCallKb.toFixed(1)} |`)].join('\n');
+  const gwLatTable = ['| graphile-worker concurrency | runs/s | Little\'s law | share | not completed |', '|---:|---:|---:|---:|---:|',
+    ...lat.graphile.map((g) => `| ${g.concurrency} | ${g.rate} | ${g.little} | ${((g.rate / g.little) * 100).toFixed(1)} % | ${g.failed} |`)].join('\n');
+  const best = lat.points.reduce((a, p) => (p.rate > a.rate ? p : a), lat.points[0]);
   const md = `# Benchmarks
 
 Measured by \`bash scripts/bench.sh${quick ? ' --quick' : ''}\` on ${r.machine.date.slice(0, 10)}: ${r.machine.cpus} cores (${r.machine.model}),
@@ -402,6 +443,28 @@ Drawn by gnuplot from the table below (\`node bench/bench.mjs --plot-only\` redr
 |---:|---:|---:|
 ${r.scaling.map((s) => `| ${s.workers} | ${s.inflight} | ${s.rate} |`).join('\n')}
 
+## The model-latency regime
+
+![throughput and worker memory versus calls in flight](bench-latency.svg)
+
+\`bench/fast-mcp.mjs --delay-ms ${lat.latencyMs} --sse\`: every \`tools/call\` is answered as an SSE stream, a
+\`notifications/progress\` for the call's progress token at once and the result ${lat.latencyMs} ms later (the endpoint
+runs under \`prlimit --nofile=20000:20000\`; the worker raises its own soft limit to its hard limit, 20,000 here). One
+worker. For each \`diagnosis.max_inflight\`, 4 x max_inflight runs are queued with claiming paused, then released; the
+rate counts completions from 0.5 to 3.5 latencies after the release (three waves), against Little's law,
+max_inflight x workers / latency. Memory is the worker's private resident memory (RssAnon) at its peak during the
+point, less what it was before the point, per call in flight.
+
+${latencyTable}
+
+graphile-worker doing the same job (claim with the context pack, the same SSE call, finalize) on the same endpoint,
+concurrency as given, a pool of 60 connections (the jobs hold one only around their SQL), same measurement window:
+
+${gwLatTable}
+
+pg_diagnosis at max_inflight ${best.inflight}: ${best.rate} runs/s; graphile-worker at its best (concurrency
+${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'} runs/s.
+
 ## How each side was run
 
 - **pg_diagnosis**: runs enqueued set-based (\`SELECT diagnosis.enqueue_diagnosis(...) FROM generate_series(...)\`, 5,000 per
@@ -414,9 +477,10 @@ ${r.scaling.map((s) => `| ${s.workers} | ${s.inflight} | ${s.rate} |`).join('\n'
   pg_diagnosis's triggers (\`gw.*\`). Tuned for throughput: batching on (\`localQueue.size\` = concurrency + 1,
   \`completeJobBatchDelay: 0\`, \`failJobBatchDelay: 0\`), \`pollInterval: 100\`, pool of concurrency + 4; the best of
   concurrency 32 and 64 is reported.
-- **Ceiling**: pgbench with 2 clients replaying the worker's claim statement and finalize statement (with the three
-  artifacts and both audit rows) and no HTTP, triggers off (\`session_replication_role = replica\`: pgbench is not a
-  worker), one run per transaction and 32 per transaction.
+- **Ceiling**: pgbench with 2 clients replaying the worker's own statements, read from \`src/worker_store.cpp\` when the
+  benchmark starts: the claim statement and the context-pack statement in one transaction, the finalize statement
+  (three artifacts, status, audit row) in the next, with no HTTP in between; triggers off
+  (\`session_replication_role = replica\`: pgbench is not a worker); 1 run and 32 runs per claim.
 - **Latency** is measured from the client sending an autocommit \`enqueue_diagnosis\` to the LOCKED audit row's
   \`clock_timestamp()\`, so it includes the enqueue statement itself; one run every 20 ms.
 - **Idle**: statements counted by \`pg_stat_statements\` (\`track = all\`, so the worker's SPI statements count), the
@@ -429,6 +493,35 @@ ${r.notes.map((n) => `- ${n}`).join('\n')}
   writeFileSync(join(root, 'docs', 'BENCHMARKS.md'), md);
   log(`\nwrote docs/BENCHMARKS.md and docs/bench-scaling.svg`);
   log(`pg_diagnosis / graphile-worker = ${ratioGw}x; pg_diagnosis drain / ceiling(32) = ${ratioCeil}`);
+}
+
+/** The latency-regime plot: runs/s (measured and Little's law) and the worker's RssAnon against calls in flight. */
+export function plotLatency(lat, file) {
+  const dir = mkdtempSync(join(os.tmpdir(), 'pgdiag-plot-'));
+  try {
+    writeFileSync(join(dir, 'lat.dat'), lat.points.map((p) => `${p.inflight} ${p.rate} ${p.little} ${p.rssMb.toFixed(1)}`).join('\n') + '\n');
+    writeFileSync(join(dir, 'plot.gp'), `set terminal svg size 640,380 font "sans,11" background rgb "white" noenhanced
+set output "${file}"
+set title "pg_diagnosis, ${lat.latencyMs} ms per call (SSE): throughput and worker memory versus calls in flight"
+set xlabel "diagnosis.max_inflight (one worker)"
+set ylabel "runs/s"
+set y2label "worker RssAnon (MB)"
+set logscale x 2
+set xtics (${lat.points.map((p) => p.inflight).join(', ')})
+set yrange [0:*]
+set y2range [0:*]
+set ytics nomirror
+set y2tics
+set key top left
+set grid ytics
+plot "${join(dir, 'lat.dat')}" using 1:2 with linespoints lw 2 pt 7 title "runs/s measured", \\
+     "${join(dir, 'lat.dat')}" using 1:3 with lines dt 2 lw 1 title "Little's law", \\
+     "${join(dir, 'lat.dat')}" using 1:4 axes x1y2 with linespoints lw 2 pt 5 title "worker RssAnon (MB)"
+`);
+    execFileSync('gnuplot', [join(dir, 'plot.gp')]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** The scaling plot with gnuplot (Debian's gnuplot-nox, installed by scripts/bench.sh): runs/s versus max_inflight,
@@ -468,5 +561,7 @@ if (import.meta.url === `file://${process.argv[1]}` && process.argv.includes('--
   process.exit(0);
 }
 
-await main();
-process.exit(0);
+if (import.meta.url === `file://${process.argv[1]}`) {
+  await main();
+  process.exit(0);
+}
