@@ -66,6 +66,15 @@ async function main() {
     row('other PostgreSQL processes (WAL writer, checkpointer, ...) CPU per 1,000 runs', Math.round(((pgCpu - workerCpu) / N) * 1e6), 'ms');
     row('fast MCP endpoint (Node) CPU per 1,000 runs', Math.round((mcpCpu / N) * 1e6), 'ms');
     results.cpu = { worker: workerCpu / N * 1e6, enqueue: e2e.enqueueCpu / N * 1e6, postgres: (pgCpu - workerCpu) / N * 1e6, mcp: mcpCpu / N * 1e6 };
+    {
+      const w0 = procStats(pid).cpuSeconds;
+      const perRow = await endToEnd(cluster, N, 'e2e-per-row', { perRow: true });
+      const w = procStats(pid).cpuSeconds - w0;
+      row(`end-to-end runs/s, N = ${N}, one enqueue_diagnosis call per row`, perRow.rate, 'runs/s', `${perRow.seconds.toFixed(1)} s`);
+      row('enqueueing backend CPU per 1,000 runs, one enqueue_diagnosis call per row', Math.round((perRow.enqueueCpu / N) * 1e6), 'ms');
+      row('worker CPU per 1,000 runs, runs enqueued per row', Math.round((w / N) * 1e6), 'ms');
+      results.cpu.enqueuePerRow = perRow.enqueueCpu / N * 1e6;
+    }
 
     // Drain rate: the same runs enqueued first with claiming paused, so only claim, call and finalize are timed
     // (what the pgbench ceiling replays).
@@ -345,22 +354,24 @@ async function ceiling(cluster, n) {
 }
 
 async function claimCost(cluster) {
-  const claim = `
-    EXPLAIN (ANALYZE, FORMAT JSON)
-    WITH RECURSIVE priorities AS (
-      (SELECT priority FROM diagnosis.runs WHERE status = 'queued' ORDER BY priority DESC LIMIT 1)
-      UNION ALL
-      SELECT (SELECT r.priority FROM diagnosis.runs r WHERE r.status = 'queued' AND r.priority < p.priority ORDER BY r.priority DESC LIMIT 1)
-      FROM priorities p WHERE p.priority IS NOT NULL)
-    SELECT due.id FROM priorities p
-    CROSS JOIN LATERAL (SELECT r.id FROM diagnosis.runs r WHERE r.status = 'queued' AND r.priority = p.priority AND r.run_after <= now()
-                        ORDER BY r.run_after LIMIT 64 FOR UPDATE SKIP LOCKED) due
-    LIMIT 64`;
+  // The worker's own claim statement, rolled back: EXPLAIN ANALYZE runs the UPDATE and the audit INSERT too.
+  const claim = `EXPLAIN (ANALYZE, FORMAT JSON) ${withParams(workerStatement('claim_sql'), { 1: 64, 2: 360000, 3: 1, 4: 0, 5: 1 })}`;
+  const explain = async () => {
+    const client = await cluster.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SET LOCAL session_replication_role = replica');
+      return (await client.query(claim)).rows[0]['QUERY PLAN'][0];
+    } finally {
+      await client.query('ROLLBACK');
+      await client.end();
+    }
+  };
   const measure = async (label) => {
     const times = [];
     let plan;
     for (let i = 0; i < 5; i++) {
-      plan = (await cluster.query(claim)).rows[0]['QUERY PLAN'][0];
+      plan = await explain();
       times.push(plan['Execution Time']);
     }
     times.sort((a, b) => a - b);
@@ -467,7 +478,8 @@ ${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'}
 
 ## How each side was run
 
-- **pg_diagnosis**: runs enqueued set-based (\`SELECT diagnosis.enqueue_diagnosis(...) FROM generate_series(...)\`, 5,000 per
+- **pg_diagnosis**: runs enqueued set-based (\`SELECT diagnosis.enqueue_diagnoses(array_agg(...), array_agg(...)) FROM
+  generate_series(...)\`; the rows marked "per row" call \`enqueue_diagnosis\` once per row instead), 5,000 per
   statement, each statement its own transaction, so the worker drains while enqueueing goes on); the clock runs from
   the first enqueue to the moment no run is queued or running. Every run has its three artifacts, its status and its
   audit rows (ENQUEUED, LOCKED, COMPLETED), exactly as in production.
@@ -485,7 +497,7 @@ ${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'}
   \`clock_timestamp()\`, so it includes the enqueue statement itself; one run every 20 ms.
 - **Idle**: statements counted by \`pg_stat_statements\` (\`track = all\`, so the worker's SPI statements count), the
   worker's CPU from \`/proc/<pid>/stat\`.
-- **Claim cost**: \`EXPLAIN ANALYZE\` of the worker's claim query (the skip scan over priorities) with an empty queue,
+- **Claim cost**: \`EXPLAIN ANALYZE\` of the worker's claim statement (read from \`src/worker_store.cpp\`; rolled back) with an empty queue,
   with ${MILLION.toLocaleString('en')} runs scheduled for tomorrow, and with ${MILLION.toLocaleString('en')} runs due.
 
 ${r.notes.map((n) => `- ${n}`).join('\n')}

@@ -1,7 +1,8 @@
 // CPU per run on both sides, for comparing one change with another: after a warm-up, N runs end to end
 // (set-based enqueue overlapping the drain; with the WAL they wrote, a figure the machine's load cannot move), then
 // N queued beforehand and drained. Prints one JSON line.
-// Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/cpu.mjs [--runs 10000] [--label text]
+// Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/cpu.mjs [--runs 10000] [--label text] [--per-row]
+// --per-row: one enqueue_diagnosis call per run instead of enqueue_diagnoses (older builds have only that).
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startFastEndpoint, loadBenchPatients, procStats, openRuns, endToEnd } from './lib.mjs';
 
@@ -20,7 +21,7 @@ try {
   const lsn = async () => (await cluster.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l;
   const l0 = await lsn();
   const w0 = procStats(pid).cpuSeconds;
-  const e2e = await endToEnd(cluster, N, 'e2e');
+  const e2e = await endToEnd(cluster, N, 'e2e', { perRow: args.includes('--per-row') });
   const worker = procStats(pid).cpuSeconds - w0;
   const walBytes = Number((await cluster.query('SELECT pg_wal_lsn_diff($1, $2) AS d', [await lsn(), l0])).rows[0].d);
   await cluster.reload({ 'diagnosis.enabled': 'off' });

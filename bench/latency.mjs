@@ -180,7 +180,7 @@ async function noExtension(settings, seconds, row) {
   {
     const bare = await startCluster({ settings: { ...settings, 'diagnosis.mcp_url': 'http://127.0.0.1:9/mcp' }, createExtension: false });
     try {
-      await sleep(2000);
+      await sleep(5000);
       const pids = (await bare.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker'`)).rows;
       out.noExtension = pids.length ? await cpuPerMinute(pids[0].pid, seconds) : 0;
       row('worker CPU per minute: no extension in its database', out.noExtension, 'ms',
@@ -194,6 +194,7 @@ async function noExtension(settings, seconds, row) {
 
 async function otherStates(cluster, seconds, row) {
   const out = {};
+  await cluster.waitFor(async () => (await cluster.workerPids()).length > 0, { what: 'the worker to start' });
   const pid = (await cluster.workerPids())[0];
   const one = `SELECT diagnosis.enqueue_diagnosis(${patient('1')}, jsonb_build_object('idle', $1::text), max_retries => 100)`;
   // Endpoint down: port 9 (discard) refuses; the run waits out its backoff between attempts.

@@ -63,18 +63,28 @@ export const openRuns = async (cluster) => (await cluster.query(`
   SELECT (SELECT count(*) FROM diagnosis.runs WHERE status = 'queued')
        + (SELECT count(*) FROM diagnosis.runs WHERE status = 'running') AS n`)).rows[0].n;
 
+/** The set-based enqueue of 0.2.0 (diagnosis.enqueue_diagnoses), or one enqueue_diagnosis call per row: per row
+ * when asked, or when the extension under test predates enqueue_diagnoses (bench/compare.sh builds older commits). */
+async function enqueueStatement(client, perRow) {
+  const batch = (await client.query(
+    `SELECT to_regprocedure('diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int)') IS NOT NULL AS ok`)).rows[0].ok;
+  const patient = "('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % 1000), 12, '0'))::uuid";
+  const inputs = "jsonb_build_object('bench', $1::text, 'n', g)";
+  return batch && !perRow
+    ? `SELECT cardinality(diagnosis.enqueue_diagnoses(array_agg(${patient} ORDER BY g), array_agg(${inputs} ORDER BY g)))
+       FROM generate_series($2::int, $3::int) g`
+    : `SELECT count(diagnosis.enqueue_diagnosis(${patient}, ${inputs})) FROM generate_series($2::int, $3::int) g`;
+}
+
 /** Enqueues n runs set-based (chunks of 5,000 per statement, each its own transaction) and waits for all. */
-export async function endToEnd(cluster, n, label) {
-  const patients = 1000;
+export async function endToEnd(cluster, n, label, { perRow = false } = {}) {
   const started = Date.now();
   const client = await cluster.connect();
   const backend = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  const sql = await enqueueStatement(client, perRow);
   const backendCpu0 = procStats(backend).cpuSeconds;
   for (let from = 0; from < n; from += 5000) {
-    await client.query(`
-      SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % ${patients}), 12, '0'))::uuid,
-                                               jsonb_build_object('bench', $1::text, 'n', g)))
-      FROM generate_series($2::int, $3::int) g`, [label, from, Math.min(n, from + 5000) - 1]);
+    await client.query(sql, [label, from, Math.min(n, from + 5000) - 1]);
   }
   const enqueueSeconds = (Date.now() - started) / 1000;
   const enqueueCpu = procStats(backend).cpuSeconds - backendCpu0;
