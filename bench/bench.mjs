@@ -12,7 +12,7 @@ import { run as runGraphileWorker, Logger } from 'graphile-worker';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
 import { startFastEndpoint, loadBenchPatients, PG_BINDIR, procStats, clusterCpu, openRuns, endToEnd } from './lib.mjs';
-import { latencyRegime, idleStates, fairness } from './latency.mjs';
+import { latencyRegime, idleStates, fairness, graphileTask } from './latency.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -227,40 +227,7 @@ async function graphileWorker(cluster, url, n) {
              jsonb_build_object('bench', $1::text, 'n', g), md5($1 || g), 3
       FROM generate_series(1, $2::int) g`, [label, n]);
     let done = 0;
-    const task = async ({ run_id }, helpers) => {
-      // Claim: running, attempt, LOCKED audit and the context pack, like pg_diagnosis's claim.
-      const claim = await helpers.withPgClient((c) => c.query(`
-        WITH u AS (UPDATE gw.runs SET status = 'running', attempt = attempt + 1, started_at = now(), worker_pid = pg_backend_pid()
-                   WHERE id = $1 RETURNING id, patient_id, organization_id, attempt, inputs),
-             a AS (INSERT INTO gw.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
-                   SELECT id, organization_id, 'LOCKED', 'queued', 'running', attempt, current_user FROM u)
-        SELECT u.*, diagnosis.build_context_pack(u.patient_id) || jsonb_build_object('inputs', u.inputs) AS pack FROM u`, [run_id]));
-      const r = claim.rows[0];
-      const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-        body: JSON.stringify({ jsonrpc: '2.0', id: `${r.id}:${r.attempt}`, method: 'tools/call', params: { name: 'run_diagnosis',
-          arguments: { run_id: r.id, patient_id: r.patient_id, attempt: r.attempt, schema_version: 'v1', inputs: r.inputs, context_pack: r.pack } } }) });
-      const result = (await response.json()).result;
-      const diagnosis = result.structuredContent;
-      // Finalize: three artifacts, the status and the audit row in one transaction.
-      await helpers.withPgClient(async (c) => {
-        await c.query('BEGIN');
-        await c.query(`
-          INSERT INTO gw.artifacts (run_id, patient_id, organization_id, artifact_type, artifact_data, content_sha256, risk_level,
-                                    confidence_score, primary_findings, recommendations_count, needs_review, sequence_order)
-          SELECT $1, $2, $3, t, d, encode(sha256(convert_to(d::text, 'UTF8')), 'hex'),
-                 CASE WHEN s = 3 THEN d->>'risk_level' END, CASE WHEN s = 3 THEN (d->>'confidence_score')::real END,
-                 CASE WHEN s = 3 THEN ARRAY(SELECT jsonb_array_elements_text(d->'primary_findings')) END,
-                 CASE WHEN s = 3 THEN jsonb_array_length(d->'recommendations') END,
-                 CASE WHEN s = 3 THEN (d->>'confidence_score')::float8 < 0.5 END, s
-          FROM (VALUES ('context_pack', $4::jsonb, 1), ('mcp_response', $5::jsonb, 2), ('diagnosis_json', $6::jsonb, 3)) v(t, d, s)`,
-          [r.id, r.patient_id, r.organization_id, r.pack, result, diagnosis]);
-        await c.query(`UPDATE gw.runs SET status = 'completed', completed_at = now(), updated_at = now() WHERE id = $1`, [r.id]);
-        await c.query(`INSERT INTO gw.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
-                       VALUES ($1, $2, 'COMPLETED', 'running', 'completed', $3, current_user)`, [r.id, r.organization_id, r.attempt]);
-        await c.query('COMMIT');
-      });
-      done++;
-    };
+    const task = graphileTask(url, () => { done++; });
     const runner = await runGraphileWorker({
       connectionString, concurrency, noHandleSignals: true, pollInterval: 100, taskList: { diagnose: task },
       preset: { worker: { maxPoolSize: concurrency + 4, localQueue: { size: concurrency + 1 }, completeJobBatchDelay: 0,
@@ -502,8 +469,15 @@ ${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'}
 
 ${r.notes.map((n) => `- ${n}`).join('\n')}
 `;
-  writeFileSync(join(root, 'docs', 'BENCHMARKS.md'), md);
-  log(`\nwrote docs/BENCHMARKS.md and docs/bench-scaling.svg`);
+  // What follows the marker in the existing file is written by hand (profiles, comparisons between commits): kept.
+  const marker = '<!-- Written by hand below this line; bench/bench.mjs keeps it. -->';
+  let kept = `${marker}\n`;
+  try {
+    const old = readFileSync(join(root, 'docs', 'BENCHMARKS.md'), 'utf8');
+    if (old.includes(marker)) kept = old.slice(old.indexOf(marker));
+  } catch { /* first run */ }
+  writeFileSync(join(root, 'docs', 'BENCHMARKS.md'), `${md}\n${kept}`);
+  log(`\nwrote docs/BENCHMARKS.md, docs/bench-scaling.svg and docs/bench-latency.svg`);
   log(`pg_diagnosis / graphile-worker = ${ratioGw}x; pg_diagnosis drain / ceiling(32) = ${ratioCeil}`);
 }
 

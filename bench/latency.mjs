@@ -73,9 +73,10 @@ export async function latencyRegime(cluster, { quick, row }) {
   return out;
 }
 
-/** The graphile-worker job of bench.mjs (claim with the context pack, tools/call, finalize) against an SSE
- * endpoint: its answer is the last `data:` event of the stream. */
-function graphileTask(url, onDone) {
+/** graphile-worker's job, the same work as a pg_diagnosis run: the claim (status, attempt, LOCKED audit row, the
+ * context pack from diagnosis.build_context_pack), the same tools/call, then the three artifacts, the status and
+ * the COMPLETED audit row in one transaction. Reads a JSON answer or an SSE stream (the event with an id). */
+export function graphileTask(url, onDone) {
   return async ({ run_id }, helpers) => {
     const claim = await helpers.withPgClient((c) => c.query(`
       WITH u AS (UPDATE gw.runs SET status = 'running', attempt = attempt + 1, started_at = now(), worker_pid = pg_backend_pid()
