@@ -15,6 +15,7 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "usage: bash bench/compare.sh [--rounds N] [--runs N] COMMIT..." >&2; exit 2; }
 scratch=$(mktemp -d /tmp/pgdiag-compare-XXXXXX)
+chmod 755 "$scratch"   # the private copies run as postgres
 trap 'for c in "${commits[@]}"; do git worktree remove --force "$scratch/src-$c" 2>/dev/null || true; done; rm -rf "$scratch"' EXIT
 commits=()
 declare -A bindir
