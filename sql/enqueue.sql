@@ -47,3 +47,33 @@ SELECT diagnosis.enqueue_diagnosis('00000000-0000-0000-0000-0000000000a1', '{"ro
 ROLLBACK;
 SELECT count(*) AS rolled_back_runs FROM diagnosis.runs WHERE inputs ? 'rolled';
 SELECT queued, running, completed, failed, cancelled, oldest_queued_age IS NOT NULL AS has_oldest FROM diagnosis.queue_stats;
+
+-- The set-based enqueue: one keyless run per element, ids in order; in-flight inputs coalesce (in the table and
+-- within the array) with DEDUPLICATED rows; the same errors as enqueue_diagnosis, for the first bad element.
+-- Rolled back at the end: the suites after this one count runs.
+BEGIN;
+SELECT cardinality(ids) AS n, cardinality(ARRAY(SELECT DISTINCT unnest(ids))) AS distinct_runs,
+       ids[1] = ids[3] AS duplicate_coalesced,
+       ids[4] = (SELECT id FROM e WHERE label = 'keyless other inputs') AS coalesced_with_earlier_run
+FROM (SELECT diagnosis.enqueue_diagnoses(
+        ARRAY['00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-0000000000a2',
+              '00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-0000000000a1']::uuid[],
+        ARRAY['{"set":1}', '{"set":1}', '{"set":1}', '{"a":1,"b":3}']::jsonb[]) AS ids) s;
+SELECT r.inputs, r.status, r.priority, r.requested_by,
+       (SELECT string_agg(a.event || '/' || a.actor || '/' || coalesce(a.details->>'priority', '-'), ' ' ORDER BY a.id)
+          FROM diagnosis.audit_log a WHERE a.run_id = r.id) AS audit
+FROM diagnosis.runs r WHERE r.inputs = '{"set":1}' ORDER BY r.patient_id;
+INSERT INTO e SELECT 'set default inputs', unnest(diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a2']::uuid[]));
+SELECT r.inputs, diagnosis.enqueue_diagnoses(ARRAY[r.patient_id]) = ARRAY[r.id] AS coalesces
+FROM diagnosis.runs r JOIN e ON e.id = r.id WHERE e.label = 'set default inputs';
+SELECT diagnosis.enqueue_diagnoses('{}') AS empty;
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(NULL)$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], ARRAY['{}', '{}']::jsonb[])$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1', NULL]::uuid[])$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], ARRAY['[1]']::jsonb[])$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], ARRAY[NULL]::jsonb[])$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-00000000ffff']::uuid[])$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], priority => 101)$$);
+SELECT pgd_try($$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], max_retries => -1)$$);
+SELECT count(*) AS runs_after_errors FROM diagnosis.runs WHERE inputs = '{}' AND patient_id = '00000000-0000-0000-0000-0000000000a1';
+ROLLBACK;

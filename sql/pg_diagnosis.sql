@@ -138,7 +138,6 @@ CREATE TABLE diagnosis.runs (
     -- a cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
     cancel_requested_at timestamptz,
     cancel_requested_by name,
-    CONSTRAINT runs_patient_idempotency_key UNIQUE (patient_id, idempotency_key),
     CONSTRAINT runs_status_timestamps CHECK (CASE status
         WHEN 'queued'    THEN completed_at IS NULL
         WHEN 'running'   THEN started_at IS NOT NULL AND completed_at IS NULL
@@ -147,6 +146,12 @@ CREATE TABLE diagnosis.runs (
         WHEN 'cancelled' THEN completed_at IS NOT NULL
     END)
 );
+-- The index set (issue 17). A status change is never a HOT update (status is in the predicates), so it inserts into
+-- every index without a predicate and every one whose predicate the new status meets: each index below is partial,
+-- on one stage of a run's life, and the primary key is the only one a run's three versions all enter.
+-- Idempotency keys (most runs have none).
+CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
 CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
     WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
@@ -155,9 +160,9 @@ CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, r
 CREATE INDEX runs_due_idx ON diagnosis.runs (run_after) WHERE status = 'queued';
 -- Runs in flight: recovery, cancel requests, and the per-organization cap of the claim.
 CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
--- Retention and per-organization reads.
-CREATE INDEX runs_completed_idx ON diagnosis.runs (completed_at) WHERE status IN ('completed', 'failed', 'cancelled');
-CREATE INDEX runs_organization_idx ON diagnosis.runs (organization_id, created_at);
+-- Finished runs: retention (purge_runs, per organization) and per-organization reads of history.
+CREATE INDEX runs_finished_idx ON diagnosis.runs (organization_id, completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
 COMMENT ON TABLE diagnosis.runs IS
     'Diagnosis runs. Enter only through diagnosis.enqueue_diagnosis(); only a pg_diagnosis worker moves one out of running.';
 
@@ -311,9 +316,13 @@ CREATE TRIGGER artifacts_writer BEFORE INSERT ON diagnosis.artifacts
 -- _impl function and run it as the schema owner, so policies can read members without recursing into RLS.
 -- ===========================================================================================================
 
+-- plpgsql, not sql, for the helpers on enqueue's path: a sql function with a SET clause is never inlined, and is
+-- parsed and planned again on every call (about half of enqueue's CPU); plpgsql keeps its plans for the session.
 CREATE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
-    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false);
+END;
 $$;
 
 -- Positional parameters: in SQL functions a column (members.member_role) would shadow a parameter of that name.
@@ -347,15 +356,17 @@ COMMENT ON FUNCTION diagnosis._assigned_patients() IS
 -- The same rule as the policies on patients (admin of the patient's organization, or a clinician member of it
 -- assigned to the patient), for a role other than current_user, as index lookups for one patient (enqueue's hot path).
 CREATE FUNCTION diagnosis._role_sees_patient(role name, patient uuid) RETURNS boolean
-    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT diagnosis._is_superuser($1)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN diagnosis._is_superuser($1)
         OR EXISTS (SELECT 1
                    FROM diagnosis.patients p
                    JOIN diagnosis.members m ON m.organization_id = p.organization_id AND m.role_name = $1
                    WHERE p.id = $2
                      AND (m.member_role = 'admin'
                           OR EXISTS (SELECT 1 FROM diagnosis.patient_assignments a
-                                     WHERE a.patient_id = p.id AND a.role_name = $1)))
+                                     WHERE a.patient_id = p.id AND a.role_name = $1)));
+END;
 $$;
 
 -- ===========================================================================================================
@@ -369,6 +380,7 @@ DECLARE
     v_org          uuid;
     v_visible      boolean;
     v_hash         text;
+    v_text         text;
     v_max_retries  int;
     v_run          diagnosis.runs;
     v_id           uuid;
@@ -384,9 +396,10 @@ BEGIN
         RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF octet_length(p_inputs::text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+    v_text := p_inputs::text;
+    IF octet_length(v_text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
         RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
-            octet_length(p_inputs::text), current_setting('diagnosis.max_inputs_bytes')
+            octet_length(v_text), current_setting('diagnosis.max_inputs_bytes')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_max_retries < 0 OR p_max_retries > 100 THEN
@@ -413,7 +426,7 @@ BEGIN
         RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    v_hash := encode(sha256(convert_to(p_inputs::text, 'UTF8')), 'hex');
+    v_hash := encode(sha256(convert_to(v_text, 'UTF8')), 'hex');
     v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
 
     LOOP
@@ -422,7 +435,7 @@ BEGIN
                                         priority, run_after, max_retries)
             VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
                     coalesce(p_run_after, now()), v_max_retries)
-            ON CONFLICT (patient_id, idempotency_key) DO NOTHING
+            ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id INTO v_id;
         ELSE
             INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
@@ -485,6 +498,123 @@ CREATE FUNCTION diagnosis.enqueue_diagnosis(patient_id uuid, inputs jsonb DEFAUL
     LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
 COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int) IS
     'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs while a run is in flight.';
+
+-- ===========================================================================================================
+-- Set-based enqueue (issue 17): many keyless runs in one statement, at what its SQL costs
+-- ===========================================================================================================
+
+-- The same checks, errors, coalescing and audit rows as enqueue_diagnosis, per element, with one INSERT for the
+-- runs and one for their ENQUEUED rows instead of a function call and five statements per run (whose executor
+-- start-up, CHECK constraints and foreign-key triggers are most of what a one-run enqueue costs). Elements whose
+-- inputs are already in flight (in the table or earlier in the same array) take the one-run path, which returns
+-- the run they coalesce with and writes its DEDUPLICATED row.
+CREATE FUNCTION diagnosis._enqueue_diagnoses_impl(caller name, p_patient_ids uuid[], p_inputs jsonb[],
+        p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid[]
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_n            int := coalesce(cardinality(p_patient_ids), 0);
+    v_limit        bigint := pg_size_bytes(current_setting('diagnosis.max_inputs_bytes'));
+    v_max_retries  int;
+    v_bad          record;
+    v_ids          uuid[];
+BEGIN
+    IF p_patient_ids IS NULL THEN
+        RAISE EXCEPTION 'patient_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_inputs IS NOT NULL AND coalesce(cardinality(p_inputs), 0) <> v_n THEN
+        RAISE EXCEPTION 'inputs has % elements, patient_ids %: one inputs object per patient',
+            coalesce(cardinality(p_inputs), 0), v_n USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN '{}';
+    END IF;
+
+    -- The first offending element raises what enqueue_diagnosis would raise for it.
+    SELECT x.ord, x.patient_id, x.inputs, octet_length(x.inputs::text) AS bytes INTO v_bad
+      FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS x(patient_id, inputs, ord)
+     WHERE x.patient_id IS NULL OR (p_inputs IS NOT NULL AND (x.inputs IS NULL OR jsonb_typeof(x.inputs) <> 'object'
+                                                              OR octet_length(x.inputs::text) > v_limit))
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        IF v_bad.patient_id IS NULL THEN
+            RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+        ELSIF v_bad.inputs IS NULL THEN
+            RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'Pass ''{}'' for a run without inputs.';
+        ELSIF jsonb_typeof(v_bad.inputs) <> 'object' THEN
+            RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(v_bad.inputs)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            v_bad.bytes, current_setting('diagnosis.max_inputs_bytes') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Unknown and invisible patients: the same check for each distinct patient, the same error.
+    SELECT x.patient_id INTO v_bad
+      FROM (SELECT DISTINCT patient_id FROM unnest(p_patient_ids) AS u(patient_id)) x
+      LEFT JOIN diagnosis.patients p ON p.id = x.patient_id
+     WHERE NOT diagnosis._role_sees_patient(caller, x.patient_id) OR p.id IS NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'patient "%" does not exist', v_bad.patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
+    WITH x AS (
+        SELECT e.ord, e.patient_id, e.inputs, e.inputs_hash, p.organization_id,
+               row_number() OVER (PARTITION BY e.patient_id, e.inputs_hash ORDER BY e.ord) = 1 AS first
+          FROM (SELECT u.ord, u.patient_id, coalesce(u.inputs, '{}') AS inputs,
+                       encode(sha256(convert_to(coalesce(u.inputs, '{}')::text, 'UTF8')), 'hex') AS inputs_hash
+                  FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS u(patient_id, inputs, ord)) e
+          JOIN diagnosis.patients p ON p.id = e.patient_id
+    ), ins AS (
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, priority, run_after,
+                                    max_retries)
+        SELECT x.patient_id, x.organization_id, caller, x.inputs, x.inputs_hash, p_priority,
+               coalesce(p_run_after, now()), v_max_retries
+          FROM x WHERE x.first ORDER BY x.ord
+        ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+        DO NOTHING
+        RETURNING id, patient_id, organization_id, inputs_hash
+    ), audit AS (
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, details)
+        SELECT id, organization_id, 'ENQUEUED', NULL, 'queued', 0, caller,
+               jsonb_build_object('priority', p_priority, 'inputs_hash', inputs_hash)
+          FROM ins
+    )
+    SELECT array_agg(ins.id ORDER BY x.ord) INTO v_ids
+      FROM x LEFT JOIN ins ON x.first AND ins.patient_id = x.patient_id AND ins.inputs_hash = x.inputs_hash;
+
+    -- Coalesced elements: the one-run path finds their run (and the moved-patient cases) exactly as it would alone.
+    FOR i IN 1 .. v_n LOOP
+        IF v_ids[i] IS NULL THEN
+            v_ids[i] := diagnosis._enqueue_diagnosis_impl(caller, p_patient_ids[i], coalesce(p_inputs[i], '{}'), NULL,
+                                                          p_priority, p_run_after, p_max_retries);
+        END IF;
+    END LOOP;
+    PERFORM diagnosis._wake_at_commit();
+    RETURN v_ids;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnoses(patient_ids uuid[], inputs jsonb[] DEFAULT NULL, priority int DEFAULT 0,
+        run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid[]
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int) IS
+    'Queues one keyless run per element (inputs: one object per patient, default {}); returns their ids in order. '
+    'Same checks, coalescing and audit rows as enqueue_diagnosis, one statement per batch.';
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int) FROM PUBLIC;
 
 CREATE FUNCTION diagnosis._cancel_diagnosis_impl(caller name, p_run_id uuid) RETURNS boolean
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$

@@ -329,6 +329,8 @@ pgdiag::RecoverRuns(bool hand_back, bool *running_left)
  * One statement finalizes a batch. Rows another transaction holds locked (a cancel_diagnosis still open) are
  * skipped, never waited for, and come back in `deferred` to be tried again; a run whose cancel was requested
  * ends cancelled whatever the call's outcome (an answer that still arrived is kept as its mcp_response only).
+ * The locking and updating joins use `slim`, the input without its three documents: the executor copies every
+ * joined row whole (for rechecks under concurrent updates), and copying the documents cost more than writing them.
  */
 static const char *finalize_sql =
     "WITH input AS ("
@@ -341,10 +343,13 @@ static const char *finalize_sql =
     "              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $15::text[], $16::text[])"
     "       AS i(id, attempt, outcome, error_code, error_message, error_details, context_pack, mcp_response,"
     "            diagnosis, processing_ms, mcp_run_id, retry_delay_ms, refund, task_lost)"
+    "), slim AS MATERIALIZED ("
+    "  SELECT id, attempt, outcome, error_code, error_message, error_details, processing_ms, mcp_run_id,"
+    "         retry_delay_ms, refund, task_lost, mcp_response IS NOT NULL AS answered FROM input"
     "), target AS ("
     "  SELECT r.id, r.cancel_requested_at, r.cancel_requested_by,"
     "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
-    "  FROM diagnosis.runs r JOIN input i ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
+    "  FROM diagnosis.runs r JOIN slim i ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
     "  FOR NO KEY UPDATE OF r SKIP LOCKED"
     "), upd AS ("
     "  UPDATE diagnosis.runs r SET"
@@ -365,10 +370,10 @@ static const char *finalize_sql =
     "    processing_time_ms = i.processing_ms,"
     "    progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,"
     "    updated_at = now()"
-    "  FROM input i JOIN target t ON t.id = i.id"
+    "  FROM slim i JOIN target t ON t.id = i.id"
     "  WHERE r.id = i.id"
     "  RETURNING r.id, r.patient_id, r.organization_id, i.attempt, t.outcome, i.error_code, i.retry_delay_ms,"
-    "            i.refund, i.context_pack, i.mcp_response, i.diagnosis, t.cancel_requested_at, t.cancel_requested_by"
+    "            i.refund, i.answered, t.cancel_requested_at, t.cancel_requested_by"
     "), art AS ("
     "  INSERT INTO diagnosis.artifacts (run_id, patient_id, organization_id, artifact_type, artifact_data,"
     "         content_sha256, risk_level, confidence_score, primary_findings, recommendations_count,"
@@ -381,9 +386,9 @@ static const char *finalize_sql =
     "         CASE WHEN a.seq = 3 THEN jsonb_array_length(a.data->'recommendations') END,"
     "         CASE WHEN a.seq = 3 THEN (a.data->>'confidence_score')::float8 < $13 END,"
     "         a.seq"
-    "  FROM upd u CROSS JOIN LATERAL (VALUES ('context_pack', u.context_pack, 1),"
-    "                                        ('mcp_response', u.mcp_response, 2),"
-    "                                        ('diagnosis_json', u.diagnosis, 3)) AS a(artifact_type, data, seq)"
+    "  FROM upd u JOIN input i ON i.id = u.id"
+    "       CROSS JOIN LATERAL (VALUES ('context_pack', i.context_pack, 1), ('mcp_response', i.mcp_response, 2),"
+    "                                  ('diagnosis_json', i.diagnosis, 3)) AS a(artifact_type, data, seq)"
     "  WHERE u.outcome <> 'queued' AND a.data IS NOT NULL AND NOT (u.outcome = 'cancelled' AND a.seq = 3)"
     "), aud AS ("
     "  INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,"
@@ -398,11 +403,11 @@ static const char *finalize_sql =
     "             'retry_delay_ms', CASE WHEN u.outcome = 'queued' THEN u.retry_delay_ms END,"
     "             'attempt_kept', CASE WHEN u.outcome = 'queued' AND u.refund THEN true END,"
     "             'cancel_requested_at', u.cancel_requested_at,"
-    "             'answer_arrived', CASE WHEN u.outcome = 'cancelled' THEN u.mcp_response IS NOT NULL END))"
+    "             'answer_arrived', CASE WHEN u.outcome = 'cancelled' THEN u.answered END))"
     "  FROM upd u"
     ")"
     "SELECT (SELECT count(*) FROM upd WHERE outcome <> 'queued'),"
-    "       (SELECT array_agg(i.id::text) FROM input i JOIN diagnosis.runs r"
+    "       (SELECT array_agg(i.id::text) FROM slim i JOIN diagnosis.runs r"
     "               ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
     "         WHERE i.id NOT IN (SELECT id FROM target))";
 
@@ -896,10 +901,11 @@ BuildPacks(void *arg)
 		patients[i] = job->runs[i].patient_id;
 		inputs[i] = job->runs[i].inputs;
 	}
-	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. */
+	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. OFFSET 0 keeps
+	 * the planner from pulling the subquery up, which would call the pack function once per use of p.pack. */
 	sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
 	               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
-	               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack) p"
+	               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack OFFSET 0) p"
 	               " ORDER BY x.ord",
 	               job->fn->qualified_name);
 	values[0] = TextArray(patients, job->n);
