@@ -316,8 +316,7 @@ COMMENT ON FUNCTION diagnosis._warn_outside_worker_database() IS
 
 REVOKE ALL ON FUNCTION diagnosis._warn_outside_worker_database() FROM PUBLIC;
 
--- ====================================================================================================
-
+-- ===========================================================================================================
 -- review_queue by urgency (SPEC section 10)
 -- ===========================================================================================================
 
@@ -662,7 +661,7 @@ COMMENT ON VIEW diagnosis.news2_fhir IS
     'Each diagnosis as a FHIR R4 Observation (UK Core NEWS2 shape) in resource; the rows of artifacts the caller may see.';
 
 GRANT SELECT ON diagnosis.news2_fhir TO PUBLIC;
-=======
+
 
 -- ===========================================================================================================
 -- Performance (issue 17): the access helpers on enqueue's path become plpgsql (plans kept per session)
