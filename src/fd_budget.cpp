@@ -58,8 +58,8 @@ pgdiag::PlanFdBudget(int wanted_calls)
 	}
 	if ((long) limit.rlim_cur < wanted && limit.rlim_cur != RLIM_INFINITY) {
 		struct rlimit raised = limit;
-		raised.rlim_cur = (limit.rlim_max == RLIM_INFINITY || (long) limit.rlim_max > wanted) ? (rlim_t) wanted
-		                                                                                       : limit.rlim_max;
+		raised.rlim_cur =
+		    (limit.rlim_max == RLIM_INFINITY || (long) limit.rlim_max > wanted) ? (rlim_t) wanted : limit.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
 			limit = raised;
 		else

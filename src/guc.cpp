@@ -80,8 +80,8 @@ pgdiag::InitGucs()
 	                        gettext_noop("Longest sleep of an idle worker when no wake-up comes."), NULL,
 	                        &pgdiag_poll_interval_ms, 1000, 10, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("diagnosis.max_response_bytes", gettext_noop("Largest MCP response accepted."), NULL,
-	                        &pgdiag_max_response_bytes, 8 * 1024 * 1024, 1024, INT_MAX, PGC_SIGHUP, GUC_UNIT_BYTE,
-	                        NULL, NULL, NULL);
+	                        &pgdiag_max_response_bytes, 8 * 1024 * 1024, 1024, INT_MAX, PGC_SIGHUP, GUC_UNIT_BYTE, NULL,
+	                        NULL, NULL);
 	DefineCustomIntVariable("diagnosis.max_inputs_bytes", gettext_noop("Largest inputs object a run may carry."), NULL,
 	                        &pgdiag_max_inputs_bytes, 1024 * 1024, 2, INT_MAX, PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL,
 	                        NULL);

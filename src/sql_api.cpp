@@ -265,8 +265,8 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 			elog(ERROR, "reading the run's status failed");
 		if (SPI_processed == 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			                errmsg("run \"%s\" does not exist", DatumGetCString(DirectFunctionCall1(
-			                                                          uuid_out, UUIDPGetDatum(run_id))))));
+			                errmsg("run \"%s\" does not exist",
+			                       DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(run_id))))));
 		status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		now = GetCurrentTimestamp();
 		if (IsTerminalStatus(status) || now >= deadline)
@@ -300,8 +300,9 @@ pgdiag_worker_status(PG_FUNCTION_ARGS)
 	int n = 0;
 
 	if (!superuser() && !has_privs_of_role(GetUserId(), ROLE_PG_MONITOR))
-		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied for diagnosis.worker_status()"),
-		                errhint("Only superusers and members of pg_monitor may see the workers.")));
+		ereport(ERROR,
+		        (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied for diagnosis.worker_status()"),
+		         errhint("Only superusers and members of pg_monitor may see the workers.")));
 	InitMaterializedSRF(fcinfo, 0);
 	if (!shared)
 		return (Datum) 0;

@@ -93,10 +93,10 @@ pgdiag::RegisterWorkers()
 	int wanted = Min(pgdiag_workers, kMaxWorkers);
 
 	if (wanted > room)
-		ereport(WARNING, (errmsg("pg_diagnosis: only %d of the %d workers of diagnosis.workers can start",
-		                         Max(room, 0), wanted),
-		                  errhint("Raise max_worker_processes (now %d) by at least %d.", max_worker_processes,
-		                          wanted - Max(room, 0))));
+		ereport(WARNING,
+		        (errmsg("pg_diagnosis: only %d of the %d workers of diagnosis.workers can start", Max(room, 0), wanted),
+		         errhint("Raise max_worker_processes (now %d) by at least %d.", max_worker_processes,
+		                 wanted - Max(room, 0))));
 	for (int i = 0; i < wanted && i < Max(room, 0); i++) {
 		memset(&worker, 0, sizeof(worker));
 		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -249,9 +249,9 @@ WaitForDatabase(pgdiag::WorkerSlot *slot)
 			proc_exit(1);
 		}
 		if (!slot->said_database_missing)
-			ereport(LOG, (errmsg("pg_diagnosis: database \"%s\" does not exist; the worker waits for it",
-			                     pgdiag_database),
-			              errhint("Create it, or set diagnosis.database and restart the server.")));
+			ereport(LOG,
+			        (errmsg("pg_diagnosis: database \"%s\" does not exist; the worker waits for it", pgdiag_database),
+			         errhint("Create it, or set diagnosis.database and restart the server.")));
 		slot->said_database_missing = true;
 		SetSlotState("waiting_for_database", 0, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pgdiag_poll_interval_ms,
@@ -288,8 +288,8 @@ ReadTokenFile(const char *path)
 	size_t n;
 
 	if (file == NULL)
-		ereport(ERROR, (errcode_for_file_access(),
-		                errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
+		ereport(ERROR,
+		        (errcode_for_file_access(), errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
 	initStringInfo(&buffer);
 	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
 		appendBinaryStringInfo(&buffer, chunk, (int) n);
@@ -368,7 +368,7 @@ typedef struct LoopState {
 	uint64 seen_enqueues;
 	uint64 seen_exits;
 	bool said_no_endpoint;
-	const char *pause_reason;       /* kept in the slot's last_error; NULL when not paused */
+	const char *pause_reason; /* kept in the slot's last_error; NULL when not paused */
 } LoopState;
 
 static void

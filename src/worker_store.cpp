@@ -121,8 +121,7 @@ KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 	if (*cache == NULL) {
 		SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
 		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for pg_diagnosis worker statement: %s",
-			     SPI_result_code_string(SPI_result));
+			elog(ERROR, "SPI_prepare failed for pg_diagnosis worker statement: %s", SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
 		*cache = plan;
@@ -300,8 +299,8 @@ pgdiag::RecoverRuns(bool hand_back, bool *running_left)
 	for (int i = 0; i < ntokens; i++)
 		token_datums[i] = Int64GetDatum(tokens[i]);
 	BeginWork(hand_back ? "pg_diagnosis: hand back runs" : "pg_diagnosis: recover runs");
-	values[0] = PointerGetDatum(construct_array(token_datums, ntokens, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
-	                                            TYPALIGN_DOUBLE));
+	values[0] = PointerGetDatum(
+	    construct_array(token_datums, ntokens, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = Int64GetDatum(MyWorkerToken());
 	values[2] = BoolGetDatum(hand_back);
 	values[3] = Int32GetDatum(MyProcPid);
@@ -417,8 +416,8 @@ typedef struct FinalizeBatch {
 	const char **id, **attempt, **outcome, **error_code, **error_message, **error_details, **context_pack,
 	    **mcp_response, **diagnosis, **processing_ms, **mcp_run_id, **retry_delay_ms;
 	const char **refund, **task_lost;
-	int terminal;           /* result: runs that reached completed, failed or cancelled */
-	char **deferred;        /* result: ids of runs another transaction held locked, in the caller's context */
+	int terminal;    /* result: runs that reached completed, failed or cancelled */
+	char **deferred; /* result: ids of runs another transaction held locked, in the caller's context */
 	int ndeferred;
 } FinalizeBatch;
 
@@ -660,9 +659,8 @@ pgdiag::RecordTasks()
 }
 
 /* This worker's runs whose cancel was requested: their calls are stopped (each once; the outcome follows). */
-static const char *cancels_sql =
-    "SELECT id::text, attempt FROM diagnosis.runs"
-    " WHERE status = 'running' AND worker_token = $1 AND cancel_requested_at IS NOT NULL";
+static const char *cancels_sql = "SELECT id::text, attempt FROM diagnosis.runs"
+                                 " WHERE status = 'running' AND worker_token = $1 AND cancel_requested_at IS NOT NULL";
 
 void
 pgdiag::StopCancelledCalls()
@@ -683,8 +681,8 @@ pgdiag::StopCancelledCalls()
 	attempts = (int *) MemoryContextAlloc(work_caller_context, sizeof(int) * Max(n, 1));
 	for (int i = 0; i < n; i++) {
 		bool isnull;
-		run_ids[i] = MemoryContextStrdup(work_caller_context,
-		                                 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		run_ids[i] =
+		    MemoryContextStrdup(work_caller_context, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 	}
 	EndWork();
@@ -845,9 +843,8 @@ static void
 LookupPackFunction(void *arg)
 {
 	PackLookup *lookup = (PackLookup *) arg;
-	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0]
-	                       ? pgdiag_context_pack_function
-	                       : "diagnosis.build_context_pack";
+	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0] ? pgdiag_context_pack_function
+	                                                                                   : "diagnosis.build_context_pack";
 	Oid argtypes[1] = {UUIDOID};
 	Oid fn = LookupFuncName(stringToQualifiedNameList(name), 1, argtypes, true);
 	HeapTuple tuple;
@@ -862,13 +859,14 @@ LookupPackFunction(void *arg)
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 	if (proc->prokind != PROKIND_FUNCTION || proc->proretset || proc->prorettype != JSONBOID) {
 		ReleaseSysCache(tuple);
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-		                errmsg("diagnosis.context_pack_function: %s(uuid) must be a function returning one jsonb",
-		                       name)));
+		ereport(ERROR,
+		        (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		         errmsg("diagnosis.context_pack_function: %s(uuid) must be a function returning one jsonb", name)));
 	}
 	lookup->fn->owner = proc->proowner;
-	lookup->fn->qualified_name = MemoryContextStrdup(
-	    work_caller_context, quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
+	lookup->fn->qualified_name =
+	    MemoryContextStrdup(work_caller_context,
+	                        quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
 	ReleaseSysCache(tuple);
 	/* The shipped FHIR pack needs diagnosis.fhir_source too: a source that cannot work pauses like a missing
 	 * function, instead of failing every run with CONTEXT_PACK_ERROR. */
@@ -914,8 +912,8 @@ BuildPacks(void *arg)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(job->fn->owner, save_sec_context | SECURITY_RESTRICTED_OPERATION);
 	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-	                         0, false);
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+	                         false);
 	if (SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT ||
 	    SPI_processed != (uint64) job->n)
 		elog(ERROR, "building context packs failed");
@@ -925,9 +923,9 @@ BuildPacks(void *arg)
 	for (int i = 0; i < job->n; i++) {
 		char *type = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		if (type == NULL || strcmp(type, "object") != 0)
-			ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-			                errmsg("the context pack function returned %s instead of a JSON object",
-			                       type ? type : "NULL")));
+			ereport(ERROR,
+			        (errcode(ERRCODE_DATA_EXCEPTION),
+			         errmsg("the context pack function returned %s instead of a JSON object", type ? type : "NULL")));
 	}
 	for (int i = 0; i < job->n; i++)
 		job->runs[i].pack = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);

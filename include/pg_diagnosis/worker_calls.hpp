@@ -47,13 +47,13 @@ struct Finished {
 	const char *error_message;      /* NULL on success */
 	const char *error_details_json; /* NULL when none */
 	const char *context_pack_json;
-	const char *mcp_response_json;  /* NULL when no answer arrived */
-	const char *diagnosis_json;     /* NULL unless completed */
-	const char *mcp_run_id;         /* NULL when none */
+	const char *mcp_response_json; /* NULL when no answer arrived */
+	const char *diagnosis_json;    /* NULL unless completed */
+	const char *mcp_run_id;        /* NULL when none */
 	long processing_ms;
-	long retry_delay_ms;            /* for "queued" */
-	bool refund_attempt;            /* "queued" for a reason not the run's (a setting, no descriptor, no memory) */
-	bool task_lost;                 /* the run's task is unknown or expired on the server: forget it */
+	long retry_delay_ms; /* for "queued" */
+	bool refund_attempt; /* "queued" for a reason not the run's (a setting, no descriptor, no memory) */
+	bool task_lost;      /* the run's task is unknown or expired on the server: forget it */
 };
 
 /* A task the server created for a call, to be committed with the run so a restart resumes polling it. */

@@ -30,22 +30,24 @@ constexpr int kVersionLen = 32;
 
 struct WorkerSlot {
 	/* Protected by SharedState::mutex. */
-	pid_t pid;             /* 0: free */
-	int64 token;           /* this start's identity, recorded with the runs it claims (pids repeat); 0: free */
+	pid_t pid;   /* 0: free */
+	int64 token; /* this start's identity, recorded with the runs it claims (pids repeat); 0: free */
 	Latch *latch;
 	TimestampTz started_at;
-	char state[kStateLen]; /* starting, idle, working, paused, no_endpoint, waiting_for_extension,
-	                        * waiting_for_database, config_error, stopping */
+	/* starting, idle, working, paused, no_endpoint, waiting_for_extension, waiting_for_update,
+	 * waiting_for_database, read_only, config_error, stopping */
+	char state[kStateLen];
 	char last_error[kLastErrorLen];
-	char era[kEraLen];     /* the endpoint's protocol era: modern, legacy, or empty until known */
+	char era[kEraLen]; /* the endpoint's protocol era: modern, legacy, or empty until known */
 	char protocol_version[kVersionLen];
 	int inflight;
-	int call_limit;        /* calls in flight that fit in the file descriptors this worker may open */
-	int fd_limit;          /* its soft RLIMIT_NOFILE */
+	int call_limit; /* calls in flight that fit in the file descriptors this worker may open */
+	int fd_limit;   /* its soft RLIMIT_NOFILE */
 	uint64 runs_done;
 	/* Kept across restarts of this slot's worker (not cleared by attach or detach). */
-	bool connecting;       /* set while connecting to diagnosis.database: still set at the next start means the
-	                        * last attempt died there (the database is missing) */
+	/* Set while connecting to diagnosis.database: still set at the next start means the last attempt died
+	 * there (the database is missing). */
+	bool connecting;
 	bool said_database_missing;
 };
 
