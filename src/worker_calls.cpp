@@ -87,7 +87,6 @@ struct State {
 	std::vector<Finished> finished_views;
 	std::vector<ProgressRow> progress;
 	std::vector<Progress> progress_views;
-	std::vector<std::pair<std::string, int>> aborted;
 	std::vector<TaskRow> tasks;
 	std::vector<Task> task_views;
 	std::string config_error; /* the last outcome that said a setting cannot work, until taken */
@@ -456,40 +455,11 @@ bool
 Shutdown(int *count)
 {
 	return CppGuard([&] {
-		state->aborted.clear();
-		for (auto &entry : state->inflight)
-			state->aborted.emplace_back(entry.second.run_id, entry.second.attempt);
+		*count = static_cast<int>(state->inflight.size());
 		if (state->client)
 			state->client->Shutdown();
 		state->inflight.clear();
-		*count = static_cast<int>(state->aborted.size());
 	});
-}
-
-bool
-AbortAll(int *count)
-{
-	return CppGuard([&] {
-		state->aborted.clear();
-		if (state->client)
-			state->client->AbortAll();
-		for (auto &entry : state->inflight)
-			state->aborted.emplace_back(entry.second.run_id, entry.second.attempt);
-		state->inflight.clear();
-		*count = static_cast<int>(state->aborted.size());
-	});
-}
-
-const char *
-AbortedRunId(int i)
-{
-	return state->aborted[i].first.c_str();
-}
-
-int
-AbortedAttempt(int i)
-{
-	return state->aborted[i].second;
 }
 
 } // namespace calls

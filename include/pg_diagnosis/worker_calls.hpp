@@ -109,13 +109,8 @@ bool TakeConfigError(char *buffer, size_t size);
 void Endpoint(char *era, size_t era_size, char *version, size_t version_size);
 
 /* Orderly end of every call in flight (legacy notifications/cancelled, session DELETE; tasks left to resume);
- * the runs are listed for handing back like AbortAll's. */
+ * *count is how many calls it ended (their runs are handed back in SQL, RecoverRuns). */
 bool Shutdown(int *count);
-
-/* Ends every call in flight without an outcome (shutdown); the runs are listed for handing back. */
-bool AbortAll(int *count);
-const char *AbortedRunId(int i);
-int AbortedAttempt(int i);
 
 } // namespace calls
 } // namespace pgdiag
