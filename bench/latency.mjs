@@ -18,7 +18,7 @@ const patient = (g) => `('b0000000-0000-4000-8000-' || lpad(to_hex(1 + ${g} % 10
  * worker completes one wave of max_inflight runs per latency. Completions are counted from 0.5 to 3.5 latencies
  * after release (three waves, whatever the ramp), so the rate is the steady state that Little's law predicts.
  */
-async function onePoint(cluster, pid, inflight, latencyMs, label) {
+export async function onePoint(cluster, pid, inflight, latencyMs, label) {
   await cluster.reload({ 'diagnosis.enabled': 'off', 'diagnosis.max_inflight': inflight });
   await sleep(300);
   const n = inflight * 4;

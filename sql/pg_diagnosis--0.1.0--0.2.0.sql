@@ -65,6 +65,7 @@ ALTER TABLE diagnosis.runs ADD COLUMN cancel_requested_by name;
 
 DROP INDEX diagnosis.runs_claim_idx;
 CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, run_after) WHERE status = 'queued';
+DROP INDEX diagnosis.runs_due_idx;
 DROP INDEX diagnosis.runs_running_idx;
 CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
 

@@ -155,9 +155,10 @@ CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idem
 -- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
 CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
     WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
--- The worker's claim (turns between organizations; within one, priority then run_after) and its next-due probe.
+-- The worker's claim and its next-due probe (turns between organizations; within one, priority then run_after),
+-- every probe with organization and priority fixed. The only index on queued runs: with a second one ordered by
+-- run_after alone, generic plans on stale statistics walked every due run of every organization.
 CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, run_after) WHERE status = 'queued';
-CREATE INDEX runs_due_idx ON diagnosis.runs (run_after) WHERE status = 'queued';
 -- Runs in flight: recovery, cancel requests, and the per-organization cap of the claim.
 CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
 -- Finished runs: retention (purge_runs, per organization) and per-organization reads of history.

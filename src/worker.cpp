@@ -274,6 +274,9 @@ ConnectToDatabase(void)
 	slot->said_database_missing = false;
 	/* The worker is a superuser: no name it resolves may come from a schema someone else can write. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* Its statements touch a few rows each: compiling one with LLVM (a plan estimated on stale statistics
+	 * crosses jit_above_cost) costs more than running it a thousand times. */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /* ---------------------------------------------------------------- settings */
@@ -442,6 +445,8 @@ ObserveWakeups(LoopState *st)
 		st->seen_enqueues = enqueues;
 		st->claim_at = now;
 		st->cancel_check_at = now;
+		/* An enqueue proves the extension is there: no need to wait for the next look. */
+		st->extension_check_at = now;
 	}
 	if (exits != st->seen_exits) {
 		st->seen_exits = exits;
@@ -720,6 +725,9 @@ pgdiag_worker_main(Datum main_arg)
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
 
+		/* A wake-up whose latch was consumed by a wait inside a step (a lock, a condition variable) still shows
+		 * in the generation counters: look at them before sleeping, not only after. */
+		ObserveWakeups(&st);
 		(void) WaitEventSetWait(wait_set, NextTimeoutMs(&st), events, lengthof(events), PG_WAIT_EXTENSION);
 		/* Reset before looking for work (latch.h). */
 		ResetLatch(MyLatch);

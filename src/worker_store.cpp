@@ -348,8 +348,9 @@ static const char *finalize_sql =
     "), target AS ("
     "  SELECT r.id, r.cancel_requested_at, r.cancel_requested_by,"
     "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
-    "  FROM diagnosis.runs r JOIN slim i ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
-    "  FOR NO KEY UPDATE OF r SKIP LOCKED"
+    "  FROM slim i CROSS JOIN LATERAL (SELECT r.id, r.cancel_requested_at, r.cancel_requested_by"
+    "                                   FROM diagnosis.runs r WHERE r.id = i.id AND r.status = 'running'"
+    "                                    AND r.attempt = i.attempt LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r"
     "), upd AS ("
     "  UPDATE diagnosis.runs r SET"
     "    status = t.outcome,"
@@ -406,9 +407,10 @@ static const char *finalize_sql =
     "  FROM upd u"
     ")"
     "SELECT (SELECT count(*) FROM upd WHERE outcome <> 'queued'),"
-    "       (SELECT array_agg(i.id::text) FROM slim i JOIN diagnosis.runs r"
-    "               ON r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt"
-    "         WHERE i.id NOT IN (SELECT id FROM target))";
+    "       (SELECT array_agg(i.id::text) FROM slim i"
+    "         WHERE i.id NOT IN (SELECT id FROM target)"
+    "           AND EXISTS (SELECT 1 FROM diagnosis.runs r"
+    "                        WHERE r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt))";
 
 /* The rows of one finalize statement, as parallel arrays of C strings. */
 typedef struct FinalizeBatch {
@@ -740,6 +742,23 @@ pgdiag::WriteProgress()
 
 /* ---------------------------------------------------------------- claim */
 
+/* The distinct (organization, priority) pairs of queued runs, one probe of runs_claim_idx each. */
+#define QUEUED_PAIRS_CTE                                                                                               \
+	"WITH RECURSIVE pairs AS ("                                                                                        \
+	"  (SELECT organization_id, priority FROM diagnosis.runs WHERE status = 'queued'"                                  \
+	"   ORDER BY organization_id, priority DESC LIMIT 1)"                                                              \
+	"  UNION ALL"                                                                                                      \
+	"  SELECT n.organization_id, n.priority FROM pairs p CROSS JOIN LATERAL ("                                         \
+	"    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"                                                  \
+	"      WHERE r.status = 'queued' AND r.organization_id = p.organization_id AND r.priority < p.priority"            \
+	"      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"                                                       \
+	"    UNION ALL"                                                                                                    \
+	"    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"                                                  \
+	"      WHERE r.status = 'queued' AND r.organization_id > p.organization_id"                                        \
+	"      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"                                                       \
+	"    LIMIT 1) n"                                                                                                   \
+	")"
+
 /*
  * The claim takes turns between organizations: a backlog of one organization never delays another's due run
  * by more than one claim. It walks the distinct (organization, priority) pairs that have queued runs (a
@@ -748,30 +767,17 @@ pgdiag::WriteProgress()
  * free slots (less what diagnosis.max_inflight_per_organization leaves it), and picks round by round: every
  * organization's best run, then every organization's second best, and so on.
  */
-static const char *claim_sql =
-    "WITH RECURSIVE pairs AS ("
-    "  (SELECT organization_id, priority FROM diagnosis.runs WHERE status = 'queued'"
-    "   ORDER BY organization_id, priority DESC LIMIT 1)"
-    "  UNION ALL"
-    "  SELECT n.organization_id, n.priority FROM pairs p CROSS JOIN LATERAL ("
-    "    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"
-    "      WHERE r.status = 'queued' AND r.organization_id = p.organization_id AND r.priority < p.priority"
-    "      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"
-    "    UNION ALL"
-    "    (SELECT r.organization_id, r.priority FROM diagnosis.runs r"
-    "      WHERE r.status = 'queued' AND r.organization_id > p.organization_id"
-    "      ORDER BY r.organization_id, r.priority DESC LIMIT 1)"
-    "    LIMIT 1) n"
-    "), orgs AS ("
+static const char *claim_sql = QUEUED_PAIRS_CTE
+    ", orgs AS ("
     "  SELECT o.organization_id,"
     "         CASE WHEN $4 > 0 THEN greatest(0, $4 - (SELECT count(*) FROM diagnosis.runs x"
     "                                                 WHERE x.status = 'running'"
     "                                                   AND x.organization_id = o.organization_id))"
     "              ELSE $1 END AS room"
     "  FROM (SELECT DISTINCT pr.organization_id FROM pairs pr"
-    "         WHERE EXISTS (SELECT 1 FROM diagnosis.runs d WHERE d.status = 'queued'"
-    "                         AND d.organization_id = pr.organization_id AND d.priority = pr.priority"
-    "                         AND d.run_after <= now())) o"
+    "         CROSS JOIN LATERAL (SELECT 1 FROM diagnosis.runs d WHERE d.status = 'queued'"
+    "                               AND d.organization_id = pr.organization_id AND d.priority = pr.priority"
+    "                               AND d.run_after <= now() ORDER BY d.run_after LIMIT 1) due) o"
     "), share AS ("
     "  SELECT greatest(1, ceil($1::numeric / greatest(1, count(*))))::int AS per_org FROM orgs WHERE room > 0"
     "), candidates AS ("
@@ -791,7 +797,7 @@ static const char *claim_sql =
     "  UPDATE diagnosis.runs r SET status = 'running', attempt = r.attempt + 1, started_at = now(),"
     "         lease_expires_at = now() + $2 * interval '1 millisecond', worker_pid = $3, worker_token = $5,"
     "         progress = NULL, progress_message = NULL, updated_at = now()"
-    "  FROM picked p WHERE r.id = p.id"
+    "  WHERE r.id = ANY (ARRAY(SELECT id FROM picked))"
     "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, r.max_retries, r.schema_version, r.inputs,"
     "            '00-' || replace(r.id::text, '-', '') || '-' || lpad(to_hex(r.attempt), 16, '0') || '-01'"
     "              AS traceparent,"
@@ -806,7 +812,12 @@ static const char *claim_sql =
     "SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent,"
     "       resume_task_id FROM claimed";
 
-static const char *next_due_sql = "SELECT min(run_after) FROM diagnosis.runs WHERE status = 'queued'";
+/* The earliest run_after of each pair is its first entry in runs_claim_idx. */
+static const char *next_due_sql =
+    QUEUED_PAIRS_CTE " SELECT min(f.run_after) FROM pairs p"
+                     "   CROSS JOIN LATERAL (SELECT r.run_after FROM diagnosis.runs r"
+                     "                        WHERE r.status = 'queued' AND r.organization_id = p.organization_id"
+                     "                          AND r.priority = p.priority ORDER BY r.run_after LIMIT 1) f";
 
 typedef struct ClaimedRun {
 	char *run_id;
@@ -1070,7 +1081,8 @@ pgdiag::ClaimRuns(int limit, ClaimResult *result)
 	}
 	if (result->config_error == NULL) {
 		n = ClaimStatement(limit, caller_context, &runs);
-		if (n < limit)
+		/* A claim that got runs is followed by another at once (ClaimStep); only an empty one needs the time. */
+		if (n == 0)
 			result->next_due = NextDue();
 	}
 	if (n > 0) {

@@ -30,7 +30,7 @@ int RecoverRuns(bool hand_back, bool *running_left);
 
 struct ClaimResult {
 	int claimed;
-	TimestampTz next_due; /* earliest run_after of a queued run when fewer than the limit were claimed */
+	TimestampTz next_due; /* earliest run_after of a queued run when none was claimed */
 	char *config_error;   /* a setting that cannot work (the context pack function): nothing was claimed */
 };
 
