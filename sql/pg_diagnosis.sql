@@ -741,15 +741,16 @@ CREATE FUNCTION diagnosis._warn_outside_worker_database() RETURNS void
 COMMENT ON FUNCTION diagnosis._warn_outside_worker_database() IS
     'Warns when the extension is created in a database the workers do not serve (diagnosis.database).';
 
-CREATE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
+-- One statement for many patients (the worker builds a claim's packs with it: one call, not one per run); the
+-- n-th row is the n-th patient's pack, NULL for a patient that does not exist (or that the caller cannot see).
+CREATE FUNCTION diagnosis._context_packs(patient_ids uuid[]) RETURNS TABLE (ord bigint, pack jsonb)
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    pack jsonb;
 BEGIN
-    IF build_context_pack.patient_id IS NULL THEN
-        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT jsonb_build_object(
+    -- plpgsql keeps this plan for the session (a sql function with a SET clause is planned at every call); the
+    -- lateral probe keeps the patient lookup an index probe whatever the statistics say.
+    RETURN QUERY
+    SELECT x.ord,
+           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object(
                'schema', 'pg_diagnosis.context_pack.v1',
                'patient', jsonb_build_object('id', p.id, 'organization_id', p.organization_id,
                                              'display_name', p.display_name, 'data', p.data),
@@ -760,15 +761,29 @@ BEGIN
                    FROM (SELECT * FROM diagnosis.observations ob
                          WHERE ob.patient_id = p.id
                          ORDER BY ob.observed_at DESC, ob.id DESC LIMIT 500) o), '[]'::jsonb),
-               'inputs', '{}'::jsonb)
-      INTO pack
-      FROM diagnosis.patients p
-     WHERE p.id = build_context_pack.patient_id;
-    IF pack IS NULL THEN
+               'inputs', '{}'::jsonb) END
+    FROM unnest(patient_ids) WITH ORDINALITY AS x(patient_id, ord)
+    LEFT JOIN LATERAL (SELECT * FROM diagnosis.patients pt WHERE pt.id = x.patient_id LIMIT 1) p ON true
+    ORDER BY x.ord;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._context_packs(uuid[]) IS
+    'The default context packs of many patients in one statement (diagnosis.build_context_pack for each).';
+
+CREATE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pack jsonb;
+BEGIN
+    IF build_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.pack INTO v_pack FROM diagnosis._context_packs(ARRAY[build_context_pack.patient_id]) c;
+    IF v_pack IS NULL THEN
         RAISE EXCEPTION 'patient "%" does not exist', build_context_pack.patient_id
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN pack;
+    RETURN v_pack;
 END;
 $$;
 COMMENT ON FUNCTION diagnosis.build_context_pack(uuid) IS

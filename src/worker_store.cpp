@@ -832,6 +832,9 @@ typedef struct ClaimedRun {
 	char *pack_error; /* why the pack could not be built */
 } ClaimedRun;
 
+/* The shipped pack function, as LookupPackFunction qualifies it. */
+#define DEFAULT_PACK_FUNCTION "diagnosis.build_context_pack"
+
 /* The context pack function, resolved once per claim: what to call and as whom. */
 typedef struct PackFunction {
 	char *qualified_name;
@@ -855,7 +858,7 @@ LookupPackFunction(void *arg)
 {
 	PackLookup *lookup = (PackLookup *) arg;
 	const char *name = pgdiag_context_pack_function && pgdiag_context_pack_function[0] ? pgdiag_context_pack_function
-	                                                                                   : "diagnosis.build_context_pack";
+	                                                                                   : DEFAULT_PACK_FUNCTION;
 	Oid argtypes[1] = {UUIDOID};
 	Oid fn = LookupFuncName(stringToQualifiedNameList(name), 1, argtypes, true);
 	HeapTuple tuple;
@@ -893,9 +896,17 @@ LookupPackFunction(void *arg)
  * worker authority over runs, artifacts or the audit log (diagnosis._is_worker() is false inside). An error
  * leaves the subtransaction to the caller, whose abort restores the user and the settings.
  */
+/* The default packs of a claim: one call of the set-based form of diagnosis.build_context_pack. */
+static const char *default_packs_sql =
+    "SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
+    "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
+    "  LEFT JOIN diagnosis._context_packs($1::text[]::uuid[]) p ON p.ord = x.ord"
+    " ORDER BY x.ord";
+
 static void
 BuildPacks(void *arg)
 {
+	static SPIPlanPtr default_packs_plan = NULL;
 	PackJob *job = (PackJob *) arg;
 	const char **patients = (const char **) palloc(sizeof(char *) * job->n);
 	const char **inputs = (const char **) palloc(sizeof(char *) * job->n);
@@ -904,19 +915,23 @@ BuildPacks(void *arg)
 	Oid save_userid;
 	int save_sec_context;
 	int save_nestlevel;
-	char *sql;
+	bool set_based = job->n > 1 && strcmp(job->fn->qualified_name, DEFAULT_PACK_FUNCTION) == 0;
+	char *sql = NULL;
 
 	for (int i = 0; i < job->n; i++) {
 		patients[i] = job->runs[i].patient_id;
 		inputs[i] = job->runs[i].inputs;
 	}
 	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. OFFSET 0 keeps
-	 * the planner from pulling the subquery up, which would call the pack function once per use of p.pack. */
-	sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
-	               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
-	               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack OFFSET 0) p"
-	               " ORDER BY x.ord",
-	               job->fn->qualified_name);
+	 * the planner from pulling the subquery up, which would call the pack function once per use of p.pack.
+	 * The default pack of several runs comes from its set-based form, one call for the claim; one run alone
+	 * (and the run-by-run retry after an error) calls the function itself, whose error names the cause. */
+	if (!set_based)
+		sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
+		               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
+		               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack OFFSET 0) p"
+		               " ORDER BY x.ord",
+		               job->fn->qualified_name);
 	values[0] = TextArray(patients, job->n);
 	values[1] = TextArray(inputs, job->n);
 
@@ -925,7 +940,9 @@ BuildPacks(void *arg)
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
 	                         false);
-	if (SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT ||
+	if ((set_based
+	         ? SPI_execute_plan(KeptPlan(&default_packs_plan, default_packs_sql, 2, argtypes), values, NULL, false, 0)
+	         : SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0)) != SPI_OK_SELECT ||
 	    SPI_processed != (uint64) job->n)
 		elog(ERROR, "building context packs failed");
 	AtEOXact_GUC(false, save_nestlevel);
