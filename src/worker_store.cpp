@@ -114,12 +114,13 @@ IntText(long value)
 	return psprintf("%ld", value);
 }
 
-/* Prepares a statement once per process; plancache replans it when the tables change. */
+/* Prepares a statement once per process (SPI_prepare_cursor options); plancache replans it when the tables
+ * change. */
 static SPIPlanPtr
-KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+PreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
 {
 	if (*cache == NULL) {
-		SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for pg_diagnosis worker statement: %s", SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
@@ -127,6 +128,24 @@ KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 		*cache = plan;
 	}
 	return *cache;
+}
+
+static SPIPlanPtr
+KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return PreparedPlan(cache, sql, nargs, argtypes, 0);
+}
+
+/*
+ * The statements of every claim and every finished call, held to their generic plan: each of them is written
+ * so that every probe is an index or TID scan whatever the parameters and the table's size, and a custom plan
+ * (which the plan cache keeps choosing when the generic one's estimates look dearer) would plan the claim's
+ * dozen CTEs again at every claim.
+ */
+static SPIPlanPtr
+GenericPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return PreparedPlan(cache, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /*
@@ -346,9 +365,9 @@ static const char *finalize_sql =
     "  SELECT id, attempt, outcome, error_code, error_message, error_details, processing_ms, mcp_run_id,"
     "         retry_delay_ms, refund, task_lost, mcp_response IS NOT NULL AS answered FROM input"
     "), target AS ("
-    "  SELECT r.id, r.cancel_requested_at, r.cancel_requested_by,"
+    "  SELECT r.id, r.row_id, r.cancel_requested_at, r.cancel_requested_by,"
     "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
-    "  FROM slim i CROSS JOIN LATERAL (SELECT r.id, r.cancel_requested_at, r.cancel_requested_by"
+    "  FROM slim i CROSS JOIN LATERAL (SELECT r.id, r.ctid AS row_id, r.cancel_requested_at, r.cancel_requested_by"
     "                                   FROM diagnosis.runs r WHERE r.id = i.id AND r.status = 'running'"
     "                                    AND r.attempt = i.attempt LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r"
     "), upd AS ("
@@ -371,7 +390,7 @@ static const char *finalize_sql =
     "    progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,"
     "    updated_at = now()"
     "  FROM slim i JOIN target t ON t.id = i.id"
-    "  WHERE r.id = i.id"
+    "  WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id"
     "  RETURNING r.id, r.patient_id, r.organization_id, i.attempt, t.outcome, i.error_code, i.retry_delay_ms,"
     "            i.refund, i.answered, t.cancel_requested_at, t.cancel_requested_by"
     "), art AS ("
@@ -496,7 +515,7 @@ ExecuteFinalize(void *arg)
 	values[13] = Int32GetDatum(MyProcPid);
 	values[14] = TextArray(b->refund, b->n);
 	values[15] = TextArray(b->task_lost, b->n);
-	if (SPI_execute_plan(KeptPlan(&plan, finalize_sql, 16, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(GenericPlan(&plan, finalize_sql, 16, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "finalize statement failed");
 	{
 		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -699,11 +718,13 @@ pgdiag::StopCancelledCalls()
 static const char *progress_sql =
     "WITH i AS (SELECT id::uuid AS id, attempt::int AS attempt, fraction::real AS fraction, message"
     "             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(id, attempt, fraction, message)),"
-    " target AS (SELECT r.id FROM diagnosis.runs r JOIN i ON r.id = i.id AND r.status = 'running'"
-    "                   AND r.attempt = i.attempt AND (r.progress IS NULL OR r.progress <= i.fraction)"
-    "            FOR NO KEY UPDATE OF r SKIP LOCKED)"
+    " target AS (SELECT r.id, r.row_id FROM i CROSS JOIN LATERAL ("
+    "              SELECT r.id, r.ctid AS row_id FROM diagnosis.runs r WHERE r.id = i.id AND r.status = 'running'"
+    "                 AND r.attempt = i.attempt AND (r.progress IS NULL OR r.progress <= i.fraction)"
+    "               LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r)"
     "UPDATE diagnosis.runs r SET progress = i.fraction, progress_message = i.message, updated_at = now()"
-    "  FROM i JOIN target t ON t.id = i.id WHERE r.id = i.id";
+    "  FROM i JOIN target t ON t.id = i.id"
+    " WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id";
 
 void
 pgdiag::WriteProgress()
@@ -734,7 +755,7 @@ pgdiag::WriteProgress()
 	values[1] = TextArray(attempts, count);
 	values[2] = TextArray(fractions, count);
 	values[3] = TextArray(messages, count);
-	if (SPI_execute_plan(KeptPlan(&plan, progress_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(GenericPlan(&plan, progress_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "writing progress failed");
 	EndWork();
 	calls::ClearProgress();
@@ -765,7 +786,8 @@ pgdiag::WriteProgress()
  * recursive CTE, each step one probe of runs_claim_idx), takes each pair's due runs in run_after order from the
  * same index (so a million runs scheduled for later cost nothing), gives each organization an equal share of the
  * free slots (less what diagnosis.max_inflight_per_organization leaves it), and picks round by round: every
- * organization's best run, then every organization's second best, and so on.
+ * organization's best run, then every organization's second best, and so on. The picked rows are updated by
+ * ctid (a TID scan whatever the statistics say): they are locked, so their versions cannot move.
  */
 static const char *claim_sql = QUEUED_PAIRS_CTE
     ", orgs AS ("
@@ -781,15 +803,15 @@ static const char *claim_sql = QUEUED_PAIRS_CTE
     "), share AS ("
     "  SELECT greatest(1, ceil($1::numeric / greatest(1, count(*))))::int AS per_org FROM orgs WHERE room > 0"
     "), candidates AS ("
-    "  SELECT due.id, pr.organization_id, pr.priority, due.run_after, o.room"
+    "  SELECT due.row_id, pr.organization_id, pr.priority, due.run_after, o.room"
     "  FROM pairs pr JOIN orgs o ON o.organization_id = pr.organization_id AND o.room > 0 CROSS JOIN share"
-    "  CROSS JOIN LATERAL (SELECT r.id, r.run_after FROM diagnosis.runs r"
+    "  CROSS JOIN LATERAL (SELECT r.ctid AS row_id, r.run_after FROM diagnosis.runs r"
     "                      WHERE r.status = 'queued' AND r.organization_id = pr.organization_id"
     "                        AND r.priority = pr.priority AND r.run_after <= now()"
     "                      ORDER BY r.run_after LIMIT least(share.per_org, o.room)"
     "                      FOR NO KEY UPDATE SKIP LOCKED) due"
     "), picked AS ("
-    "  SELECT id FROM (SELECT id, run_after, room, row_number() OVER (PARTITION BY organization_id"
+    "  SELECT row_id FROM (SELECT row_id, run_after, room, row_number() OVER (PARTITION BY organization_id"
     "                                                        ORDER BY priority DESC, run_after) AS turn"
     "                  FROM candidates) c"
     "  WHERE turn <= room ORDER BY turn, run_after LIMIT $1"
@@ -797,7 +819,7 @@ static const char *claim_sql = QUEUED_PAIRS_CTE
     "  UPDATE diagnosis.runs r SET status = 'running', attempt = r.attempt + 1, started_at = now(),"
     "         lease_expires_at = now() + $2 * interval '1 millisecond', worker_pid = $3, worker_token = $5,"
     "         progress = NULL, progress_message = NULL, updated_at = now()"
-    "  WHERE r.id = ANY (ARRAY(SELECT id FROM picked))"
+    "  WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM picked))"
     "  RETURNING r.id, r.patient_id, r.organization_id, r.attempt, r.max_retries, r.schema_version, r.inputs,"
     "            '00-' || replace(r.id::text, '-', '') || '-' || lpad(to_hex(r.attempt), 16, '0') || '-01'"
     "              AS traceparent,"
@@ -940,9 +962,9 @@ BuildPacks(void *arg)
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
 	                         false);
-	if ((set_based
-	         ? SPI_execute_plan(KeptPlan(&default_packs_plan, default_packs_sql, 2, argtypes), values, NULL, false, 0)
-	         : SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0)) != SPI_OK_SELECT ||
+	if ((set_based ? SPI_execute_plan(GenericPlan(&default_packs_plan, default_packs_sql, 2, argtypes), values, NULL,
+	                                  false, 0)
+	               : SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0)) != SPI_OK_SELECT ||
 	    SPI_processed != (uint64) job->n)
 		elog(ERROR, "building context packs failed");
 	AtEOXact_GUC(false, save_nestlevel);
@@ -973,7 +995,7 @@ ClaimStatement(int limit, MemoryContext caller_context, ClaimedRun **runs)
 	values[2] = Int32GetDatum(MyProcPid);
 	values[3] = Int32GetDatum(pgdiag_max_inflight_per_organization);
 	values[4] = Int64GetDatum(pgdiag::MyWorkerToken());
-	if (SPI_execute_plan(KeptPlan(&claim_plan, claim_sql, 5, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(GenericPlan(&claim_plan, claim_sql, 5, argtypes), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming runs failed");
 	n = (int) SPI_processed;
 	*runs = (ClaimedRun *) MemoryContextAllocZero(caller_context, sizeof(ClaimedRun) * Max(n, 1));
@@ -1005,7 +1027,7 @@ NextDue(void)
 	bool isnull;
 	Datum d;
 
-	if (SPI_execute_plan(KeptPlan(&plan, next_due_sql, 0, NULL), NULL, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(GenericPlan(&plan, next_due_sql, 0, NULL), NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading the next due run failed");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
