@@ -251,9 +251,13 @@ async function graphileWorker(cluster, url, n) {
 /** The worker's own SQL, read from src/worker_store.cpp, so the ceiling replays exactly what the worker runs. */
 function workerStatement(name) {
   const source = readFileSync(join(root, 'src', 'worker_store.cpp'), 'utf8');
+  const strings = (text) => [...text.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1].replace(/\\"/g, '"')).join('');
+  // The statements that begin with the queued-pairs CTE name its macro.
+  const macro = source.indexOf('#define QUEUED_PAIRS_CTE');
+  const pairs = strings(source.slice(macro, source.indexOf('\n\n', macro)));
   const start = source.indexOf(`static const char *${name} =`);
-  const body = source.slice(start, source.indexOf(';\n', start));
-  return [...body.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1].replace(/\\"/g, '"')).join('');
+  const body = source.slice(start, source.indexOf(';\n', start)).replace('QUEUED_PAIRS_CTE', JSON.stringify(pairs));
+  return strings(body);
 }
 const withParams = (sql, params) => sql.replace(/\$(\d+)/g, (_, i) => params[Number(i)]);
 
@@ -264,7 +268,8 @@ const withParams = (sql, params) => sql.replace(/\$(\d+)/g, (_, i) => params[Num
  */
 export function ceilingScript(batch) {
   const claim = withParams(workerStatement('claim_sql'), { 1: batch, 2: 360000, 3: 'pg_backend_pid()', 4: 0, 5: 1 });
-  const tail = 'SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent';
+  const tail = 'SELECT id::text, patient_id::text, attempt, max_retries, schema_version, inputs::text, traceparent,'
+    + '       resume_task_id';
   if (!claim.includes(tail)) throw new Error('the claim statement no longer ends as the ceiling expects');
   const answer = '{"content":[{"type":"text","text":"{}"}],"structuredContent":{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}}';
   const diagnosis = '{"risk_level":"low","confidence_score":0.9,"summary":"NEWS2 aggregate 0: low clinical risk.","primary_findings":["All vital signs within normal ranges"],"recommendations":[{"text":"Minimum 12-hourly observations","priority":"routine"}]}';
@@ -272,16 +277,19 @@ export function ceilingScript(batch) {
   const finalize = withParams(workerStatement('finalize_sql'), {
     1: col('id'), 2: col('attempt::text'), 3: col("'completed'::text"), 4: col('NULL::text'), 5: col('NULL::text'),
     6: col('NULL::text'), 7: col('pack'), 8: col(`'${answer}'::text`), 9: col(`'${diagnosis}'::text`),
-    10: col("'1'::text"), 11: col('NULL::text'), 12: col("'0'::text"), 13: 0.5, 14: 'pg_backend_pid()', 15: col("'false'::text"),
+    10: col("'1'::text"), 11: col('NULL::text'), 12: col("'0'::text"), 13: 0.5, 14: 'pg_backend_pid()', 15: col("'false'::text"), 16: col("'false'::text"),
   });
   return `
 SET client_min_messages = warning;
 CREATE TEMP TABLE IF NOT EXISTS batch (ord serial, id text, patient_id text, attempt int, max_retries int, schema_version text,
-                                       inputs text, traceparent text, pack text);
+                                       inputs text, traceparent text, resume_task_id text, pack text);
 BEGIN;
 SET LOCAL session_replication_role = replica;
-${claim.replace(tail, `INSERT INTO pg_temp.batch (id, patient_id, attempt, max_retries, schema_version, inputs, traceparent) ${tail}`)};
-UPDATE pg_temp.batch SET pack = (diagnosis.build_context_pack(patient_id::uuid) || jsonb_build_object('inputs', inputs::jsonb))::text;
+${claim.replace(tail, `INSERT INTO pg_temp.batch (id, patient_id, attempt, max_retries, schema_version, inputs, traceparent, resume_task_id) ${tail}`)};
+UPDATE pg_temp.batch b SET pack = (p.pack || jsonb_build_object('inputs', b.inputs::jsonb))::text
+  FROM (SELECT ord, row_number() OVER (ORDER BY ord) AS k FROM pg_temp.batch) n,
+       diagnosis._context_packs((SELECT array_agg(patient_id::uuid ORDER BY ord) FROM pg_temp.batch)) p
+ WHERE n.ord = b.ord AND p.ord = n.k;
 COMMIT;
 BEGIN;
 SET LOCAL session_replication_role = replica;

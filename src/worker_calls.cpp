@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "pg_diagnosis/core/backoff.hpp"
@@ -91,6 +92,8 @@ struct State {
 	std::vector<Task> task_views;
 	std::string config_error; /* the last outcome that said a setting cannot work, until taken */
 	std::mt19937_64 rng{std::random_device{}()};
+	/* Some run's reported progress is not written yet: CollectProgress walks the runs in flight only then. */
+	bool progress_unwritten = false;
 };
 
 State *state = nullptr;
@@ -293,6 +296,7 @@ Drive()
 			if (fraction >= it->second.reported) {
 				it->second.reported = fraction;
 				it->second.reported_message = p.message;
+				state->progress_unwritten = true;
 			}
 		}
 		for (CallOutcome &o : state->client->TakeOutcomes()) {
@@ -353,12 +357,17 @@ CollectProgress(int *count)
 		state->progress.clear();
 		state->progress_views.clear();
 		Clock::time_point now = Clock::now();
+		bool unwritten = std::exchange(state->progress_unwritten, false);
 		for (auto &entry : state->inflight) {
+			if (!unwritten)
+				break;
 			InflightRun &r = entry.second;
 			if (r.reported <= r.written)
 				continue;
-			if (r.written >= 0 && now - r.written_at < std::chrono::milliseconds(kProgressIntervalMs))
+			if (r.written >= 0 && now - r.written_at < std::chrono::milliseconds(kProgressIntervalMs)) {
+				state->progress_unwritten = true; /* written at a later turn */
 				continue;
+			}
 			r.written = r.reported;
 			r.written_at = now;
 			state->progress.push_back(ProgressRow{r.run_id, r.reported_message, r.attempt, r.reported});

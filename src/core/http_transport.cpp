@@ -195,6 +195,10 @@ HttpTransport::WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdat
 			x->sse_failed = true;
 			return 0;
 		}
+		if (!x->events.empty() && !x->touched) {
+			x->touched = true;
+			x->transport->touched_.push_back(x->id);
+		}
 		return n;
 	} catch (const std::exception &e) {
 		x->callback_error = e.what();
@@ -225,8 +229,12 @@ HttpTransport::Start(HttpRequest request)
 	auto owned = std::make_unique<HttpExchange>();
 	HttpExchange *x = owned.get();
 	x->id = ++next_id_;
+	x->transport = this;
 	x->request = std::move(request);
 	x->last_byte = Clock::now();
+	if (x->request.inactivity_ms > 0)
+		inactivity_check_at_ =
+		    std::min(inactivity_check_at_, x->last_byte + std::chrono::milliseconds(x->request.inactivity_ms));
 	x->sse = SseParser(x->request.max_bytes);
 
 	CURL *easy = curl_easy_init();
@@ -357,6 +365,22 @@ HttpTransport::Find(uint64_t id)
 }
 
 std::vector<HttpExchange *>
+HttpTransport::Touched()
+{
+	std::vector<HttpExchange *> out;
+	out.reserve(touched_.size());
+	for (uint64_t id : touched_) {
+		auto it = live_.find(id);
+		if (it == live_.end())
+			continue; /* finished meanwhile: TakeFinished() delivers it */
+		it->second->touched = false;
+		out.push_back(it->second.get());
+	}
+	touched_.clear();
+	return out;
+}
+
+std::vector<HttpExchange *>
 HttpTransport::Live()
 {
 	std::vector<HttpExchange *> out;
@@ -381,9 +405,8 @@ HttpTransport::TimeoutMs() const
 	};
 	if (timer_armed_)
 		consider(timer_deadline_);
-	for (const auto &entry : live_)
-		if (entry.second->request.inactivity_ms > 0)
-			consider(entry.second->last_byte + std::chrono::milliseconds(entry.second->request.inactivity_ms));
+	if (!live_.empty() && inactivity_check_at_ != Clock::time_point::max())
+		consider(inactivity_check_at_);
 	return timeout;
 }
 
@@ -475,11 +498,19 @@ void
 HttpTransport::ExpireInactive()
 {
 	Clock::time_point now = Clock::now();
+	if (now < inactivity_check_at_)
+		return;
 	std::vector<uint64_t> idle;
+	inactivity_check_at_ = Clock::time_point::max();
 	for (auto &entry : live_) {
 		const HttpExchange &x = *entry.second;
-		if (x.request.inactivity_ms > 0 && now - x.last_byte >= std::chrono::milliseconds(x.request.inactivity_ms))
+		if (x.request.inactivity_ms <= 0)
+			continue;
+		Clock::time_point deadline = x.last_byte + std::chrono::milliseconds(x.request.inactivity_ms);
+		if (now >= deadline)
 			idle.push_back(entry.first);
+		else
+			inactivity_check_at_ = std::min(inactivity_check_at_, deadline);
 	}
 	for (uint64_t id : idle) {
 		HttpExchange *x = live_[id].get();

@@ -173,7 +173,7 @@ public:
 	{
 		transport_.Drive();
 		std::vector<uint64_t> answered;
-		for (HttpExchange *x : transport_.Live()) {
+		for (HttpExchange *x : transport_.Touched()) {
 			Absorb(x);
 			auto it = pending_.find(x->id);
 			if (it != pending_.end() && it->second.response && it->second.purpose != Purpose::Fire)

@@ -41,6 +41,8 @@ struct HttpRequest {
 	std::string user_agent = "pg_diagnosis";
 };
 
+class HttpTransport;
+
 /* One exchange and what came back so far. */
 struct HttpExchange {
 	uint64_t id = 0;
@@ -57,6 +59,8 @@ struct HttpExchange {
 	SseParser sse;
 	size_t bytes = 0;
 	Clock::time_point last_byte;
+	bool touched = false; /* events arrived since the owner last took Touched() */
+	HttpTransport *transport = nullptr;
 
 	/* How it ended (valid once finished). */
 	bool finished = false;
@@ -103,6 +107,9 @@ public:
 	size_t Count() const { return live_.size(); }
 	/* The exchanges still open, for reading their SSE events and progress. */
 	std::vector<HttpExchange *> Live();
+	/* The open exchanges that received SSE events since the last call: what the owner has to read, without a
+	 * walk over thousands of silent streams at every turn. */
+	std::vector<HttpExchange *> Touched();
 
 	/* Readable when Drive() has socket work to do. Stable for the transport's life. */
 	int EventFd() const { return epoll_fd_; }
@@ -129,6 +136,10 @@ private:
 	void *multi_ = nullptr;
 	bool timer_armed_ = false;
 	Clock::time_point timer_deadline_;
+	/* No exchange can be inactive for its limit before this: ExpireInactive walks the exchanges only then (bytes
+	 * only move an exchange's own deadline later, so the earliest one seen at the last walk is a lower bound). */
+	Clock::time_point inactivity_check_at_ = Clock::time_point::max();
+	std::vector<uint64_t> touched_;
 	uint64_t next_id_ = 0;
 	std::unordered_map<uint64_t, std::unique_ptr<HttpExchange>> live_;
 	std::vector<std::unique_ptr<HttpExchange>> finished_;
