@@ -285,6 +285,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch (ord serial, id text, patient_id text, att
                                        inputs text, traceparent text, resume_task_id text, pack text);
 BEGIN;
 SET LOCAL session_replication_role = replica;
+SET LOCAL jit = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;
 ${claim.replace(tail, `INSERT INTO pg_temp.batch (id, patient_id, attempt, max_retries, schema_version, inputs, traceparent, resume_task_id) ${tail}`)};
 UPDATE pg_temp.batch b SET pack = (p.pack || jsonb_build_object('inputs', b.inputs::jsonb))::text
   FROM (SELECT ord, row_number() OVER (ORDER BY ord) AS k FROM pg_temp.batch) n,
@@ -293,6 +294,7 @@ UPDATE pg_temp.batch b SET pack = (p.pack || jsonb_build_object('inputs', b.inpu
 COMMIT;
 BEGIN;
 SET LOCAL session_replication_role = replica;
+SET LOCAL jit = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;
 ${finalize};
 TRUNCATE pg_temp.batch;
 COMMIT;
@@ -336,6 +338,8 @@ async function claimCost(cluster) {
     try {
       await client.query('BEGIN');
       await client.query('SET LOCAL session_replication_role = replica');
+      // The planner settings the worker runs its statements with (src/worker.cpp, ConnectToDatabase).
+      await client.query('SET LOCAL jit = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off');
       return (await client.query(claim)).rows[0]['QUERY PLAN'][0];
     } finally {
       await client.query('ROLLBACK');

@@ -1,14 +1,17 @@
 // Points of the model-latency regime one at a time (bench/latency.mjs's onePoint on a cluster of its own), with the
 // worker's and the endpoint's CPU and when each wave of calls was started. For comparing builds quickly.
-// Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/latency_point.mjs 2048,4096 [latency ms, default 5000]
+// Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/latency_point.mjs 2048,4096 [latency ms, default 5000] [history]
+//        history: runs first sent end to end through a fast endpoint, so the points meet a table with a past (the
+//        full benchmark reaches its latency points after about 175,000 runs)
 //        PERF=1 ...: `perf record -g` of the worker during each point, into /tmp/pg_diagnosis-latency.perf
 import { spawn } from 'node:child_process';
 import { startCluster } from '../test/lib/cluster.mjs';
-import { startFastEndpoint, loadBenchPatients, procStats } from './lib.mjs';
+import { startFastEndpoint, loadBenchPatients, procStats, endToEnd } from './lib.mjs';
 import { onePoint } from './latency.mjs';
 
 const inflights = (process.argv[2] || '2048,4096').split(',').map(Number);
 const latencyMs = Number(process.argv[3] || 5000);
+const history = Number(process.argv[4] || 0);
 const endpoint = await startFastEndpoint(['--delay-ms', String(latencyMs), '--sse']);
 const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': endpoint.url, shared_buffers: '512MB',
   max_wal_size: '8GB', synchronous_commit: 'on' } });
@@ -27,6 +30,14 @@ async function waves(label, inflight) {
 try {
   await loadBenchPatients(cluster);
   const pid = (await cluster.workerPids())[0];
+  if (history > 0) {
+    const fast = await startFastEndpoint();
+    await cluster.reload({ 'diagnosis.mcp_url': fast.url });
+    const h = await endToEnd(cluster, history, 'history');
+    console.log(JSON.stringify({ history, rate: h.rate }));
+    await cluster.reload({ 'diagnosis.mcp_url': endpoint.url });
+    await fast.stop();
+  }
   for (const inflight of inflights) {
     const worker0 = procStats(pid).cpuSeconds;
     const endpoint0 = procStats(endpoint.proc.pid).cpuSeconds;

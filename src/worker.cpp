@@ -277,6 +277,11 @@ ConnectToDatabase(void)
 	/* Its statements touch a few rows each: compiling one with LLVM (a plan estimated on stale statistics
 	 * crosses jit_above_cost) costs more than running it a thousand times. */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* Its generic plans are made once, maybe while the tables are small, and kept until the next ANALYZE: every
+	 * probe must stay an index or TID scan when the table has grown, so no plan may choose to read it whole.
+	 * (The context pack function, the tenant's code, runs with the server's own settings: BuildPacks.) */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /* ---------------------------------------------------------------- settings */

@@ -349,6 +349,9 @@ pgdiag::RecoverRuns(bool hand_back, bool *running_left)
  * ends cancelled whatever the call's outcome (an answer that still arrived is kept as its mcp_response only).
  * The locking and updating joins use `slim`, the input without its three documents: the executor copies every
  * joined row whole (for rechecks under concurrent updates), and copying the documents cost more than writing them.
+ * Each run is looked up by its id alone (LIMIT 1 keeps the status test outside the lookup): with `status =
+ * 'running'` inside, a plan made on a small table probed runs_running_idx, which holds an entry for every run that
+ * ever ran until vacuum, instead of the primary key.
  */
 static const char *finalize_sql =
     "WITH input AS ("
@@ -367,9 +370,11 @@ static const char *finalize_sql =
     "), target AS ("
     "  SELECT r.id, r.row_id, r.cancel_requested_at, r.cancel_requested_by,"
     "         CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE i.outcome END AS outcome"
-    "  FROM slim i CROSS JOIN LATERAL (SELECT r.id, r.ctid AS row_id, r.cancel_requested_at, r.cancel_requested_by"
-    "                                   FROM diagnosis.runs r WHERE r.id = i.id AND r.status = 'running'"
-    "                                    AND r.attempt = i.attempt LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r"
+    "  FROM slim i CROSS JOIN LATERAL (SELECT r.id, r.ctid AS row_id, r.status, r.attempt, r.cancel_requested_at,"
+    "                                          r.cancel_requested_by"
+    "                                   FROM diagnosis.runs r WHERE r.id = i.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) "
+    "r"
+    "  WHERE r.status = 'running' AND r.attempt = i.attempt"
     "), upd AS ("
     "  UPDATE diagnosis.runs r SET"
     "    status = t.outcome,"
@@ -428,8 +433,9 @@ static const char *finalize_sql =
     "SELECT (SELECT count(*) FROM upd WHERE outcome <> 'queued'),"
     "       (SELECT array_agg(i.id::text) FROM slim i"
     "         WHERE i.id NOT IN (SELECT id FROM target)"
-    "           AND EXISTS (SELECT 1 FROM diagnosis.runs r"
-    "                        WHERE r.id = i.id AND r.status = 'running' AND r.attempt = i.attempt))";
+    "           AND EXISTS (SELECT 1 FROM (SELECT r.status, r.attempt FROM diagnosis.runs r WHERE r.id = i.id LIMIT 1) "
+    "r"
+    "                        WHERE r.status = 'running' AND r.attempt = i.attempt))";
 
 /* The rows of one finalize statement, as parallel arrays of C strings. */
 typedef struct FinalizeBatch {
@@ -719,9 +725,10 @@ static const char *progress_sql =
     "WITH i AS (SELECT id::uuid AS id, attempt::int AS attempt, fraction::real AS fraction, message"
     "             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(id, attempt, fraction, message)),"
     " target AS (SELECT r.id, r.row_id FROM i CROSS JOIN LATERAL ("
-    "              SELECT r.id, r.ctid AS row_id FROM diagnosis.runs r WHERE r.id = i.id AND r.status = 'running'"
-    "                 AND r.attempt = i.attempt AND (r.progress IS NULL OR r.progress <= i.fraction)"
-    "               LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r)"
+    "              SELECT r.id, r.ctid AS row_id, r.status, r.attempt, r.progress FROM diagnosis.runs r"
+    "               WHERE r.id = i.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) r"
+    "            WHERE r.status = 'running' AND r.attempt = i.attempt"
+    "              AND (r.progress IS NULL OR r.progress <= i.fraction))"
     "UPDATE diagnosis.runs r SET progress = i.fraction, progress_message = i.message, updated_at = now()"
     "  FROM i JOIN target t ON t.id = i.id"
     " WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id";
@@ -962,6 +969,10 @@ BuildPacks(void *arg)
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
 	                         false);
+	static const char *const planner_settings[] = {"enable_seqscan", "enable_bitmapscan"};
+	for (const char *planner_setting : planner_settings)
+		(void) set_config_option(planner_setting, GetConfigOptionResetString(planner_setting), PGC_USERSET,
+		                         PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if ((set_based ? SPI_execute_plan(GenericPlan(&default_packs_plan, default_packs_sql, 2, argtypes), values, NULL,
 	                                  false, 0)
 	               : SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0)) != SPI_OK_SELECT ||
