@@ -279,9 +279,10 @@ ConnectToDatabase(void)
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	/* Its generic plans are made once, maybe while the tables are small, and kept until the next ANALYZE: every
 	 * probe must stay an index or TID scan when the table has grown, so no plan may choose to read it whole.
-	 * (The context pack function, the tenant's code, runs with the server's own settings: BuildPacks.) */
-	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	 * Session values, not overrides: their reset values stay the server's, which BuildPacks gives back to the
+	 * context pack function (the tenant's code). */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
 }
 
 /* ---------------------------------------------------------------- settings */

@@ -357,10 +357,10 @@ CollectProgress(int *count)
 		state->progress.clear();
 		state->progress_views.clear();
 		Clock::time_point now = Clock::now();
-		bool unwritten = std::exchange(state->progress_unwritten, false);
+		*count = 0;
+		if (!std::exchange(state->progress_unwritten, false))
+			return;
 		for (auto &entry : state->inflight) {
-			if (!unwritten)
-				break;
 			InflightRun &r = entry.second;
 			if (r.reported <= r.written)
 				continue;

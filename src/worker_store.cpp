@@ -918,13 +918,6 @@ LookupPackFunction(void *arg)
 		elog(ERROR, "checking diagnosis.fhir_source failed");
 }
 
-/*
- * Builds the packs of job->runs in one statement, as the pack function's owner under
- * SECURITY_RESTRICTED_OPERATION with search_path pinned (PostgreSQL runs index expressions during maintenance
- * the same way, vacuum.c), so the function has its owner's rights, not the worker's: no superuser, and no
- * worker authority over runs, artifacts or the audit log (diagnosis._is_worker() is false inside). An error
- * leaves the subtransaction to the caller, whose abort restores the user and the settings.
- */
 /* The default packs of a claim: one call of the set-based form of diagnosis.build_context_pack. */
 static const char *default_packs_sql =
     "SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
@@ -932,6 +925,13 @@ static const char *default_packs_sql =
     "  LEFT JOIN diagnosis._context_packs($1::text[]::uuid[]) p ON p.ord = x.ord"
     " ORDER BY x.ord";
 
+/*
+ * Builds the packs of job->runs in one statement, as the pack function's owner under
+ * SECURITY_RESTRICTED_OPERATION with search_path pinned (PostgreSQL runs index expressions during maintenance
+ * the same way, vacuum.c), so the function has its owner's rights, not the worker's: no superuser, and no
+ * worker authority over runs, artifacts or the audit log (diagnosis._is_worker() is false inside). An error
+ * leaves the subtransaction to the caller, whose abort restores the user and the settings.
+ */
 static void
 BuildPacks(void *arg)
 {
