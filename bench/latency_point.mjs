@@ -4,6 +4,8 @@
 //        history: runs first sent end to end through a fast endpoint, so the points meet a table with a past (the
 //        full benchmark reaches its latency points after about 175,000 runs)
 //        PERF=1 ...: `perf record -g` of the worker during each point, into /tmp/pg_diagnosis-latency.perf
+//        PERF=dwarf ...: the same with DWARF call graphs at 400 Hz (the C++ code has no frame pointers)
+//        TIMELINE=1 ...: calls started (LOCKED) and runs completed per 250 ms after the first claim
 import { spawn } from 'node:child_process';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startFastEndpoint, loadBenchPatients, procStats, endToEnd } from './lib.mjs';
@@ -27,6 +29,18 @@ async function waves(label, inflight) {
       FROM l`, [label, inflight])).rows[0];
   return Object.fromEntries(Object.entries(r).map(([k, v]) => [k, Number(Number(v).toFixed(2))]));
 }
+/** Per 250 ms after the first claim: how many calls were started (LOCKED rows) and how many runs completed. */
+async function timeline(label) {
+  const r = await cluster.query(`
+    WITH e AS (SELECT a.event, a.created_at FROM diagnosis.audit_log a JOIN diagnosis.runs r ON r.id = a.run_id
+                WHERE r.inputs->>'latency' = $1 AND a.event IN ('LOCKED', 'COMPLETED')),
+         t0 AS (SELECT min(created_at) AS t0 FROM e WHERE event = 'LOCKED')
+    SELECT floor(extract(epoch FROM e.created_at - t0.t0) * 4)::int AS slot,
+           count(*) FILTER (WHERE event = 'LOCKED')::int AS locked,
+           count(*) FILTER (WHERE event = 'COMPLETED')::int AS completed
+      FROM e, t0 GROUP BY 1 ORDER BY 1`, [label]);
+  return r.rows.map((x) => `${(x.slot / 4).toFixed(2)}s L${x.locked} C${x.completed}`).join(' | ');
+}
 try {
   await loadBenchPatients(cluster);
   const pid = (await cluster.workerPids())[0];
@@ -41,8 +55,9 @@ try {
   for (const inflight of inflights) {
     const worker0 = procStats(pid).cpuSeconds;
     const endpoint0 = procStats(endpoint.proc.pid).cpuSeconds;
-    const perf = process.env.PERF ? spawn('perf', ['record', '-e', 'cpu-clock', '-g', '-o', '/tmp/pg_diagnosis-latency.perf',
-      '-p', String(pid)], { stdio: 'ignore' }) : null;
+    const graph = process.env.PERF === 'dwarf' ? ['-F', '400', '--call-graph', 'dwarf,16384'] : ['-g'];
+    const perf = process.env.PERF ? spawn('perf', ['record', '-e', 'cpu-clock', ...graph,
+      '-o', '/tmp/pg_diagnosis-latency.perf', '-p', String(pid)], { stdio: 'ignore' }) : null;
     const p = await onePoint(cluster, pid, inflight, latencyMs, `lat-${inflight}`);
     if (perf) {
       perf.kill('SIGINT');
@@ -53,6 +68,7 @@ try {
       failed: p.failed, worker_ms_per_run: Number((((procStats(pid).cpuSeconds - worker0) / runs) * 1000).toFixed(2)),
       endpoint_ms_per_run: Number((((procStats(endpoint.proc.pid).cpuSeconds - endpoint0) / runs) * 1000).toFixed(2)),
       kb_per_call: Number(p.perCallKb.toFixed(1)), waves_s: await waves(`lat-${inflight}`, inflight) }));
+    if (process.env.TIMELINE) console.log(await timeline(`lat-${inflight}`));
   }
 } finally {
   cluster.destroy();

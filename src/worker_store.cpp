@@ -575,13 +575,33 @@ NoteLastError(const pgdiag::calls::Finished *f, pgdiag::FinalizeResult *result)
 		         f->error_message ? f->error_message : "");
 }
 
+/* Finalizes finished runs [start, start + n) in one transaction; appends the ids of runs to try again later. */
+static void
+FinalizeChunk(int start, int n, pgdiag::FinalizeResult *result, const char **keep, int *nkeep)
+{
+	FinalizeBatch *batch = NewBatch(n);
+	char *error;
+
+	for (int i = start; i < start + n; i++)
+		AddToBatch(batch, pgdiag::calls::FinishedAt(i));
+	BeginWork("pg_diagnosis: finalize runs");
+	error = InSubtransaction(ExecuteFinalize, batch);
+	if (error == NULL) {
+		result->terminal += batch->terminal;
+		for (int i = 0; i < batch->ndeferred; i++)
+			keep[(*nkeep)++] = batch->deferred[i];
+	} else
+		for (int i = start; i < start + n; i++)
+			if (!FinalizeOne(pgdiag::calls::FinishedAt(i), &result->terminal))
+				keep[(*nkeep)++] = pgdiag::calls::FinishedAt(i)->run_id;
+	EndWork();
+}
+
 void
 pgdiag::FinalizeFinishedRuns(FinalizeResult *result)
 {
-	FinalizeBatch *batch;
 	int count = 0;
 	long min_delay_ms = -1;
-	char *error;
 	const char **keep;
 	int nkeep = 0;
 
@@ -594,27 +614,15 @@ pgdiag::FinalizeFinishedRuns(FinalizeResult *result)
 	if (count == 0)
 		return;
 
-	batch = NewBatch(count);
 	keep = (const char **) palloc(sizeof(char *) * count);
 	for (int i = 0; i < count; i++) {
 		const calls::Finished *f = calls::FinishedAt(i);
-		AddToBatch(batch, f);
 		NoteLastError(f, result);
 		if (strcmp(f->outcome, "queued") == 0 && (min_delay_ms < 0 || f->retry_delay_ms < min_delay_ms))
 			min_delay_ms = f->retry_delay_ms;
 	}
-
-	BeginWork("pg_diagnosis: finalize runs");
-	error = InSubtransaction(ExecuteFinalize, batch);
-	if (error == NULL) {
-		result->terminal = batch->terminal;
-		for (int i = 0; i < batch->ndeferred; i++)
-			keep[nkeep++] = batch->deferred[i];
-	} else
-		for (int i = 0; i < count; i++)
-			if (!FinalizeOne(calls::FinishedAt(i), &result->terminal))
-				keep[nkeep++] = calls::FinishedAt(i)->run_id;
-	EndWork();
+	for (int start = 0; start < count; start += kStatementBatchMax)
+		FinalizeChunk(start, Min(kStatementBatchMax, count - start), result, keep, &nkeep);
 	result->settled = count - nkeep;
 	if (!calls::ClearFinishedExcept(keep, nkeep))
 		elog(ERROR, "pg_diagnosis: %s", cpp_guard_message);
@@ -733,39 +741,46 @@ static const char *progress_sql =
     "  FROM i JOIN target t ON t.id = i.id"
     " WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id";
 
-void
-pgdiag::WriteProgress()
+/* Writes progress rows [start, start + n) in one transaction. */
+static void
+WriteProgressChunk(int start, int n)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid argtypes[4] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 	Datum values[4];
-	const char **ids, **attempts, **fractions, **messages;
-	int count = 0;
+	const char **ids = (const char **) palloc(sizeof(char *) * n);
+	const char **attempts = (const char **) palloc(sizeof(char *) * n);
+	const char **fractions = (const char **) palloc(sizeof(char *) * n);
+	const char **messages = (const char **) palloc(sizeof(char *) * n);
 
-	if (!calls::CollectProgress(&count))
-		elog(ERROR, "pg_diagnosis: collecting progress failed: %s", cpp_guard_message);
-	if (count == 0)
-		return;
-	ids = (const char **) palloc(sizeof(char *) * count);
-	attempts = (const char **) palloc(sizeof(char *) * count);
-	fractions = (const char **) palloc(sizeof(char *) * count);
-	messages = (const char **) palloc(sizeof(char *) * count);
-	for (int i = 0; i < count; i++) {
-		const calls::Progress *p = calls::ProgressAt(i);
+	for (int i = 0; i < n; i++) {
+		const pgdiag::calls::Progress *p = pgdiag::calls::ProgressAt(start + i);
 		ids[i] = p->run_id;
 		attempts[i] = IntText(p->attempt);
 		fractions[i] = psprintf("%.6f", p->fraction);
 		messages[i] = p->message && p->message[0] ? p->message : NULL;
 	}
 	BeginWork("pg_diagnosis: write progress");
-	values[0] = TextArray(ids, count);
-	values[1] = TextArray(attempts, count);
-	values[2] = TextArray(fractions, count);
-	values[3] = TextArray(messages, count);
+	values[0] = TextArray(ids, n);
+	values[1] = TextArray(attempts, n);
+	values[2] = TextArray(fractions, n);
+	values[3] = TextArray(messages, n);
 	if (SPI_execute_plan(GenericPlan(&plan, progress_sql, 4, argtypes), values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "writing progress failed");
 	EndWork();
-	calls::ClearProgress();
+}
+
+void
+pgdiag::WriteProgress()
+{
+	int count = 0;
+
+	if (!calls::CollectProgress(&count))
+		elog(ERROR, "pg_diagnosis: collecting progress failed: %s", cpp_guard_message);
+	for (int start = 0; start < count; start += kStatementBatchMax)
+		WriteProgressChunk(start, Min(kStatementBatchMax, count - start));
+	if (count > 0)
+		calls::ClearProgress();
 }
 
 /* ---------------------------------------------------------------- claim */
@@ -1122,6 +1137,7 @@ pgdiag::ClaimRuns(int limit, ClaimResult *result)
 	result->claimed = 0;
 	result->next_due = DT_NOEND;
 	result->config_error = NULL;
+	limit = Min(limit, kStatementBatchMax);
 	BeginWork("pg_diagnosis: claim runs");
 	/* A setting that cannot work pauses claiming; it never fails the backlog run by run. */
 	{

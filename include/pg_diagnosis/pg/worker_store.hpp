@@ -12,6 +12,10 @@ extern "C" {
 
 namespace pgdiag {
 
+/* The most rows one claim, finalize or progress statement takes; more go in several short transactions. One
+ * statement of thousands of rows cost more per row, and held every call back until it committed. */
+constexpr int kStatementBatchMax = 256;
+
 enum class ExtensionState { Missing, OtherVersion, Ready };
 
 /* Whether CREATE EXTENSION pg_diagnosis has run in this database, at the version this library drives. */
@@ -35,7 +39,7 @@ struct ClaimResult {
 };
 
 /*
- * Claims up to `limit` due runs (FOR NO KEY UPDATE SKIP LOCKED, taking turns between organizations; within one,
+ * Claims up to `limit` due runs (at most kStatementBatchMax) (FOR NO KEY UPDATE SKIP LOCKED, taking turns between organizations; within one,
  * priority then run_after), writes LOCKED, builds their context packs as the pack function's owner (a pack that
  * fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
  */
@@ -48,8 +52,8 @@ struct FinalizeResult {
 	char last_error[256];   /* "CODE: message" of the last failed or retried run, or "" */
 };
 
-/* Writes every finished run: artifacts, status and audit row, guarded by status and attempt; rows another
- * transaction holds locked are kept for the next pass, never waited for. */
+/* Writes every finished run: artifacts, status and audit row, guarded by status and attempt, kStatementBatchMax
+ * runs per transaction; rows another transaction holds locked are kept for the next pass, never waited for. */
 void FinalizeFinishedRuns(FinalizeResult *result);
 
 /* Commits the tasks the server created for calls in flight (task id and expiry in the run's row). */
