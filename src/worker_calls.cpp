@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -92,8 +93,9 @@ struct State {
 	std::vector<Task> task_views;
 	std::string config_error; /* the last outcome that said a setting cannot work, until taken */
 	std::mt19937_64 rng{std::random_device{}()};
-	/* Some run's reported progress is not written yet: CollectProgress walks the runs in flight only then. */
-	bool progress_unwritten = false;
+	/* Tags of runs whose reported progress is not written yet: CollectProgress looks at these alone, not at every
+	 * run in flight. A run that ended meanwhile is dropped there. */
+	std::unordered_set<uint64_t> progress_unwritten;
 };
 
 State *state = nullptr;
@@ -296,7 +298,7 @@ Drive()
 			if (fraction >= it->second.reported) {
 				it->second.reported = fraction;
 				it->second.reported_message = p.message;
-				state->progress_unwritten = true;
+				state->progress_unwritten.insert(p.tag);
 			}
 		}
 		for (CallOutcome &o : state->client->TakeOutcomes()) {
@@ -358,19 +360,21 @@ CollectProgress(int *count)
 		state->progress_views.clear();
 		Clock::time_point now = Clock::now();
 		*count = 0;
-		if (!std::exchange(state->progress_unwritten, false))
-			return;
-		for (auto &entry : state->inflight) {
-			InflightRun &r = entry.second;
-			if (r.reported <= r.written)
+		for (auto tag = state->progress_unwritten.begin(); tag != state->progress_unwritten.end();) {
+			auto it = state->inflight.find(*tag);
+			if (it == state->inflight.end() || it->second.reported <= it->second.written) {
+				tag = state->progress_unwritten.erase(tag);
 				continue;
+			}
+			InflightRun &r = it->second;
 			if (r.written >= 0 && now - r.written_at < std::chrono::milliseconds(kProgressIntervalMs)) {
-				state->progress_unwritten = true; /* written at a later turn */
+				++tag; /* written at a later turn */
 				continue;
 			}
 			r.written = r.reported;
 			r.written_at = now;
 			state->progress.push_back(ProgressRow{r.run_id, r.reported_message, r.attempt, r.reported});
+			tag = state->progress_unwritten.erase(tag);
 		}
 		for (const ProgressRow &p : state->progress)
 			state->progress_views.push_back(Progress{p.run_id.c_str(), p.attempt, p.fraction, p.message.c_str()});

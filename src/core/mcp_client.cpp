@@ -9,6 +9,7 @@
  */
 #include <algorithm>
 #include <map>
+#include <set>
 #include <optional>
 #include <poll.h>
 #include <unordered_map>
@@ -129,6 +130,7 @@ public:
 			ExtendForTask(call.get());
 		Call *raw = call.get();
 		calls_[raw->request.tag] = std::move(call);
+		between_exchanges_.insert(raw->request.tag);
 		if (session_.phase == EndpointSession::Phase::Ready)
 			Begin(raw);
 		else {
@@ -157,14 +159,13 @@ public:
 			if (timeout < 0 || ms < timeout)
 				timeout = ms;
 		};
-		for (const auto &entry : calls_) {
-			const Call &c = *entry.second;
+		for (uint64_t tag : between_exchanges_) {
+			const Call &c = *calls_.at(tag);
 			if (c.poll_due)
 				consider(c.poll_at);
 			if (c.resume_due)
 				consider(c.resume_at);
-			if (c.exchange == 0)
-				consider(c.deadline);
+			consider(c.deadline);
 		}
 		return timeout;
 	}
@@ -242,6 +243,7 @@ public:
 			AbortExchange(c);
 		}
 		calls_.clear();
+		between_exchanges_.clear();
 		waiting_.clear();
 		for (auto it = pending_.begin(); it != pending_.end();) {
 			if (it->second.purpose != Purpose::Fire) {
@@ -277,6 +279,7 @@ public:
 		for (auto &entry : calls_)
 			tags.push_back(entry.first);
 		calls_.clear();
+		between_exchanges_.clear();
 		waiting_.clear();
 		session_.Reset();
 		return tags;
@@ -612,7 +615,7 @@ private:
 		c->last_event_id.clear();
 		c->retry_ms = -1;
 		c->idle_resumes = 0;
-		c->exchange = Send(std::move(req), std::move(p));
+		SetExchange(c, Send(std::move(req), std::move(p)));
 	}
 
 	/* GET + Last-Event-ID: the legacy way to pick up a stream the server closed. */
@@ -630,7 +633,7 @@ private:
 		p.progress_token = c->rpc_id;
 		p.resumption = true;
 		p.sent_session = !session_.session_id.empty();
-		c->exchange = Send(std::move(r), std::move(p));
+		SetExchange(c, Send(std::move(r), std::move(p)));
 	}
 
 	void StartTaskRequest(Call *c, Purpose purpose)
@@ -647,12 +650,12 @@ private:
 		                     RemainingMs(c), &p);
 		if (!c->request.traceparent.empty())
 			r.headers.push_back("traceparent: " + c->request.traceparent);
-		c->exchange = Send(std::move(r), std::move(p));
+		SetExchange(c, Send(std::move(r), std::move(p)));
 	}
 
 	void SchedulePoll(Call *c, int64_t delay_ms)
 	{
-		c->exchange = 0;
+		SetExchange(c, 0);
 		c->poll_due = true;
 		c->poll_at = Clock::now() + std::chrono::milliseconds(delay_ms);
 	}
@@ -692,7 +695,7 @@ private:
 		if (c->exchange) {
 			transport_.Abort(c->exchange);
 			pending_.erase(c->exchange);
-			c->exchange = 0;
+			SetExchange(c, 0);
 		}
 	}
 
@@ -729,7 +732,18 @@ private:
 		AbortExchange(c);
 		waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), c), waiting_.end());
 		outcomes_.push_back(std::move(outcome));
+		between_exchanges_.erase(c->request.tag);
 		calls_.erase(c->request.tag);
+	}
+
+	/* The exchange in flight for the call (0: none), and whether the call's own timers apply. */
+	void SetExchange(Call *c, uint64_t exchange)
+	{
+		c->exchange = exchange;
+		if (exchange)
+			between_exchanges_.erase(c->request.tag);
+		else
+			between_exchanges_.insert(c->request.tag);
 	}
 
 	Call *CallOf(const Pending &p)
@@ -742,7 +756,7 @@ private:
 	void Requeue(Call *c, bool forget_era)
 	{
 		c->retried = true;
-		c->exchange = 0;
+		SetExchange(c, 0);
 		if (forget_era) {
 			era_cache_.Forget(OriginOf(config_.url));
 			if (session_.phase == EndpointSession::Phase::Ready)
@@ -1127,7 +1141,7 @@ private:
 		Call *c = CallOf(p);
 		if (!c)
 			return; /* finished meanwhile (cancelled, timed out) */
-		c->exchange = 0;
+		SetExchange(c, 0);
 		if (p.purpose == Purpose::ToolCall)
 			CompleteToolCall(c, x, p);
 		else if (p.purpose == Purpose::TaskGet)
@@ -1136,15 +1150,16 @@ private:
 			CompleteTaskResult(c, x, p);
 	}
 
-	/* Due polls and resumptions; calls past their deadline while no exchange of theirs is open. */
+	/* Due polls and resumptions; calls past their deadline while no exchange of theirs is open. Only calls
+	 * between exchanges have timers: the transport times out the others. */
 	void RunTimers()
 	{
 		Clock::time_point now = Clock::now();
 		std::vector<Call *> expired;
-		for (auto &entry : calls_) {
-			Call *c = entry.second.get();
-			if (c->exchange)
-				continue;
+		/* A copy: starting a request takes its call out of the set. */
+		std::vector<uint64_t> tags(between_exchanges_.begin(), between_exchanges_.end());
+		for (uint64_t tag : tags) {
+			Call *c = calls_.at(tag).get();
 			if (now >= c->deadline) {
 				expired.push_back(c);
 				continue;
@@ -1184,6 +1199,9 @@ private:
 	uint64_t ids_ = 0;
 
 	std::map<uint64_t, std::unique_ptr<Call>> calls_;
+	/* Tags of the calls with no exchange open (waiting for the endpoint, a poll or a resumption): the only ones
+	 * whose timers TimeoutMs and RunTimers look at, so a turn does not walk every call in flight. */
+	std::set<uint64_t> between_exchanges_;
 	std::vector<Call *> waiting_;
 	std::unordered_map<uint64_t, Pending> pending_;
 	std::vector<CallProgress> progress_;
