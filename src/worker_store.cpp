@@ -889,6 +889,7 @@ typedef struct PackJob {
 	ClaimedRun *runs;
 	int n;
 	const PackFunction *fn;
+	bool one_by_one; /* the retry after an error: call the function itself, whose error names the cause */
 } PackJob;
 
 typedef struct PackLookup {
@@ -941,11 +942,44 @@ static const char *default_packs_sql =
     " ORDER BY x.ord";
 
 /*
+ * The packs of a claim from the pack function itself, one call per run, prepared once per function name (the
+ * plan cache replans it when the function changes). OFFSET 0 keeps the planner from pulling the subquery up,
+ * which would call the function once per use of p.pack. Prepared like it runs, as the function's owner with
+ * search_path pinned: every unqualified name below is a built-in.
+ */
+static SPIPlanPtr
+FunctionPackPlan(const char *qualified_name)
+{
+	static SPIPlanPtr plan = NULL;
+	static char *plan_name = NULL;
+	Oid argtypes[2] = {TEXTARRAYOID, TEXTARRAYOID};
+
+	if (plan && strcmp(plan_name, qualified_name) != 0) {
+		SPI_freeplan(plan);
+		pfree(plan_name);
+		plan = NULL;
+	}
+	if (plan == NULL) {
+		char *sql =
+		    psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
+		             "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
+		             "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack OFFSET 0) p"
+		             " ORDER BY x.ord",
+		             qualified_name);
+		(void) KeptPlan(&plan, sql, 2, argtypes);
+		plan_name = MemoryContextStrdup(TopMemoryContext, qualified_name);
+	}
+	return plan;
+}
+
+/*
  * Builds the packs of job->runs in one statement, as the pack function's owner under
  * SECURITY_RESTRICTED_OPERATION with search_path pinned (PostgreSQL runs index expressions during maintenance
  * the same way, vacuum.c), so the function has its owner's rights, not the worker's: no superuser, and no
  * worker authority over runs, artifacts or the audit log (diagnosis._is_worker() is false inside). An error
- * leaves the subtransaction to the caller, whose abort restores the user and the settings.
+ * leaves the subtransaction to the caller, whose abort restores the user and the settings. The default pack
+ * comes from its set-based form, one call per claim; the run-by-run retry after an error calls the function
+ * itself, whose error names the cause.
  */
 static void
 BuildPacks(void *arg)
@@ -959,23 +993,12 @@ BuildPacks(void *arg)
 	Oid save_userid;
 	int save_sec_context;
 	int save_nestlevel;
-	bool set_based = job->n > 1 && strcmp(job->fn->qualified_name, DEFAULT_PACK_FUNCTION) == 0;
-	char *sql = NULL;
+	bool set_based = !job->one_by_one && strcmp(job->fn->qualified_name, DEFAULT_PACK_FUNCTION) == 0;
 
 	for (int i = 0; i < job->n; i++) {
 		patients[i] = job->runs[i].patient_id;
 		inputs[i] = job->runs[i].inputs;
 	}
-	/* search_path is pg_catalog, pg_temp here too: every unqualified name below is a built-in. OFFSET 0 keeps
-	 * the planner from pulling the subquery up, which would call the pack function once per use of p.pack.
-	 * The default pack of several runs comes from its set-based form, one call for the claim; one run alone
-	 * (and the run-by-run retry after an error) calls the function itself, whose error names the cause. */
-	if (!set_based)
-		sql = psprintf("SELECT jsonb_typeof(p.pack), (p.pack || jsonb_build_object('inputs', x.inputs::jsonb))::text"
-		               "  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(patient_id, inputs, ord)"
-		               "  CROSS JOIN LATERAL (SELECT %s(x.patient_id::uuid) AS pack OFFSET 0) p"
-		               " ORDER BY x.ord",
-		               job->fn->qualified_name);
 	values[0] = TextArray(patients, job->n);
 	values[1] = TextArray(inputs, job->n);
 
@@ -988,9 +1011,9 @@ BuildPacks(void *arg)
 	for (const char *planner_setting : planner_settings)
 		(void) set_config_option(planner_setting, GetConfigOptionResetString(planner_setting), PGC_USERSET,
 		                         PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	if ((set_based ? SPI_execute_plan(GenericPlan(&default_packs_plan, default_packs_sql, 2, argtypes), values, NULL,
-	                                  false, 0)
-	               : SPI_execute_with_args(sql, 2, argtypes, values, NULL, false, 0)) != SPI_OK_SELECT ||
+	if (SPI_execute_plan(set_based ? GenericPlan(&default_packs_plan, default_packs_sql, 2, argtypes)
+	                               : FunctionPackPlan(job->fn->qualified_name),
+	                     values, NULL, false, 0) != SPI_OK_SELECT ||
 	    SPI_processed != (uint64) job->n)
 		elog(ERROR, "building context packs failed");
 	AtEOXact_GUC(false, save_nestlevel);
@@ -1063,11 +1086,11 @@ NextDue(void)
 static void
 BuildAllPacks(ClaimedRun *runs, int n, const PackFunction *fn, MemoryContext caller_context)
 {
-	PackJob job = {runs, n, fn};
+	PackJob job = {runs, n, fn, false};
 
 	if (InSubtransaction(BuildPacks, &job) != NULL)
 		for (int i = 0; i < n; i++) {
-			PackJob one = {&runs[i], 1, fn};
+			PackJob one = {&runs[i], 1, fn, true};
 			runs[i].pack = NULL;
 			runs[i].pack_error = InSubtransaction(BuildPacks, &one);
 		}
