@@ -82,30 +82,68 @@ HttpTransport::HttpTransport()
 	epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
 	if (epoll_fd_ < 0)
 		throw std::runtime_error(std::string("epoll_create1 failed: ") + std::strerror(errno));
-	multi_ = curl_multi_init();
-	if (!multi_) {
+	try {
+		AddPool();
+	} catch (...) {
 		close(epoll_fd_);
-		throw std::runtime_error("curl_multi_init failed");
+		throw;
 	}
-	curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, SocketCallback);
-	curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
-	curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, TimerCallback);
-	curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
 }
 
 HttpTransport::~HttpTransport()
 {
 	AbortAll();
 	finished_.clear();
-	curl_multi_cleanup(multi_);
+	for (auto &pool : pools_)
+		curl_multi_cleanup(pool->multi);
 	close(epoll_fd_);
 }
 
+HttpTransport::Pool &
+HttpTransport::AddPool()
+{
+	auto pool = std::make_unique<Pool>();
+	pool->transport = this;
+	pool->index = pools_.size();
+	pool->multi = curl_multi_init();
+	if (!pool->multi)
+		throw std::runtime_error("curl_multi_init failed");
+	curl_multi_setopt(pool->multi, CURLMOPT_SOCKETFUNCTION, SocketCallback);
+	curl_multi_setopt(pool->multi, CURLMOPT_SOCKETDATA, pool.get());
+	curl_multi_setopt(pool->multi, CURLMOPT_TIMERFUNCTION, TimerCallback);
+	curl_multi_setopt(pool->multi, CURLMOPT_TIMERDATA, pool.get());
+	pools_.push_back(std::move(pool));
+	return *pools_.back();
+}
+
+/* Pools beyond the ones in use keep their exchanges until those end; only new exchanges move. Each pool in use
+ * gets an equal share of both limits (one more for the first `total % n`), so the cap holds exactly. */
 void
 HttpTransport::SetConnectionLimits(long total, long cache)
 {
-	curl_multi_setopt(multi_, CURLMOPT_MAX_TOTAL_CONNECTIONS, std::max(0L, total));
-	curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, std::max(1L, cache));
+	long basis = total > 0 ? total : std::max(1L, cache);
+	size_t wanted = static_cast<size_t>((basis + kConnectionsPerPool - 1) / kConnectionsPerPool);
+	size_t n = std::max<size_t>(1, std::min(kMaxPools, wanted));
+	while (pools_.size() < n)
+		AddPool();
+	pools_in_use_ = n;
+	for (size_t i = 0; i < n; i++) {
+		long share =
+		    total > 0 ? total / static_cast<long>(n) + (static_cast<long>(i) < total % static_cast<long>(n)) : 0;
+		curl_multi_setopt(pools_[i]->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, share);
+		curl_multi_setopt(pools_[i]->multi, CURLMOPT_MAXCONNECTS,
+		                  std::max(1L, (std::max(1L, cache) + static_cast<long>(n) - 1) / static_cast<long>(n)));
+	}
+}
+
+HttpTransport::Pool &
+HttpTransport::LeastLoadedPool()
+{
+	Pool *best = pools_[0].get();
+	for (size_t i = 1; i < pools_in_use_; i++)
+		if (pools_[i]->live < best->live)
+			best = pools_[i].get();
+	return *best;
 }
 
 /* ------------------------------------------------------------ libcurl callbacks */
@@ -113,28 +151,30 @@ HttpTransport::SetConnectionLimits(long total, long cache)
 int
 HttpTransport::SocketCallback(void *, int s, int what, void *userp, void *)
 {
-	HttpTransport *self = static_cast<HttpTransport *>(userp);
+	Pool *pool = static_cast<Pool *>(userp);
+	int epoll_fd = pool->transport->epoll_fd_;
 	epoll_event ev{};
-	ev.data.fd = s;
+	/* The pool in the high half, the socket in the low half: Drive hands the event to the pool's handle. */
+	ev.data.u64 = (static_cast<uint64_t>(pool->index) << 32) | static_cast<uint32_t>(s);
 	if (what == CURL_POLL_REMOVE) {
-		epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, s, nullptr);
+		epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, nullptr);
 		return 0;
 	}
 	ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-	if (epoll_ctl(self->epoll_fd_, EPOLL_CTL_MOD, s, &ev) != 0)
-		epoll_ctl(self->epoll_fd_, EPOLL_CTL_ADD, s, &ev);
+	if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0)
+		epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev);
 	return 0;
 }
 
 int
 HttpTransport::TimerCallback(void *, long timeout_ms, void *userp)
 {
-	HttpTransport *self = static_cast<HttpTransport *>(userp);
+	Pool *pool = static_cast<Pool *>(userp);
 	if (timeout_ms < 0)
-		self->timer_armed_ = false;
+		pool->timer_armed = false;
 	else {
-		self->timer_armed_ = true;
-		self->timer_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
+		pool->timer_armed = true;
+		pool->timer_deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
 	}
 	return 0;
 }
@@ -297,7 +337,10 @@ HttpTransport::Start(HttpRequest request)
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, x);
 
 	SignalBlock block;
-	CURLMcode added = curl_multi_add_handle(multi_, easy);
+	Pool &pool = LeastLoadedPool();
+	x->pool = pool.index;
+	pool.live++; /* Release() counts it off again, added or not */
+	CURLMcode added = curl_multi_add_handle(pool.multi, easy);
 	if (added != CURLM_OK) {
 		x->finished = true;
 		x->curl_code = added == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
@@ -316,7 +359,9 @@ void
 HttpTransport::Release(HttpExchange *x)
 {
 	if (x->easy) {
-		curl_multi_remove_handle(multi_, x->easy);
+		Pool &pool = *pools_[x->pool];
+		curl_multi_remove_handle(pool.multi, x->easy);
+		pool.live--;
 		curl_easy_cleanup(x->easy);
 		x->easy = nullptr;
 	}
@@ -403,19 +448,20 @@ HttpTransport::TimeoutMs() const
 		if (timeout < 0 || ms < timeout)
 			timeout = ms;
 	};
-	if (timer_armed_)
-		consider(timer_deadline_);
+	for (const auto &pool : pools_)
+		if (pool->timer_armed)
+			consider(pool->timer_deadline);
 	if (!live_.empty() && inactivity_check_at_ != Clock::time_point::max())
 		consider(inactivity_check_at_);
 	return timeout;
 }
 
 void
-HttpTransport::SocketAction(int s, int flags)
+HttpTransport::SocketAction(Pool &pool, int s, int flags)
 {
 	SignalBlock block;
 	int running = 0;
-	curl_multi_socket_action(multi_, s, flags, &running);
+	curl_multi_socket_action(pool.multi, s, flags, &running);
 }
 
 void
@@ -423,23 +469,29 @@ HttpTransport::Drive()
 {
 	for (int round = 0; round < 4; round++) {
 		epoll_event events[64];
+		bool timers_left = false;
 		int n = epoll_wait(epoll_fd_, events, 64, 0);
 		for (int i = 0; i < n; i++) {
 			int flags = 0;
+			size_t pool = static_cast<size_t>(events[i].data.u64 >> 32);
 			if (events[i].events & EPOLLIN)
 				flags |= CURL_CSELECT_IN;
 			if (events[i].events & EPOLLOUT)
 				flags |= CURL_CSELECT_OUT;
 			if (events[i].events & (EPOLLERR | EPOLLHUP))
 				flags |= CURL_CSELECT_ERR;
-			SocketAction(events[i].data.fd, flags);
+			if (pool < pools_.size())
+				SocketAction(*pools_[pool], static_cast<int>(events[i].data.u64 & 0xffffffffu), flags);
 		}
-		if (timer_armed_ && Clock::now() >= timer_deadline_) {
-			timer_armed_ = false;
-			SocketAction(CURL_SOCKET_TIMEOUT, 0);
+		for (auto &pool : pools_) {
+			if (pool->timer_armed && Clock::now() >= pool->timer_deadline) {
+				pool->timer_armed = false;
+				SocketAction(*pool, CURL_SOCKET_TIMEOUT, 0);
+			}
+			CollectDone(*pool);
+			timers_left = timers_left || (pool->timer_armed && Clock::now() >= pool->timer_deadline);
 		}
-		CollectDone();
-		if (!(timer_armed_ && Clock::now() >= timer_deadline_) && n < 64)
+		if (!timers_left && n < 64)
 			break;
 	}
 	ExpireInactive();
@@ -479,11 +531,11 @@ HttpTransport::Finish(uint64_t id, int code)
 }
 
 void
-HttpTransport::CollectDone()
+HttpTransport::CollectDone(Pool &pool)
 {
 	CURLMsg *msg;
 	int left = 0;
-	while ((msg = curl_multi_info_read(multi_, &left))) {
+	while ((msg = curl_multi_info_read(pool.multi, &left))) {
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		HttpExchange *x = nullptr;

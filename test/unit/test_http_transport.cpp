@@ -78,6 +78,40 @@ TEST(Transport, MethodsHeadersAndSseEvents)
 	EXPECT_EQ(transport.Count(), 0u);
 }
 
+TEST(Transport, PoolsShareTheConnectionCap)
+{
+	HttpTransport transport;
+	EXPECT_EQ(transport.PoolsInUse(), 1u);
+	transport.SetConnectionLimits(600, 608);
+	EXPECT_EQ(transport.PoolsInUse(), 3u);
+	transport.SetConnectionLimits(0, 4104); /* no cap: the kept connections decide */
+	EXPECT_EQ(transport.PoolsInUse(), 17u);
+	transport.SetConnectionLimits(100000, 100008);
+	EXPECT_EQ(transport.PoolsInUse(), HttpTransport::kMaxPools);
+	transport.SetConnectionLimits(2, 10);
+	EXPECT_EQ(transport.PoolsInUse(), 1u);
+
+	/* Two pools of 150: 320 slow exchanges at once never open more than 300 connections, and all complete. */
+	TestServer server([](const Request &, int) {
+		Reply reply{Json("{}")};
+		reply.hang_ms = 100;
+		return reply;
+	});
+	transport.SetConnectionLimits(300, 308);
+	ASSERT_EQ(transport.PoolsInUse(), 2u);
+	HttpRequest r;
+	r.url = server.Url();
+	r.body = "{}";
+	for (int i = 0; i < 320; i++)
+		transport.Start(r);
+	auto done = DriveUntilFinished(transport, 320);
+	ASSERT_EQ(done.size(), 320u);
+	for (auto &x : done)
+		EXPECT_EQ(x->status, 200) << x->error;
+	EXPECT_LE(server.Connections(), 300);
+	EXPECT_GT(server.Connections(), 150); /* both pools carried exchanges */
+}
+
 TEST(Transport, AbortClosesTheConnection)
 {
 	TestServer server([](const Request &, int) {

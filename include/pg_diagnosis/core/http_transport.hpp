@@ -2,7 +2,10 @@
  * http_transport.hpp: HTTP exchanges on libcurl's multi socket interface, behind one epoll descriptor.
  *
  * libcurl says which sockets to watch (socket callback) and when to come back (timer callback); the transport keeps
- * the sockets in its own epoll descriptor so its owner waits on a single descriptor next to its latch. Responses are
+ * the sockets in its own epoll descriptor so its owner waits on a single descriptor next to its latch. Exchanges are
+ * spread over several multi handles (pools) of at most kConnectionsPerPool connections each: libcurl 7.88 walks
+ * every connection of its multi handle when a transfer looks for a connection and when one is removed, which at
+ * thousands of connections was a sixth of the worker's time. Responses are
  * recorded as they arrive: text/event-stream bodies are parsed into SSE events while the stream is still open, so the
  * owner sees notifications before the exchange ends. The transport knows nothing of MCP.
  *
@@ -77,6 +80,7 @@ struct HttpExchange {
 
 	/* libcurl's handle and header list: owned by the transport. */
 	void *easy = nullptr;
+	size_t pool = 0; /* the transport's pool the handle was added to */
 	void *header_list = nullptr;
 	char errbuf[256] = {0};
 };
@@ -89,9 +93,12 @@ public:
 	HttpTransport(const HttpTransport &) = delete;
 	HttpTransport &operator=(const HttpTransport &) = delete;
 
-	/* At most `total` connections at once (CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = no cap): further exchanges wait
-	 * inside libcurl for a free connection instead of opening more sockets. `cache` idle connections are kept. */
+	/* At most `total` connections at once (CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = no cap), shared out between the
+	 * pools: further exchanges wait inside libcurl for a free connection instead of opening more sockets. `cache`
+	 * connections are kept open for reuse, also shared out. */
 	void SetConnectionLimits(long total, long cache);
+	/* How many pools new exchanges are spread over. */
+	size_t PoolsInUse() const { return pools_in_use_; }
 
 	/* Starts an exchange. It is never null: an exchange that cannot even start is returned already finished (with
 	 * local_failure when libcurl had no memory), and TakeFinished() delivers it. */
@@ -119,23 +126,36 @@ public:
 	void Drive();
 	std::vector<std::unique_ptr<HttpExchange>> TakeFinished();
 
+	static constexpr long kConnectionsPerPool = 256;
+	static constexpr size_t kMaxPools = 64;
+
 private:
+	/* One libcurl multi handle: its connections, its timer, and how many exchanges it carries. */
+	struct Pool {
+		HttpTransport *transport = nullptr;
+		size_t index = 0;
+		void *multi = nullptr;
+		bool timer_armed = false;
+		Clock::time_point timer_deadline;
+		size_t live = 0;
+	};
 	static int SocketCallback(void *easy, int s, int what, void *userp, void *socketp);
 	static int TimerCallback(void *multi, long timeout_ms, void *userp);
 	static size_t HeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata);
 	static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
 	static int OpenSocketCallback(void *clientp, int purpose, struct curl_sockaddr *address);
 
-	void SocketAction(int socket, int flags);
-	void CollectDone();
+	Pool &AddPool();
+	Pool &LeastLoadedPool();
+	void SocketAction(Pool &pool, int socket, int flags);
+	void CollectDone(Pool &pool);
 	void ExpireInactive();
 	void Finish(uint64_t id, int code);
 	void Release(HttpExchange *exchange);
 
 	int epoll_fd_ = -1;
-	void *multi_ = nullptr;
-	bool timer_armed_ = false;
-	Clock::time_point timer_deadline_;
+	std::vector<std::unique_ptr<Pool>> pools_;
+	size_t pools_in_use_ = 1; /* new exchanges go to pools_[0, pools_in_use_) */
 	/* No exchange can be inactive for its limit before this: ExpireInactive walks the exchanges only then (bytes
 	 * only move an exchange's own deadline later, so the earliest one seen at the last walk is a lower bound). */
 	Clock::time_point inactivity_check_at_ = Clock::time_point::max();
