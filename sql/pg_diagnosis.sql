@@ -213,60 +213,10 @@ COMMENT ON TABLE diagnosis.audit_log IS 'Append-only: every step of every run, w
 -- Guards: the state machine (SPEC section 3) and insert-only tables, for every role, superuser included
 -- ===========================================================================================================
 
+-- In C (src/runs_guard.cpp): every claim, progress report and finalize passes through it row by row, and a
+-- plpgsql guard cost a plpgsql call and a GUC nest level (its pinned search_path) per row.
 CREATE FUNCTION diagnosis._runs_guard() RETURNS trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_cancel_only diagnosis.runs;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        IF diagnosis._purging() AND OLD.status IN ('completed', 'failed', 'cancelled') THEN
-            RETURN OLD;
-        END IF;
-        RAISE EXCEPTION 'run % cannot be deleted', OLD.id
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Terminal runs are deleted by diagnosis.purge_runs().';
-    END IF;
-    IF OLD.status IN ('completed', 'failed', 'cancelled') THEN
-        RAISE EXCEPTION 'run % is %: a terminal run cannot change', OLD.id, OLD.status
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF NEW.id <> OLD.id OR NEW.patient_id <> OLD.patient_id OR NEW.organization_id <> OLD.organization_id
-       OR NEW.inputs_hash <> OLD.inputs_hash OR NEW.inputs <> OLD.inputs
-       OR NEW.idempotency_key IS DISTINCT FROM OLD.idempotency_key OR NEW.requested_by <> OLD.requested_by
-       OR NEW.created_at <> OLD.created_at OR NEW.schema_version <> OLD.schema_version THEN
-        RAISE EXCEPTION 'the identity of run % cannot change', OLD.id
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF NEW.status = OLD.status THEN
-        IF OLD.status = 'running' AND NOT diagnosis._is_worker() THEN
-            -- cancel_diagnosis records a cancel request, and changes nothing else; the worker ends the call.
-            v_cancel_only := OLD;
-            v_cancel_only.cancel_requested_at := NEW.cancel_requested_at;
-            v_cancel_only.cancel_requested_by := NEW.cancel_requested_by;
-            IF OLD.cancel_requested_at IS NULL AND NEW.cancel_requested_at IS NOT NULL
-               AND NEW.cancel_requested_by IS NOT NULL AND v_cancel_only IS NOT DISTINCT FROM NEW THEN
-                RETURN NEW;
-            END IF;
-            RAISE EXCEPTION 'only a pg_diagnosis worker may change running run %', OLD.id
-                USING ERRCODE = 'object_not_in_prerequisite_state';
-        END IF;
-        RETURN NEW;
-    END IF;
-    IF (OLD.status = 'queued' AND NEW.status = 'running')
-       OR (OLD.status = 'running' AND NEW.status IN ('completed', 'failed', 'queued', 'cancelled')) THEN
-        IF NOT diagnosis._is_worker() THEN
-            RAISE EXCEPTION 'only a pg_diagnosis worker may move run % from % to %', OLD.id, OLD.status, NEW.status
-                USING ERRCODE = 'object_not_in_prerequisite_state';
-        END IF;
-        RETURN NEW;
-    END IF;
-    IF OLD.status = 'queued' AND NEW.status = 'cancelled' THEN
-        RETURN NEW;
-    END IF;
-    RAISE EXCEPTION 'run % cannot move from % to %', OLD.id, OLD.status, NEW.status
-        USING ERRCODE = 'object_not_in_prerequisite_state';
-END;
-$$;
+    LANGUAGE C AS 'MODULE_PATHNAME', 'pgdiag_runs_guard';
 COMMENT ON FUNCTION diagnosis._runs_guard() IS 'The state machine of runs: every other transition raises 55000.';
 
 CREATE TRIGGER runs_state_machine BEFORE UPDATE OR DELETE ON diagnosis.runs
