@@ -47,15 +47,23 @@ enum Column {
 	COL_COUNT
 };
 
-const char *const kColumnNames[COL_COUNT] = {"id",           "patient_id",     "organization_id", "inputs_hash",
-                                             "inputs",       "requested_by",   "created_at",      "schema_version",
-                                             "idempotency_key", "status",      "cancel_requested_at",
+const char *const kColumnNames[COL_COUNT] = {"id",
+                                             "patient_id",
+                                             "organization_id",
+                                             "inputs_hash",
+                                             "inputs",
+                                             "requested_by",
+                                             "created_at",
+                                             "schema_version",
+                                             "idempotency_key",
+                                             "status",
+                                             "cancel_requested_at",
                                              "cancel_requested_by"};
 
 /* The identity of a run: `NEW.x <> OLD.x` for these (a NULL compares as unchanged, as in the plpgsql guard; the
  * NOT NULL constraint then speaks), IS DISTINCT FROM for the idempotency key. */
-const Column kIdentity[] = {COL_ID,         COL_PATIENT_ID, COL_ORGANIZATION_ID, COL_INPUTS_HASH,
-                            COL_INPUTS,     COL_REQUESTED_BY, COL_CREATED_AT,    COL_SCHEMA_VERSION};
+const Column kIdentity[] = {COL_ID,     COL_PATIENT_ID,   COL_ORGANIZATION_ID, COL_INPUTS_HASH,
+                            COL_INPUTS, COL_REQUESTED_BY, COL_CREATED_AT,      COL_SCHEMA_VERSION};
 
 AttrNumber column_numbers[COL_COUNT];
 
@@ -229,8 +237,7 @@ GuardUpdate(TriggerData *trigger, TupleDesc desc)
 		return PointerGetDatum(new_row);
 	}
 	if ((strcmp(from, "queued") == 0 && strcmp(to, "running") == 0) ||
-	    (strcmp(from, "running") == 0 && !new_status_value.isnull &&
-	     (IsTerminal(to) || strcmp(to, "queued") == 0))) {
+	    (strcmp(from, "running") == 0 && !new_status_value.isnull && (IsTerminal(to) || strcmp(to, "queued") == 0))) {
 		if (!IsWorker())
 			RefuseTransition("only a pg_diagnosis worker may move run %s from %s to %s", old_row, desc, from, to);
 		return PointerGetDatum(new_row);
