@@ -32,7 +32,7 @@ const row = (measure, value, unit, note = '') => {
 const workerPid = async (cluster) =>
   (await cluster.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker' ORDER BY pid LIMIT 1`)).rows[0]?.pid;
 const CLUSTER_SETTINGS = {
-  shared_preload_libraries: 'pg_diagnosis,pg_stat_statements', 'pg_stat_statements.track': 'all',
+  shared_preload_libraries: 'pg_diagnosis,pg_stat_statements', 'pg_stat_statements.track': 'top',
   shared_buffers: '512MB', max_wal_size: '8GB', checkpoint_timeout: '30min', wal_buffers: '16MB',
   synchronous_commit: 'on', 'diagnosis.max_inflight': 128,
 };
@@ -495,8 +495,10 @@ ${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'}
   (\`session_replication_role = replica\`: pgbench is not a worker); 1 run and 32 runs per claim.
 - **Latency** is measured from the client sending an autocommit \`enqueue_diagnosis\` to the LOCKED audit row's
   \`clock_timestamp()\`, so it includes the enqueue statement itself; one run every 20 ms.
-- **Idle**: statements counted by \`pg_stat_statements\` (\`track = all\`, so the worker's SPI statements count), the
-  worker's CPU from \`/proc/<pid>/stat\`.
+- **Idle**: statements counted by \`pg_stat_statements\` at its default \`track = top\` (the worker's statements
+  are the top-level statements of its backend, so they count; \`track = all\` would also have charged every
+  statement nested in plpgsql and in foreign-key triggers to every figure above), the worker's CPU from
+  \`/proc/<pid>/stat\`.
 - **Claim cost**: \`EXPLAIN ANALYZE\` of the worker's claim statement (read from \`src/worker_store.cpp\`; rolled back) with an empty queue,
   with ${MILLION.toLocaleString('en')} runs scheduled for tomorrow, and with ${MILLION.toLocaleString('en')} runs due.
 

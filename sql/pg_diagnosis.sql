@@ -267,14 +267,11 @@ CREATE TRIGGER artifacts_writer BEFORE INSERT ON diagnosis.artifacts
 -- _impl function and run it as the schema owner, so policies can read members without recursing into RLS.
 -- ===========================================================================================================
 
--- plpgsql, not sql, for the helpers on enqueue's path: a sql function with a SET clause is never inlined, and is
--- parsed and planned again on every call (about half of enqueue's CPU); plpgsql keeps its plans for the session.
+-- The helpers on enqueue's path are C (_is_superuser: the syscache answers it) or plpgsql, not sql: a sql function
+-- with a SET clause is never inlined, and is parsed and planned again on every call (about half of enqueue's CPU);
+-- plpgsql keeps its plans for the session.
 CREATE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
-    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = role), false);
-END;
-$$;
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'pgdiag_is_superuser';
 
 -- Positional parameters: in SQL functions a column (members.member_role) would shadow a parameter of that name.
 CREATE FUNCTION diagnosis._member_orgs_impl(caller name, wanted_role text) RETURNS uuid[]

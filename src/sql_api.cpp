@@ -36,6 +36,7 @@ extern "C" {
 
 PG_FUNCTION_INFO_V1(pgdiag_call_as_owner);
 PG_FUNCTION_INFO_V1(pgdiag_is_worker);
+PG_FUNCTION_INFO_V1(pgdiag_is_superuser);
 PG_FUNCTION_INFO_V1(pgdiag_wake_at_commit);
 PG_FUNCTION_INFO_V1(pgdiag_begin_purge);
 PG_FUNCTION_INFO_V1(pgdiag_purging);
@@ -184,6 +185,19 @@ Datum
 pgdiag_is_worker(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(pgdiag::AmWorker() && !InSecurityRestrictedOperation());
+}
+
+/* diagnosis._is_superuser(role): pg_roles.rolsuper of a role by name, false for an unknown role or NULL. On
+ * every enqueue's path (the access check) and in cancel and purge: the syscache answers it without a statement. */
+Datum
+pgdiag_is_superuser(PG_FUNCTION_ARGS)
+{
+	Oid role;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	role = get_role_oid(NameStr(*PG_GETARG_NAME(0)), true);
+	PG_RETURN_BOOL(OidIsValid(role) && superuser_arg(role));
 }
 
 Datum
