@@ -3,6 +3,7 @@
 // N queued beforehand and drained. Prints one JSON line.
 // Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/cpu.mjs [--runs 10000] [--label text] [--per-row]
 // --per-row: one enqueue_diagnosis call per run instead of enqueue_diagnoses (older builds have only that).
+// --pgss top|all: with pg_stat_statements loaded at that pg_stat_statements.track, to see what it charges.
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startFastEndpoint, loadBenchPatients, procStats, openRuns, endToEnd } from './lib.mjs';
 
@@ -12,8 +13,10 @@ const N = Number(option('--runs', 10000));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const fast = await startFastEndpoint();
+const pgss = option('--pgss', '');
 const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': fast.url, 'diagnosis.max_inflight': 128,
-  shared_buffers: '512MB', max_wal_size: '8GB', checkpoint_timeout: '30min', synchronous_commit: 'on' } });
+  shared_buffers: '512MB', max_wal_size: '8GB', checkpoint_timeout: '30min', synchronous_commit: 'on',
+  ...(pgss ? { shared_preload_libraries: 'pg_diagnosis,pg_stat_statements', 'pg_stat_statements.track': pgss } : {}) } });
 try {
   await loadBenchPatients(cluster);
   const [pid] = await cluster.workerPids();
@@ -33,7 +36,7 @@ try {
   await cluster.reload({ 'diagnosis.enabled': 'on' });
   while (Number(await openRuns(cluster)) > 0) await sleep(20);
   const drainSeconds = (Date.now() - t0) / 1000;
-  console.log(JSON.stringify({ label: option('--label', ''), runs: N, e2e_rate: e2e.rate, enqueue_rate: e2e.enqueueRate,
+  console.log(JSON.stringify({ label: option('--label', ''), pgss, runs: N, e2e_rate: e2e.rate, enqueue_rate: e2e.enqueueRate,
     worker_ms_per_1000: Math.round((worker / N) * 1e6), enqueue_ms_per_1000: Math.round((e2e.enqueueCpu / N) * 1e6),
     wal_bytes_per_run: Math.round(walBytes / N), drain_rate: Math.round(N / drainSeconds), drain_worker_ms_per_1000: Math.round(((procStats(pid).cpuSeconds - d0) / N) * 1e6) }));
 } finally {

@@ -15,7 +15,6 @@ extern "C" {
 #include "access/htup_details.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
-#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/rel.h"
@@ -150,13 +149,6 @@ IsTerminal(const char *status)
 	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
 }
 
-/* diagnosis._is_worker(): code the worker runs for a tenant (the context pack function) is not the worker. */
-bool
-IsWorker()
-{
-	return pgdiag::AmWorker() && !InSecurityRestrictedOperation();
-}
-
 char *
 RunId(HeapTuple tuple, TupleDesc desc)
 {
@@ -231,14 +223,14 @@ GuardUpdate(TriggerData *trigger, TupleDesc desc)
 
 	if (!old_status_value.isnull && !new_status_value.isnull && strcmp(from, to) == 0) {
 		/* cancel_diagnosis records a cancel request, and changes nothing else; the worker ends the call. */
-		if (strcmp(from, "running") == 0 && !IsWorker() && !IsCancelRequestOnly(old_row, new_row, desc))
+		if (strcmp(from, "running") == 0 && !pgdiag::ActsAsWorker() && !IsCancelRequestOnly(old_row, new_row, desc))
 			ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			                errmsg("only a pg_diagnosis worker may change running run %s", RunId(old_row, desc))));
 		return PointerGetDatum(new_row);
 	}
 	if ((strcmp(from, "queued") == 0 && strcmp(to, "running") == 0) ||
 	    (strcmp(from, "running") == 0 && !new_status_value.isnull && (IsTerminal(to) || strcmp(to, "queued") == 0))) {
-		if (!IsWorker())
+		if (!pgdiag::ActsAsWorker())
 			RefuseTransition("only a pg_diagnosis worker may move run %s from %s to %s", old_row, desc, from, to);
 		return PointerGetDatum(new_row);
 	}

@@ -176,15 +176,12 @@ pgdiag_call_as_owner(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/*
- * True only inside a pg_diagnosis worker's own statements: the state-machine trigger asks the library, not a
- * setting. Code the worker runs on someone else's behalf (the context pack function, as its owner under
- * SECURITY_RESTRICTED_OPERATION) does not get the worker's authority.
- */
+/* True only inside a pg_diagnosis worker's own statements (pgdiag::ActsAsWorker): the library says, not a
+ * setting. */
 Datum
 pgdiag_is_worker(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(pgdiag::AmWorker() && !InSecurityRestrictedOperation());
+	PG_RETURN_BOOL(pgdiag::ActsAsWorker());
 }
 
 /* diagnosis._is_superuser(role): pg_roles.rolsuper of a role by name, false for an unknown role or NULL. On

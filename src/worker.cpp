@@ -61,9 +61,9 @@ static int my_slot = -1;
 static int64 my_token = 0;
 
 bool
-pgdiag::AmWorker()
+pgdiag::ActsAsWorker()
 {
-	return am_worker;
+	return am_worker && !InSecurityRestrictedOperation();
 }
 
 long long
