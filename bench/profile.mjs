@@ -2,12 +2,13 @@
 // while `perf record -e cpu-clock -g` samples the worker. Prints the drain rate; then run
 //   perf report -i /tmp/pg_diagnosis-worker.perf --no-children --sort dso --stdio
 //   perf report -i /tmp/pg_diagnosis-worker.perf --no-children --sort symbol --stdio -g none
-// Usage: node bench/profile.mjs   (needs Debian's linux-perf; software clock sampling works without PMU access)
+// Usage: node bench/profile.mjs [runs, default 20000]   (needs Debian's linux-perf; software clock sampling works
+//        without PMU access). PERF=dwarf: DWARF call graphs at 400 Hz (the C++ code has no frame pointers).
 import { spawn } from 'node:child_process';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startFastEndpoint, loadBenchPatients } from './lib.mjs';
 
-const RUNS = 20000;
+const RUNS = Number(process.argv[2] || 20000);
 const fast = await startFastEndpoint();
 const url = fast.url;
 const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': url, 'diagnosis.max_inflight': 128,
@@ -17,7 +18,9 @@ try {
   await cluster.query(`SELECT count(diagnosis.enqueue_diagnosis(('b0000000-0000-4000-8000-' || lpad(to_hex(1 + g % 1000), 12, '0'))::uuid,
                                                                 jsonb_build_object('g', g))) FROM generate_series(1, ${RUNS}) g`);
   const [pid] = await cluster.workerPids();
-  const perf = spawn('perf', ['record', '-e', 'cpu-clock', '-g', '-o', '/tmp/pg_diagnosis-worker.perf', '-p', String(pid)], { stdio: 'ignore' });
+  const graph = process.env.PERF === 'dwarf' ? ['-F', '400', '--call-graph', 'dwarf,16384'] : ['-g'];
+  const perf = spawn('perf', ['record', '-e', 'cpu-clock', ...graph, '-o', '/tmp/pg_diagnosis-worker.perf', '-p', String(pid)],
+    { stdio: 'ignore' });
   await new Promise((r) => setTimeout(r, 500));
   const started = Date.now();
   await cluster.reload({ 'diagnosis.enabled': 'on' });
