@@ -216,6 +216,54 @@ test('progress: a long run reports progress between 0 and 1, never backwards', a
   assert.ok(typeof msg === 'string' && msg.length > 0);
 });
 
+test('state machine of a running run: only the worker moves or changes it; a first cancel request is all others may write', async () => {
+  await server.configure({ latency_ms: 4000 });
+  await cluster.reload({ 'diagnosis.request_timeout_ms': 15000 });
+  await new Promise((r) => setTimeout(r, 300));
+  const id = await enqueue(cluster, patient(), { guard: 1 });
+  await cluster.waitFor(async () => (await run(cluster, id)).status === 'running', { timeout: 10000, interval: 50 });
+  const attempt = async (sql) => {
+    try {
+      await cluster.query(sql, [id]);
+      return 'ok';
+    } catch (e) {
+      return `${e.code}: ${e.message.replaceAll(id, '<id>')}`;
+    }
+  };
+  // A superuser session is not the worker.
+  const refusals = {
+    "status = 'completed', completed_at = now()": '55000: only a pg_diagnosis worker may move run <id> from running to completed',
+    "status = 'queued'": '55000: only a pg_diagnosis worker may move run <id> from running to queued',
+    "status = 'failed', completed_at = now(), error_code = 'MCP_ERROR'": '55000: only a pg_diagnosis worker may move run <id> from running to failed',
+    'priority = 7': '55000: only a pg_diagnosis worker may change running run <id>',
+    'cancel_requested_at = now()': '55000: only a pg_diagnosis worker may change running run <id>',
+    'cancel_requested_at = now(), cancel_requested_by = current_user, priority = 7': '55000: only a pg_diagnosis worker may change running run <id>',
+    "inputs = '{}'": '55000: the identity of run <id> cannot change',
+    "idempotency_key = 'k'": '55000: the identity of run <id> cannot change',
+    "patient_id = '00000000-0000-4000-8000-000000000000'": '55000: the identity of run <id> cannot change',
+  };
+  for (const [set, expected] of Object.entries(refusals))
+    assert.equal(await attempt(`UPDATE diagnosis.runs SET ${set} WHERE id = $1`), expected, set);
+  assert.equal(await attempt('DELETE FROM diagnosis.runs WHERE id = $1'), '55000: run <id> cannot be deleted');
+  // The one change allowed outside the worker, as cancel_diagnosis makes it (rolled back here).
+  const client = await cluster.connect();
+  try {
+    await client.query('BEGIN');
+    const r = await client.query('UPDATE diagnosis.runs SET cancel_requested_at = now(), cancel_requested_by = current_user WHERE id = $1', [id]);
+    assert.equal(r.rowCount, 1);
+    await client.query('ROLLBACK');
+  } finally {
+    await client.end();
+  }
+  await waitTerminal(cluster, [id], 20000);
+  assert.equal((await run(cluster, id)).status, 'completed');
+  assert.deepEqual(await chain(cluster, id), ['ENQUEUED', 'LOCKED', 'COMPLETED']);
+  assert.equal((await run(cluster, id)).priority, 0);
+  assert.equal(await attempt('UPDATE diagnosis.runs SET priority = 1 WHERE id = $1'), '55000: run <id> is completed: a terminal run cannot change');
+  await server.configure({ latency_ms: 0 });
+  await cluster.reload({ 'diagnosis.request_timeout_ms': 1500 });
+});
+
 test('worker_status counts finished runs and shows an idle worker; idle means no transaction', async () => {
   await new Promise((r) => setTimeout(r, 1200));
   const s = (await cluster.query('SELECT * FROM diagnosis.worker_status()')).rows;
