@@ -496,8 +496,8 @@ ${gwBestLat ? gwBestLat.concurrency : '-'}): ${gwBestLat ? gwBestLat.rate : '-'}
 - **Latency** is measured from the client sending an autocommit \`enqueue_diagnosis\` to the LOCKED audit row's
   \`clock_timestamp()\`, so it includes the enqueue statement itself; one run every 20 ms.
 - **Idle**: statements counted by \`pg_stat_statements\` at its default \`track = top\` (the worker's statements
-  are the top-level statements of its backend, so they count; \`track = all\` would also have charged every
-  statement nested in plpgsql and in foreign-key triggers to every figure above), the worker's CPU from
+  are the top-level statements of its backend, so they count; \`track = all\` would also track every statement
+  nested in plpgsql and in foreign-key triggers), the worker's CPU from
   \`/proc/<pid>/stat\`.
 - **Claim cost**: \`EXPLAIN ANALYZE\` of the worker's claim statement (read from \`src/worker_store.cpp\`; rolled back) with an empty queue,
   with ${MILLION.toLocaleString('en')} runs scheduled for tomorrow, and with ${MILLION.toLocaleString('en')} runs due.
