@@ -5,9 +5,9 @@
  * the sockets in its own epoll descriptor so its owner waits on a single descriptor next to its latch. Exchanges are
  * spread over several multi handles (pools) of at most kConnectionsPerPool connections each: libcurl 7.88 walks
  * every connection of its multi handle when a transfer looks for a connection and when one is removed, which at
- * thousands of connections was a sixth of the worker's time. Responses are
- * recorded as they arrive: text/event-stream bodies are parsed into SSE events while the stream is still open, so the
- * owner sees notifications before the exchange ends. The transport knows nothing of MCP.
+ * thousands of connections was a sixth of the worker's time. Responses are recorded as they arrive:
+ * text/event-stream bodies are parsed into SSE events while the stream is still open, so the owner sees
+ * notifications before the exchange ends. The transport knows nothing of MCP.
  *
  * Callbacks never throw and never call back into the owner: they record what happened in the exchange and return
  * libcurl's abort value; everything else happens in Drive().

@@ -39,9 +39,9 @@ struct ClaimResult {
 };
 
 /*
- * Claims up to `limit` due runs (at most kStatementBatchMax) (FOR NO KEY UPDATE SKIP LOCKED, taking turns between organizations; within one,
- * priority then run_after), writes LOCKED, builds their context packs as the pack function's owner (a pack that
- * fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
+ * Claims up to `limit` due runs, at most kStatementBatchMax (FOR NO KEY UPDATE SKIP LOCKED, taking turns between
+ * organizations; within one, priority then run_after), writes LOCKED, builds their context packs as the pack
+ * function's owner (a pack that fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
  */
 void ClaimRuns(int limit, ClaimResult *result);
 
