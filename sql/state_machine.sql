@@ -40,3 +40,15 @@ SELECT pgd_try(format($$INSERT INTO diagnosis.artifacts (run_id, patient_id, org
                         VALUES (%L, '00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-00000000000a', 'context_pack', '{}', 'x')$$,
                       (SELECT id FROM sm))) AS insert_artifact_outside_worker;
 SELECT event, status_from, status_to FROM diagnosis.audit_log WHERE run_id = (SELECT id FROM sm) ORDER BY id;
+
+-- The guard is a public trigger function; on any table but diagnosis.runs it refuses to run (a column named
+-- status of another type must not be read as the runs' text).
+CREATE TEMP TABLE not_runs (id uuid, patient_id uuid, organization_id uuid, inputs_hash text, inputs jsonb,
+    requested_by name, created_at timestamptz, schema_version text, idempotency_key text, status int,
+    cancel_requested_at timestamptz, cancel_requested_by name);
+CREATE TRIGGER not_runs_guard BEFORE UPDATE OR DELETE ON not_runs FOR EACH ROW EXECUTE FUNCTION diagnosis._runs_guard();
+INSERT INTO not_runs (id, status) VALUES ('00000000-0000-0000-0000-0000000000f1', 1);
+SELECT pgd_try('UPDATE not_runs SET status = 2') AS guard_on_another_table;
+SELECT pgd_try('DELETE FROM not_runs') AS guard_on_another_table_delete;
+SELECT status FROM not_runs;
+DROP TABLE not_runs;

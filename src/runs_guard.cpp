@@ -17,6 +17,7 @@ extern "C" {
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/typcache.h"
 #include "utils/uuid.h"
@@ -65,6 +66,25 @@ const Column kIdentity[] = {COL_ID,     COL_PATIENT_ID,   COL_ORGANIZATION_ID, C
                             COL_INPUTS, COL_REQUESTED_BY, COL_CREATED_AT,      COL_SCHEMA_VERSION};
 
 AttrNumber column_numbers[COL_COUNT];
+
+/* The function is public, like every trigger function: on any other table (whose columns of these names may have
+ * other types) it refuses to run instead of reading them as the runs' columns. */
+bool
+IsRunsTable(Relation rel)
+{
+	static Oid runs_relid = InvalidOid;
+	char *schema;
+
+	if (RelationGetRelid(rel) == runs_relid)
+		return true;
+	if (strcmp(RelationGetRelationName(rel), "runs") != 0)
+		return false;
+	schema = get_namespace_name(RelationGetNamespace(rel));
+	if (schema == NULL || strcmp(schema, "diagnosis") != 0)
+		return false;
+	runs_relid = RelationGetRelid(rel);
+	return true;
+}
 
 bool
 ColumnNumbersMatch(TupleDesc desc)
@@ -252,6 +272,10 @@ pgdiag_runs_guard(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigger->tg_event) ||
 	    !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
 		elog(ERROR, "diagnosis._runs_guard() must be a BEFORE ... FOR EACH ROW trigger");
+	if (!IsRunsTable(trigger->tg_relation))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+		                errmsg("diagnosis._runs_guard() guards diagnosis.runs only, not \"%s\"",
+		                       RelationGetRelationName(trigger->tg_relation))));
 	desc = RelationGetDescr(trigger->tg_relation);
 	LookUpColumnNumbers(desc);
 	if (TRIGGER_FIRED_BY_DELETE(trigger->tg_event))

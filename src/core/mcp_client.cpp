@@ -160,7 +160,10 @@ public:
 				timeout = ms;
 		};
 		for (uint64_t tag : between_exchanges_) {
-			const Call &c = *calls_.at(tag);
+			auto it = calls_.find(tag); /* find, not at: a tag without its call is skipped, never thrown on */
+			if (it == calls_.end())
+				continue;
+			const Call &c = *it->second;
 			if (c.poll_due)
 				consider(c.poll_at);
 			if (c.resume_due)
@@ -1159,7 +1162,10 @@ private:
 		/* A copy: starting a request takes its call out of the set. */
 		std::vector<uint64_t> tags(between_exchanges_.begin(), between_exchanges_.end());
 		for (uint64_t tag : tags) {
-			Call *c = calls_.at(tag).get();
+			auto it = calls_.find(tag); /* find, not at: a tag without its call is skipped, never thrown on */
+			if (it == calls_.end())
+				continue;
+			Call *c = it->second.get();
 			if (now >= c->deadline) {
 				expired.push_back(c);
 				continue;
