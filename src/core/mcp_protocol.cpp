@@ -25,7 +25,7 @@ const char *const kTasksExtension = "io.modelcontextprotocol/tasks";
 namespace {
 
 const char *const kClientName = "pg_diagnosis";
-const char *const kClientVersion = "0.2.0";
+const char *const kClientVersion = "0.3.0";
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 

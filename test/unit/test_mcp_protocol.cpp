@@ -70,7 +70,7 @@ TEST(Protocol, ToolCallBodies)
 	                R"("arguments":{"run_id":"r\"1","patient_id":"p","attempt":1,"schema_version":"v1","inputs":{},)"
 	                R"("context_pack":{"a":1}},"_meta":{"progressToken":"r\"1:1","traceparent":"00-abc-def-01",)"
 	                R"("io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":)"
-	                R"({"name":"pg_diagnosis","version":"0.2.0"},"io.modelcontextprotocol/clientCapabilities":)"
+	                R"({"name":"pg_diagnosis","version":"0.3.0"},"io.modelcontextprotocol/clientCapabilities":)"
 	                R"({"extensions":{"io.modelcontextprotocol/tasks":{}}}}}})");
 	RequestContext legacy{Era::Legacy, "2025-11-25", false};
 	p.legacy_task = true;

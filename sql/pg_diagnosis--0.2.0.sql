@@ -1,0 +1,1218 @@
+/* pg_diagnosis install script (the only hand-edited one; each release adds pg_diagnosis--A--B.sql). */
+\echo Use "CREATE EXTENSION pg_diagnosis" to load this file. \quit
+
+-- ===========================================================================================================
+-- Functions of the library (src/sql_api.cpp)
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._is_worker() RETURNS boolean
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'pgdiag_is_worker';
+COMMENT ON FUNCTION diagnosis._is_worker() IS
+    'True only inside a pg_diagnosis background worker: the state machine lets only workers move runs out of running.';
+
+CREATE FUNCTION diagnosis._wake_at_commit() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_wake_at_commit';
+COMMENT ON FUNCTION diagnosis._wake_at_commit() IS 'Wakes the workers when the current transaction commits.';
+
+CREATE FUNCTION diagnosis._begin_purge() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_begin_purge';
+COMMENT ON FUNCTION diagnosis._begin_purge() IS
+    'Lets the insert-only guards accept deletes until the end of the transaction; superuser only (purge_runs).';
+
+CREATE FUNCTION diagnosis._purging() RETURNS boolean
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_purging';
+COMMENT ON FUNCTION diagnosis._purging() IS 'True while diagnosis.purge_runs() runs in this transaction.';
+
+-- ===========================================================================================================
+-- Tenancy and clinical data
+-- ===========================================================================================================
+
+CREATE TABLE diagnosis.organizations (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE diagnosis.organizations IS 'Tenants. Created by a DBA; admins may rename their own.';
+
+CREATE TABLE diagnosis.members (
+    role_name        name NOT NULL,
+    organization_id  uuid NOT NULL REFERENCES diagnosis.organizations (id) ON DELETE CASCADE,
+    member_role      text NOT NULL CHECK (member_role IN ('clinician', 'admin')),
+    PRIMARY KEY (role_name, organization_id)
+);
+CREATE INDEX members_organization_idx ON diagnosis.members (organization_id);
+COMMENT ON TABLE diagnosis.members IS
+    'Which PostgreSQL role is a clinician or an admin of which organization (identity is current_user).';
+
+CREATE TABLE diagnosis.patients (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id  uuid NOT NULL REFERENCES diagnosis.organizations (id),
+    display_name     text,
+    data             jsonb NOT NULL DEFAULT '{}',
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX patients_organization_idx ON diagnosis.patients (organization_id);
+COMMENT ON TABLE diagnosis.patients IS 'Patients of an organization; data is free-form demographic and clinical context.';
+
+CREATE TABLE diagnosis.patient_assignments (
+    patient_id  uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE CASCADE,
+    role_name   name NOT NULL,
+    PRIMARY KEY (patient_id, role_name)
+);
+CREATE INDEX patient_assignments_role_idx ON diagnosis.patient_assignments (role_name);
+COMMENT ON TABLE diagnosis.patient_assignments IS 'Patients assigned to clinicians; a clinician sees only these.';
+
+CREATE TABLE diagnosis.observations (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    patient_id   uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE CASCADE,
+    code         text NOT NULL,
+    value        numeric,
+    unit         text,
+    observed_at  timestamptz NOT NULL,
+    data         jsonb
+);
+CREATE INDEX observations_patient_time_idx ON diagnosis.observations (patient_id, observed_at DESC, id DESC);
+COMMENT ON TABLE diagnosis.observations IS
+    'Clinical facts (LOINC or plain codes) that context packs are built from.';
+
+-- ===========================================================================================================
+-- Runs, artifacts, audit
+-- ===========================================================================================================
+
+CREATE TABLE diagnosis.result_schemas (
+    version  text PRIMARY KEY,
+    schema   jsonb NOT NULL CHECK (jsonb_typeof(schema) = 'object')
+);
+COMMENT ON TABLE diagnosis.result_schemas IS
+    'The JSON Schema each schema_version is validated against (RapidJSON). Readable by everyone, writable by superusers.';
+
+INSERT INTO diagnosis.result_schemas (version, schema) VALUES ('v1', $schema$
+{"type":"object","required":["risk_level","confidence_score","summary","primary_findings","recommendations"],
+ "properties":{
+  "risk_level":{"enum":["low","medium","high","critical"]},
+  "confidence_score":{"type":"number","minimum":0,"maximum":1},
+  "summary":{"type":"string","maxLength":4000},
+  "primary_findings":{"type":"array","items":{"type":"string"},"maxItems":50},
+  "recommendations":{"type":"array","maxItems":50,"items":{"type":"object","required":["text"],
+     "properties":{"text":{"type":"string"},"priority":{"enum":["routine","soon","urgent"]}}}},
+  "differential":{"type":"array","items":{"type":"object","required":["condition"],
+     "properties":{"condition":{"type":"string"},"probability":{"type":"number","minimum":0,"maximum":1}}}}}}
+$schema$);
+
+CREATE TABLE diagnosis.runs (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    patient_id          uuid NOT NULL REFERENCES diagnosis.patients (id) ON DELETE RESTRICT,
+    organization_id     uuid NOT NULL REFERENCES diagnosis.organizations (id),
+    requested_by        name NOT NULL DEFAULT current_user,
+    status              text NOT NULL DEFAULT 'queued'
+                        CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    inputs              jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(inputs) = 'object'),
+    inputs_hash         text NOT NULL,
+    idempotency_key     text,
+    schema_version      text NOT NULL DEFAULT 'v1' REFERENCES diagnosis.result_schemas (version),
+    -- Bounded where they enter (a tenant chooses them): no arithmetic on them can overflow.
+    priority            int NOT NULL DEFAULT 0 CHECK (priority BETWEEN -100 AND 100),
+    run_after           timestamptz NOT NULL DEFAULT now(),
+    attempt             int NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
+    lease_expires_at    timestamptz,
+    worker_pid          int,
+    error_code          text CHECK (error_code IN ('VALIDATION_ERROR', 'LLM_ERROR', 'CONTEXT_PACK_ERROR', 'MCP_ERROR',
+                                                   'NETWORK_ERROR', 'TIMEOUT_ERROR', 'UNKNOWN_ERROR')),
+    error_message       text,
+    error_details       jsonb,
+    mcp_run_id          text,
+    processing_time_ms  int,
+    progress            real CHECK (progress BETWEEN 0 AND 1),
+    progress_message    text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    started_at          timestamptz,
+    completed_at        timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- 0.2.0 (appended, as the update script adds them):
+    -- the claiming worker's per-start token: pids repeat (a fresh pid namespace, a restart), tokens do not;
+    worker_token        bigint,
+    -- a task-backed call (the MCP tasks extension): polled again, not called again, after a crash;
+    mcp_task_id         text,
+    mcp_task_expires_at timestamptz,
+    -- a cancel of a running run, recorded without a lock the worker waits on; the worker ends the call.
+    cancel_requested_at timestamptz,
+    cancel_requested_by name,
+    CONSTRAINT runs_status_timestamps CHECK (CASE status
+        WHEN 'queued'    THEN completed_at IS NULL
+        WHEN 'running'   THEN started_at IS NOT NULL AND completed_at IS NULL
+        WHEN 'completed' THEN completed_at IS NOT NULL
+        WHEN 'failed'    THEN completed_at IS NOT NULL AND error_code IS NOT NULL
+        WHEN 'cancelled' THEN completed_at IS NOT NULL
+    END)
+);
+-- The index set (issue 17). A status change is never a HOT update (status is in the predicates), so it inserts into
+-- every index without a predicate and every one whose predicate the new status meets: each index below is partial,
+-- on one stage of a run's life, and the primary key is the only one a run's three versions all enter.
+-- Idempotency keys (most runs have none).
+CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
+CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
+    WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
+-- The worker's claim and its next-due probe (turns between organizations; within one, priority then run_after),
+-- every probe with organization and priority fixed. The only index on queued runs: with a second one ordered by
+-- run_after alone, generic plans on stale statistics walked every due run of every organization.
+CREATE INDEX runs_claim_idx ON diagnosis.runs (organization_id, priority DESC, run_after) WHERE status = 'queued';
+-- Runs in flight: recovery, cancel requests, and the per-organization cap of the claim.
+CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) WHERE status = 'running';
+-- Finished runs: retention (purge_runs, per organization) and per-organization reads of history.
+CREATE INDEX runs_finished_idx ON diagnosis.runs (organization_id, completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
+COMMENT ON TABLE diagnosis.runs IS
+    'Diagnosis runs. Enter only through diagnosis.enqueue_diagnosis(); only a pg_diagnosis worker moves one out of running.';
+
+CREATE TABLE diagnosis.artifacts (
+    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    run_id                 uuid NOT NULL REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    patient_id             uuid NOT NULL,
+    organization_id        uuid NOT NULL,
+    artifact_type          text NOT NULL CHECK (artifact_type IN ('context_pack', 'mcp_response', 'diagnosis_json')),
+    artifact_data          jsonb NOT NULL,
+    content_sha256         text NOT NULL,
+    risk_level             text CHECK (risk_level IN ('low', 'medium', 'high', 'critical')),
+    confidence_score       real CHECK (confidence_score BETWEEN 0 AND 1),
+    primary_findings       text[],
+    recommendations_count  int,
+    needs_review           bool,
+    sequence_order         int,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT artifacts_run_type UNIQUE (run_id, artifact_type),
+    CONSTRAINT artifacts_diagnosis_columns CHECK (artifact_type = 'diagnosis_json' OR
+        (risk_level IS NULL AND confidence_score IS NULL AND primary_findings IS NULL))
+);
+CREATE INDEX artifacts_patient_idx ON diagnosis.artifacts (patient_id, created_at DESC) WHERE artifact_type = 'diagnosis_json';
+CREATE INDEX artifacts_organization_idx ON diagnosis.artifacts (organization_id);
+COMMENT ON TABLE diagnosis.artifacts IS
+    'Insert-only: context_pack, mcp_response and diagnosis_json of each run, written by the worker at finalize.';
+
+CREATE TABLE diagnosis.audit_log (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id           uuid REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    organization_id  uuid,
+    event            text NOT NULL CHECK (event IN ('ENQUEUED', 'DEDUPLICATED', 'LOCKED', 'RETRY_SCHEDULED', 'RECOVERED',
+                                                    'COMPLETED', 'FAILED', 'CANCELLED', 'PURGED')),
+    status_from      text,
+    status_to        text,
+    attempt          int,
+    actor            name NOT NULL DEFAULT current_user,
+    worker_pid       int,
+    details          jsonb,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX audit_log_run_idx ON diagnosis.audit_log (run_id, id);
+CREATE INDEX audit_log_organization_idx ON diagnosis.audit_log (organization_id, created_at);
+COMMENT ON TABLE diagnosis.audit_log IS 'Append-only: every step of every run, with the role that caused it.';
+
+-- ===========================================================================================================
+-- Guards: the state machine (SPEC section 3) and insert-only tables, for every role, superuser included
+-- ===========================================================================================================
+
+-- In C (src/runs_guard.cpp): every claim, progress report and finalize passes through it row by row, and a
+-- plpgsql guard cost a plpgsql call and a GUC nest level (its pinned search_path) per row.
+CREATE FUNCTION diagnosis._runs_guard() RETURNS trigger
+    LANGUAGE C AS 'MODULE_PATHNAME', 'pgdiag_runs_guard';
+COMMENT ON FUNCTION diagnosis._runs_guard() IS 'The state machine of runs: every other transition raises 55000.';
+
+CREATE TRIGGER runs_state_machine BEFORE UPDATE OR DELETE ON diagnosis.runs
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._runs_guard();
+
+CREATE FUNCTION diagnosis._append_only_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND diagnosis._purging() THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'diagnosis.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Retention goes through diagnosis.purge_runs().';
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._append_only_guard() IS 'Refuses UPDATE, DELETE and TRUNCATE outside purge_runs.';
+
+CREATE TRIGGER artifacts_append_only BEFORE UPDATE OR DELETE ON diagnosis.artifacts
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER artifacts_no_truncate BEFORE TRUNCATE ON diagnosis.artifacts
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON diagnosis.audit_log
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON diagnosis.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER runs_no_truncate BEFORE TRUNCATE ON diagnosis.runs
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+
+CREATE FUNCTION diagnosis._artifacts_writer_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A restore (diagnosis._restoring, section "Backup and restore") reloads the rows pg_dump carried.
+    IF NOT diagnosis._is_worker() AND NOT diagnosis._restoring(TG_RELID) THEN
+        RAISE EXCEPTION 'only a pg_diagnosis worker writes artifacts'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._artifacts_writer_guard() IS
+    'The worker is the only writer of artifacts; a restore of a dump reloads them.';
+CREATE TRIGGER artifacts_writer BEFORE INSERT ON diagnosis.artifacts
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._artifacts_writer_guard();
+
+-- ===========================================================================================================
+-- Who sees what. The public helpers are C trampolines (pgdiag_call_as_owner): they pass the calling role to the
+-- _impl function and run it as the schema owner, so policies can read members without recursing into RLS.
+-- ===========================================================================================================
+
+-- The helpers on enqueue's path are C (_is_superuser: the syscache answers it) or plpgsql, not sql: a sql function
+-- with a SET clause is never inlined, and is parsed and planned again on every call (about half of enqueue's CPU);
+-- plpgsql keeps its plans for the session.
+CREATE FUNCTION diagnosis._is_superuser(role name) RETURNS boolean
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'pgdiag_is_superuser';
+
+-- Positional parameters: in SQL functions a column (members.member_role) would shadow a parameter of that name.
+CREATE FUNCTION diagnosis._member_orgs_impl(caller name, wanted_role text) RETURNS uuid[]
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(m.organization_id), '{}')
+    FROM diagnosis.members m
+    WHERE m.role_name = $1 AND ($2 IS NULL OR m.member_role = $2)
+$$;
+
+CREATE FUNCTION diagnosis._member_orgs(member_role text DEFAULT NULL) RETURNS uuid[]
+    LANGUAGE C STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis._member_orgs(text) IS
+    'Organizations where the calling role is a member (with that member_role when given); for row-level security.';
+
+CREATE FUNCTION diagnosis._assigned_patients_impl(caller name) RETURNS uuid[]
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(a.patient_id), '{}')
+    FROM diagnosis.patient_assignments a
+    JOIN diagnosis.patients p ON p.id = a.patient_id
+    JOIN diagnosis.members m ON m.role_name = a.role_name AND m.organization_id = p.organization_id
+                            AND m.member_role = 'clinician'
+    WHERE a.role_name = caller
+$$;
+
+CREATE FUNCTION diagnosis._assigned_patients() RETURNS uuid[]
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis._assigned_patients() IS
+    'Patients assigned to the calling role as a clinician of their organization; for row-level security.';
+
+-- The same rule as the policies on patients (admin of the patient's organization, or a clinician member of it
+-- assigned to the patient), for a role other than current_user, as index lookups for one patient (enqueue's hot path).
+CREATE FUNCTION diagnosis._role_sees_patient(role name, patient uuid) RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN diagnosis._is_superuser($1)
+        OR EXISTS (SELECT 1
+                   FROM diagnosis.patients p
+                   JOIN diagnosis.members m ON m.organization_id = p.organization_id AND m.role_name = $1
+                   WHERE p.id = $2
+                     AND (m.member_role = 'admin'
+                          OR EXISTS (SELECT 1 FROM diagnosis.patient_assignments a
+                                     WHERE a.patient_id = p.id AND a.role_name = $1)));
+END;
+$$;
+
+-- ===========================================================================================================
+-- The SQL API
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._enqueue_diagnosis_impl(caller name, p_patient_id uuid, p_inputs jsonb,
+        p_idempotency_key text, p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_org          uuid;
+    v_visible      boolean;
+    v_hash         text;
+    v_text         text;
+    v_max_retries  int;
+    v_run          diagnosis.runs;
+    v_id           uuid;
+BEGIN
+    IF p_patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_inputs IS NULL THEN
+        RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass ''{}'' for a run without inputs.';
+    END IF;
+    IF jsonb_typeof(p_inputs) <> 'object' THEN
+        RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_text := p_inputs::text;
+    IF octet_length(v_text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            octet_length(v_text), current_setting('diagnosis.max_inputs_bytes')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_idempotency_key IS NOT NULL AND (length(p_idempotency_key) = 0 OR length(p_idempotency_key) > 200) THEN
+        RAISE EXCEPTION 'idempotency_key must be 1 to 200 characters' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- An unknown patient and one the caller may not see take the same path and get the same error: nothing leaks,
+    -- not even through timing (the access check runs either way).
+    SELECT p.organization_id, diagnosis._role_sees_patient(caller, coalesce(p.id, p_patient_id))
+      INTO v_org, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.patients p ON p.id = p_patient_id;
+    IF v_org IS NULL OR NOT v_visible THEN
+        RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_hash := encode(sha256(convert_to(v_text, 'UTF8')), 'hex');
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
+
+    LOOP
+        IF p_idempotency_key IS NOT NULL THEN
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, idempotency_key,
+                                        priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
+                    coalesce(p_run_after, now()), v_max_retries)
+            ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id INTO v_id;
+        ELSE
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
+                                        priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_priority, coalesce(p_run_after, now()),
+                    v_max_retries)
+            ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+            DO NOTHING
+            RETURNING id INTO v_id;
+        END IF;
+
+        IF v_id IS NOT NULL THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_id, v_org, 'ENQUEUED', NULL, 'queued', 0, caller,
+                    jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key,
+                                                         'priority', p_priority, 'inputs_hash', v_hash)));
+            PERFORM diagnosis._wake_at_commit();
+            RETURN v_id;
+        END IF;
+
+        -- Somebody else's run already holds this key or these inputs: return it.
+        IF p_idempotency_key IS NOT NULL THEN
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND idempotency_key = p_idempotency_key;
+        ELSE
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND idempotency_key IS NULL
+              AND status IN ('queued', 'running') AND schema_version = 'v1';
+        END IF;
+        IF FOUND AND v_run.organization_id <> v_org THEN
+            -- The patient moved here from another organization, whose run this is: never name or touch it.
+            RAISE EXCEPTION 'the patient''s earlier organization holds a run for this %',
+                CASE WHEN p_idempotency_key IS NULL THEN 'request' ELSE 'idempotency_key' END
+                USING ERRCODE = CASE WHEN p_idempotency_key IS NULL THEN 'object_not_in_prerequisite_state'
+                                     ELSE 'invalid_parameter_value' END,
+                      HINT = CASE WHEN p_idempotency_key IS NULL THEN 'Try again when that run has finished.'
+                                  ELSE 'Use a new idempotency key.' END;
+        END IF;
+        IF FOUND AND p_idempotency_key IS NOT NULL AND v_run.inputs_hash <> v_hash THEN
+            RAISE EXCEPTION 'idempotency_key "%" was used for run % with different inputs',
+                p_idempotency_key, v_run.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a new idempotency key for different inputs.';
+        END IF;
+        IF FOUND THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_run.id, v_run.organization_id, 'DEDUPLICATED', v_run.status, v_run.status, v_run.attempt,
+                    caller, jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key)));
+            RETURN v_run.id;
+        END IF;
+        -- The run that conflicted finished (or was purged) between our insert and our read: try again.
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnosis(patient_id uuid, inputs jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
+        priority int DEFAULT 0, run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int) IS
+    'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs while a run is in flight.';
+
+-- ===========================================================================================================
+-- Set-based enqueue (issue 17): many keyless runs in one statement, at what its SQL costs
+-- ===========================================================================================================
+
+-- The same checks, errors, coalescing and audit rows as enqueue_diagnosis, per element, with one INSERT for the
+-- runs and one for their ENQUEUED rows instead of a function call and five statements per run (whose executor
+-- start-up, CHECK constraints and foreign-key triggers are most of what a one-run enqueue costs). Elements whose
+-- inputs are already in flight (in the table or earlier in the same array) take the one-run path, which returns
+-- the run they coalesce with and writes its DEDUPLICATED row.
+CREATE FUNCTION diagnosis._enqueue_diagnoses_impl(caller name, p_patient_ids uuid[], p_inputs jsonb[],
+        p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid[]
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_n            int := coalesce(cardinality(p_patient_ids), 0);
+    v_limit        bigint := pg_size_bytes(current_setting('diagnosis.max_inputs_bytes'));
+    v_max_retries  int;
+    v_bad          record;
+    v_ids          uuid[];
+BEGIN
+    IF p_patient_ids IS NULL THEN
+        RAISE EXCEPTION 'patient_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_inputs IS NOT NULL AND coalesce(cardinality(p_inputs), 0) <> v_n THEN
+        RAISE EXCEPTION 'inputs has % elements, patient_ids %: one inputs object per patient',
+            coalesce(cardinality(p_inputs), 0), v_n USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN '{}';
+    END IF;
+
+    -- The first offending element raises what enqueue_diagnosis would raise for it.
+    SELECT x.ord, x.patient_id, x.inputs, octet_length(x.inputs::text) AS bytes INTO v_bad
+      FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS x(patient_id, inputs, ord)
+     WHERE x.patient_id IS NULL OR (p_inputs IS NOT NULL AND (x.inputs IS NULL OR jsonb_typeof(x.inputs) <> 'object'
+                                                              OR octet_length(x.inputs::text) > v_limit))
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        IF v_bad.patient_id IS NULL THEN
+            RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+        ELSIF v_bad.inputs IS NULL THEN
+            RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'Pass ''{}'' for a run without inputs.';
+        ELSIF jsonb_typeof(v_bad.inputs) <> 'object' THEN
+            RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(v_bad.inputs)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            v_bad.bytes, current_setting('diagnosis.max_inputs_bytes') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Unknown and invisible patients: the same check for each distinct patient, the same error.
+    SELECT x.patient_id INTO v_bad
+      FROM (SELECT DISTINCT patient_id FROM unnest(p_patient_ids) AS u(patient_id)) x
+      LEFT JOIN diagnosis.patients p ON p.id = x.patient_id
+     WHERE NOT diagnosis._role_sees_patient(caller, x.patient_id) OR p.id IS NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'patient "%" does not exist', v_bad.patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
+    WITH x AS (
+        SELECT e.ord, e.patient_id, e.inputs, e.inputs_hash, p.organization_id,
+               row_number() OVER (PARTITION BY e.patient_id, e.inputs_hash ORDER BY e.ord) = 1 AS first
+          FROM (SELECT u.ord, u.patient_id, coalesce(u.inputs, '{}') AS inputs,
+                       encode(sha256(convert_to(coalesce(u.inputs, '{}')::text, 'UTF8')), 'hex') AS inputs_hash
+                  FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS u(patient_id, inputs, ord)) e
+          JOIN diagnosis.patients p ON p.id = e.patient_id
+    ), ins AS (
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, priority, run_after,
+                                    max_retries)
+        SELECT x.patient_id, x.organization_id, caller, x.inputs, x.inputs_hash, p_priority,
+               coalesce(p_run_after, now()), v_max_retries
+          FROM x WHERE x.first ORDER BY x.ord
+        ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+        DO NOTHING
+        RETURNING id, patient_id, organization_id, inputs_hash
+    ), audit AS (
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, details)
+        SELECT id, organization_id, 'ENQUEUED', NULL, 'queued', 0, caller,
+               jsonb_build_object('priority', p_priority, 'inputs_hash', inputs_hash)
+          FROM ins
+    )
+    SELECT array_agg(ins.id ORDER BY x.ord) INTO v_ids
+      FROM x LEFT JOIN ins ON x.first AND ins.patient_id = x.patient_id AND ins.inputs_hash = x.inputs_hash;
+
+    -- Coalesced elements: the one-run path finds their run (and the moved-patient cases) exactly as it would alone.
+    FOR i IN 1 .. v_n LOOP
+        IF v_ids[i] IS NULL THEN
+            v_ids[i] := diagnosis._enqueue_diagnosis_impl(caller, p_patient_ids[i], coalesce(p_inputs[i], '{}'), NULL,
+                                                          p_priority, p_run_after, p_max_retries);
+        END IF;
+    END LOOP;
+    PERFORM diagnosis._wake_at_commit();
+    RETURN v_ids;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnoses(patient_ids uuid[], inputs jsonb[] DEFAULT NULL, priority int DEFAULT 0,
+        run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid[]
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int) IS
+    'Queues one keyless run per element (inputs: one object per patient, default {}); returns their ids in order. '
+    'Same checks, coalescing and audit rows as enqueue_diagnosis, one statement per batch.';
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int) FROM PUBLIC;
+
+CREATE FUNCTION diagnosis._cancel_diagnosis_impl(caller name, p_run_id uuid) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_run      diagnosis.runs;
+    v_exists   boolean;
+    v_visible  boolean;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Visibility and status first, without a row lock: a run the caller may not see is reported exactly like an
+    -- unknown one, by the same path (the access check runs either way), and no caller's open transaction can
+    -- hold a lock on a run the worker has in flight.
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.requested_by <> caller AND NOT diagnosis._is_superuser(caller)
+       AND NOT v_run.organization_id = ANY (diagnosis._member_orgs_impl(caller, 'admin')) THEN
+        RAISE EXCEPTION 'permission denied to cancel run %', p_run_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the role that requested the run and the organization''s admins may cancel it.';
+    END IF;
+    IF v_run.status IN ('completed', 'failed', 'cancelled') THEN
+        RETURN false;
+    END IF;
+    -- Queued: cancelled at once. A claim in progress holds the row for the length of its short transaction; the
+    -- update then sees the run running and the request path below takes over.
+    UPDATE diagnosis.runs SET status = 'cancelled', completed_at = now(), updated_at = now()
+     WHERE id = p_run_id AND status = 'queued';
+    IF FOUND THEN
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor)
+        VALUES (p_run_id, v_run.organization_id, 'CANCELLED', 'queued', 'cancelled', v_run.attempt, caller);
+        RETURN true;
+    END IF;
+    -- Running: record the request; the worker stops the call and writes CANCELLED. The worker never waits for this
+    -- row lock (its writes skip locked rows and come back to them).
+    UPDATE diagnosis.runs SET cancel_requested_at = now(), cancel_requested_by = caller
+     WHERE id = p_run_id AND status = 'running' AND cancel_requested_at IS NULL;
+    IF FOUND THEN
+        PERFORM diagnosis._wake_at_commit();
+        RETURN true;
+    END IF;
+    -- Asked before (the first request stands), or finished meanwhile.
+    RETURN EXISTS (SELECT 1 FROM diagnosis.runs WHERE id = p_run_id AND status = 'running');
+END;
+$$;
+
+CREATE FUNCTION diagnosis.cancel_diagnosis(run_id uuid) RETURNS boolean
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.cancel_diagnosis(uuid) IS
+    'Cancels a queued run at once, or asks the worker to stop a running one (requester or organization admin); '
+    'false when the run is already terminal.';
+
+CREATE FUNCTION diagnosis._purge_runs_impl(caller name, p_older_than interval) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_super  boolean := diagnosis._is_superuser(caller);
+    v_orgs   uuid[];
+    v_total  bigint;
+BEGIN
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_super THEN
+        SELECT coalesce(array_agg(id), '{}') INTO v_orgs FROM diagnosis.organizations;
+    ELSE
+        v_orgs := diagnosis._member_orgs_impl(caller, 'admin');
+        IF cardinality(v_orgs) = 0 THEN
+            RAISE EXCEPTION 'permission denied to purge runs'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Only superusers and organization admins may purge runs.';
+        END IF;
+    END IF;
+
+    PERFORM diagnosis._begin_purge();
+    WITH deleted AS (
+        DELETE FROM diagnosis.runs
+        WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at <= now() - p_older_than
+          AND organization_id = ANY (v_orgs)
+        RETURNING organization_id
+    ), per_org AS (
+        SELECT o AS organization_id, (SELECT count(*) FROM deleted d WHERE d.organization_id = o) AS runs
+        FROM unnest(v_orgs) o
+    ), audit AS (
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, actor, details)
+        SELECT NULL, organization_id, 'PURGED', caller,
+               jsonb_build_object('runs', runs, 'older_than', p_older_than::text)
+        FROM per_org
+    )
+    SELECT coalesce(sum(runs), 0) INTO v_total FROM per_org;
+    RETURN v_total;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.purge_runs(older_than interval) RETURNS bigint
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.purge_runs(interval) IS
+    'Retention: deletes terminal runs completed longer ago than older_than, with their artifacts and audit rows, '
+    'and writes one PURGED audit row per organization. Superusers purge everywhere, admins their organizations.';
+
+CREATE FUNCTION diagnosis.wait_for_run(run_id uuid, timeout interval DEFAULT '30 seconds') RETURNS text
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_wait_for_run';
+COMMENT ON FUNCTION diagnosis.wait_for_run(uuid, interval) IS
+    'Sleeps until the run is terminal or the timeout passes (no busy polling); returns its status.';
+
+CREATE FUNCTION diagnosis.worker_status()
+    RETURNS TABLE (pid int, state text, inflight int, runs_done bigint, last_error text, started_at timestamptz,
+                   mcp_era text, mcp_protocol_version text, call_limit int, fd_limit int)
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_worker_status';
+COMMENT ON FUNCTION diagnosis.worker_status() IS
+    'One row per live pg_diagnosis worker: its state, calls in flight, the endpoint''s protocol era and version, '
+    'and its call limit from the file descriptors it may open; for superusers and members of pg_monitor.';
+
+CREATE FUNCTION diagnosis._warn_outside_worker_database() RETURNS void
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_warn_outside_worker_database';
+COMMENT ON FUNCTION diagnosis._warn_outside_worker_database() IS
+    'Warns when the extension is created in a database the workers do not serve (diagnosis.database).';
+
+-- One statement for many patients (the worker builds a claim's packs with it: one call, not one per run); the
+-- n-th row is the n-th patient's pack, NULL for a patient that does not exist (or that the caller cannot see).
+CREATE FUNCTION diagnosis._context_packs(patient_ids uuid[]) RETURNS TABLE (ord bigint, pack jsonb)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- plpgsql keeps this plan for the session (a sql function with a SET clause is planned at every call); the
+    -- lateral probe keeps the patient lookup an index probe whatever the statistics say.
+    RETURN QUERY
+    SELECT x.ord,
+           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object(
+               'schema', 'pg_diagnosis.context_pack.v1',
+               'patient', jsonb_build_object('id', p.id, 'organization_id', p.organization_id,
+                                             'display_name', p.display_name, 'data', p.data),
+               'observations', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object('code', o.code, 'value', o.value, 'unit', o.unit,
+                                                       'observed_at', o.observed_at, 'data', o.data)
+                                    ORDER BY o.observed_at DESC, o.id DESC)
+                   FROM (SELECT * FROM diagnosis.observations ob
+                         WHERE ob.patient_id = p.id
+                         ORDER BY ob.observed_at DESC, ob.id DESC LIMIT 500) o), '[]'::jsonb),
+               'inputs', '{}'::jsonb) END
+    FROM unnest(patient_ids) WITH ORDINALITY AS x(patient_id, ord)
+    LEFT JOIN LATERAL (SELECT * FROM diagnosis.patients pt WHERE pt.id = x.patient_id LIMIT 1) p ON true
+    ORDER BY x.ord;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._context_packs(uuid[]) IS
+    'The default context packs of many patients in one statement (diagnosis.build_context_pack for each).';
+
+CREATE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pack jsonb;
+BEGIN
+    IF build_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.pack INTO v_pack FROM diagnosis._context_packs(ARRAY[build_context_pack.patient_id]) c;
+    IF v_pack IS NULL THEN
+        RAISE EXCEPTION 'patient "%" does not exist', build_context_pack.patient_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_pack;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis.build_context_pack(uuid) IS
+    'The default context pack: the patient, their newest 500 observations, and (filled in by the worker) the run''s inputs.';
+
+-- ===========================================================================================================
+-- Views
+-- ===========================================================================================================
+
+CREATE VIEW diagnosis.queue_stats WITH (security_invoker = true) AS
+SELECT count(*) FILTER (WHERE status = 'queued')     AS queued,
+       count(*) FILTER (WHERE status = 'running')    AS running,
+       count(*) FILTER (WHERE status = 'completed')  AS completed,
+       count(*) FILTER (WHERE status = 'failed')     AS failed,
+       count(*) FILTER (WHERE status = 'cancelled')  AS cancelled,
+       now() - min(created_at) FILTER (WHERE status = 'queued') AS oldest_queued_age,
+       count(*) FILTER (WHERE status = 'completed' AND completed_at > now() - interval '1 minute') AS completed_last_minute,
+       count(*) FILTER (WHERE status = 'failed' AND completed_at > now() - interval '1 minute')    AS failed_last_minute
+FROM diagnosis.runs;
+COMMENT ON VIEW diagnosis.queue_stats IS 'Counts of the runs the caller may see, by status.';
+
+CREATE VIEW diagnosis.latest_diagnosis WITH (security_invoker = true) AS
+SELECT DISTINCT ON (a.patient_id)
+       a.patient_id, p.display_name, a.organization_id, a.run_id, a.risk_level, a.confidence_score, a.needs_review,
+       a.primary_findings, a.recommendations_count, a.artifact_data ->> 'summary' AS summary,
+       a.created_at AS diagnosed_at
+FROM diagnosis.artifacts a
+JOIN diagnosis.patients p ON p.id = a.patient_id
+WHERE a.artifact_type = 'diagnosis_json'
+ORDER BY a.patient_id, a.created_at DESC, a.id;
+COMMENT ON VIEW diagnosis.latest_diagnosis IS 'The newest diagnosis of each patient the caller may see.';
+
+-- Urgency first (0.2): critical, high, medium, then the low-risk diagnoses that need review for low confidence;
+-- newest first within each. urgency (1-4) lets a caller that filters or pages the view keep that order.
+CREATE VIEW diagnosis.review_queue WITH (security_invoker = true) AS
+SELECT l.*,
+       CASE l.risk_level WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END AS urgency
+FROM diagnosis.latest_diagnosis l
+WHERE l.needs_review OR l.risk_level IN ('medium', 'high', 'critical')
+ORDER BY urgency, l.diagnosed_at DESC, l.patient_id;
+COMMENT ON VIEW diagnosis.review_queue IS
+    'Latest diagnoses that need a clinician, most urgent first: critical, high, medium risk, then low confidence '
+    '(needs_review); newest first within each (ORDER BY urgency, diagnosed_at DESC).';
+
+-- ===========================================================================================================
+-- Row-level security (SPEC section 8)
+-- ===========================================================================================================
+
+ALTER TABLE diagnosis.organizations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.members ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.patients ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.patient_assignments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.observations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.artifacts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.audit_log ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY organizations_member_read ON diagnosis.organizations FOR SELECT
+    USING (id IN (SELECT unnest(diagnosis._member_orgs())));
+CREATE POLICY organizations_admin_update ON diagnosis.organizations FOR UPDATE
+    USING (id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY members_read ON diagnosis.members FOR SELECT
+    USING (role_name = current_user OR organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+CREATE POLICY members_admin_write ON diagnosis.members FOR ALL
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))))
+    WITH CHECK (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY patients_read ON diagnosis.patients FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY patients_admin_write ON diagnosis.patients FOR ALL
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))))
+    WITH CHECK (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin'))));
+
+CREATE POLICY patient_assignments_read ON diagnosis.patient_assignments FOR SELECT
+    USING (role_name = current_user
+           OR patient_id IN (SELECT p.id FROM diagnosis.patients p
+                             WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+CREATE POLICY patient_assignments_admin_write ON diagnosis.patient_assignments FOR ALL
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                          WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))))
+    WITH CHECK (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                               WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+
+CREATE POLICY observations_read ON diagnosis.observations FOR SELECT
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p));
+CREATE POLICY observations_admin_write ON diagnosis.observations FOR ALL
+    USING (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                          WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))))
+    WITH CHECK (patient_id IN (SELECT p.id FROM diagnosis.patients p
+                               WHERE p.organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))));
+
+CREATE POLICY runs_read ON diagnosis.runs FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR patient_id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY artifacts_read ON diagnosis.artifacts FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR patient_id IN (SELECT unnest(diagnosis._assigned_patients())));
+CREATE POLICY audit_log_read ON diagnosis.audit_log FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR run_id IN (SELECT r.id FROM diagnosis.runs r
+                         WHERE r.patient_id IN (SELECT unnest(diagnosis._assigned_patients()))));
+
+-- ===========================================================================================================
+-- Privileges: read for everyone (row-level security decides the rows), writes only where a policy allows them,
+-- nothing on the internals.
+-- ===========================================================================================================
+
+GRANT USAGE ON SCHEMA diagnosis TO PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA diagnosis TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON diagnosis.patients, diagnosis.observations, diagnosis.patient_assignments,
+    diagnosis.members TO PUBLIC;
+GRANT UPDATE (name) ON diagnosis.organizations TO PUBLIC;
+
+REVOKE ALL ON FUNCTION diagnosis._wake_at_commit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._begin_purge() FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._member_orgs_impl(name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._assigned_patients_impl(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._role_sees_patient(name, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._is_superuser(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._cancel_diagnosis_impl(name, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._purge_runs_impl(name, interval) FROM PUBLIC;
+
+-- ===========================================================================================================
+-- Backup and restore (0.2, issue 14). Every table that holds data is an extension configuration table, so
+-- pg_dump writes its rows (and the identity sequences' positions) and pg_restore or psql reload them. pg_dump
+-- writes rows as COPY ... FROM stdin: diagnosis._restoring() recognises exactly that (a superuser's top-level
+-- COPY into the guarded table) so the insert guards let a restore through and nothing else. This section is
+-- the same in sql/pg_diagnosis.sql and pg_diagnosis--0.1.0--0.2.0.sql; a table added later is marked in both.
+-- ===========================================================================================================
+
+CREATE FUNCTION diagnosis._restoring(target oid) RETURNS boolean
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'pgdiag_restoring';
+COMMENT ON FUNCTION diagnosis._restoring(oid) IS
+    'True while a superuser''s top-level COPY FROM (pg_restore, or psql reading a dump) loads this table.';
+
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.organizations', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.members', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.patients', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.patient_assignments', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.observations', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.observations_id_seq', '');
+-- v1 is created by the install script itself; only the versions a superuser added are data.
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.result_schemas', $$WHERE version <> 'v1'$$);
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.artifacts', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log_id_seq', '');
+
+REVOKE ALL ON FUNCTION diagnosis._warn_outside_worker_database() FROM PUBLIC;
+
+-- Runs queued in a database the workers do not connect to would never run: say so where it happens.
+SELECT diagnosis._warn_outside_worker_database();
+
+-- ===========================================================================================================
+-- FHIR (SPEC section 10): context packs from FHIR R4 Observation resources, and each diagnosis back out as a
+-- FHIR R4 Observation in UK Core's NEWS2 shape
+-- ===========================================================================================================
+
+-- The relation diagnosis.fhir_source names, checked on every call: a schema-qualified table, partitioned table,
+-- materialized view or view with a jsonb column "resource". Reading a table runs no code of its owner's (a
+-- superuser bypasses row-level security), but a view runs the functions it calls as the caller, who may be the
+-- worker: so a view must belong to a superuser or to the caller.
+CREATE FUNCTION diagnosis._fhir_source() RETURNS regclass
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_setting  text := nullif(btrim(current_setting('diagnosis.fhir_source', true)), '');
+    v_name     text[];
+    v_rel      regclass;
+    v_kind     "char";
+    v_owner    oid;
+BEGIN
+    IF v_setting IS NULL THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source is not set'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Name the table or view of FHIR Observation resources in postgresql.conf, e.g. '
+                         'diagnosis.fhir_source = ''fhir.observation'', and reload.';
+    END IF;
+    v_name := parse_ident(v_setting);
+    IF cardinality(v_name) <> 2 THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source "%" must be a schema-qualified name (schema.relation)', v_setting
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_rel := to_regclass(quote_ident(v_name[1]) || '.' || quote_ident(v_name[2]));
+    IF v_rel IS NULL THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source "%" does not exist', v_setting USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.relkind, c.relowner INTO v_kind, v_owner FROM pg_class c WHERE c.oid = v_rel;
+    IF v_kind NOT IN ('r', 'p', 'v', 'm') THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source "%" must be a table or a view', v_setting
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                   WHERE a.attrelid = v_rel AND a.attname = 'resource' AND a.atttypid = 'jsonb'::regtype
+                     AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source "%" has no jsonb column "resource"', v_setting
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_kind = 'v' AND v_owner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)
+       AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = v_owner) THEN
+        RAISE EXCEPTION 'diagnosis.fhir_source "%" is a view owned by %, neither a superuser nor %', v_setting,
+                        pg_get_userbyid(v_owner), current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The functions a view calls run as its reader; use a table, or a view a superuser owns.';
+    END IF;
+    RETURN v_rel;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._fhir_source() IS
+    'The relation diagnosis.fhir_source names, validated (qualified, a table or view with a jsonb column resource).';
+
+-- A FHIR dateTime or instant as a timestamptz, or NULL when it is not one (a partial date such as "2018-10",
+-- garbage): one malformed resource must not cost the patient their context pack.
+CREATE FUNCTION diagnosis._fhir_instant(value text) RETURNS timestamptz
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value !~ '^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN value::timestamptz;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END;
+$$;
+
+-- The ACVPU letter of a consciousness observation: UK Core's SNOMED CT value codes first, then free text.
+CREATE FUNCTION diagnosis._fhir_acvpu(resource jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        (SELECT v.letter
+         FROM jsonb_array_elements(CASE jsonb_typeof($1 #> '{valueCodeableConcept,coding}')
+                                   WHEN 'array' THEN $1 #> '{valueCodeableConcept,coding}' ELSE '[]' END)
+              WITH ORDINALITY c(coding, ord)
+         JOIN (VALUES ('248234008', 'A'), ('130987000', 'C'), ('300202002', 'V'), ('450847001', 'P'),
+                      ('422768004', 'U')) v(code, letter)
+           ON c.coding ->> 'system' = 'http://snomed.info/sct' AND c.coding ->> 'code' = v.code
+         ORDER BY c.ord LIMIT 1),
+        (SELECT CASE
+                    WHEN t ~ '^(a|alert|mentally alert)$' THEN 'A'
+                    WHEN t ~ '^(c|confus|new confusion|acute confusion|new-onset confusion)' THEN 'C'
+                    WHEN t ~ '^(v|voice)$' OR t ~ 'respon\w* to voice' THEN 'V'
+                    WHEN t ~ '^(p|pain)$' OR t ~ 'respon\w* to pain' THEN 'P'
+                    WHEN t ~ '^(u|unresponsive)$' THEN 'U'
+                END
+         FROM (SELECT lower(btrim(coalesce($1 #>> '{valueCodeableConcept,text}', $1 ->> 'valueString',
+                                           $1 #>> '{valueCodeableConcept,coding,0,display}',
+                                           $1 #>> '{valueCodeableConcept,coding,0,code}')))) x(t)))
+$$;
+
+-- FHIR Observations (a jsonb array of resources) as context-pack observations ({code, value, unit, observed_at,
+-- data}), newest first, at most 500; a resource that holds no NEWS2 vital sign this mapping reads gives none
+-- (README, "FHIR"). In each resource the first coding that maps decides the parameter; a blood pressure panel gives
+-- its systolic component; inspired oxygen may also come as components (3151-8 flow, 3150-0 concentration, as on US
+-- Core's pulse oximetry). Units must be the UCUM units listed (°F is converted): a quantity in another unit is left
+-- out rather than guessed. Set-based, one call per patient (a call per resource costs far more than the mapping),
+-- and PL/pgSQL, which keeps the plan for the session where an SQL function would plan it again at every call.
+CREATE FUNCTION diagnosis._fhir_observations(resources jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    WITH resource AS (
+        SELECT r.n, r.body,
+               diagnosis._fhir_instant(coalesce(r.body ->> 'effectiveDateTime', r.body #>> '{effectivePeriod,end}',
+                                                r.body #>> '{effectivePeriod,start}', r.body ->> 'effectiveInstant')) AS at
+        FROM jsonb_array_elements(CASE jsonb_typeof($1) WHEN 'array' THEN $1 ELSE '[]' END) WITH ORDINALITY r(body, n)
+    ), component AS (
+        SELECT r.n, c.comp
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body -> 'component')
+                                                WHEN 'array' THEN r.body -> 'component' ELSE '[]' END) c(comp)
+    ), parameter AS (
+        SELECT DISTINCT ON (r.n) r.n, m.pack_code, m.kind
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body #> '{code,coding}')
+                                                WHEN 'array' THEN r.body #> '{code,coding}' ELSE '[]' END)
+             WITH ORDINALITY c(coding, ord)
+        JOIN (VALUES ('http://loinc.org', '9279-1', '9279-1', 'rate'),
+                     ('http://loinc.org', '8867-4', '8867-4', 'rate'),
+                     ('http://loinc.org', '8310-5', '8310-5', 'temperature'),
+                     ('http://loinc.org', '59408-5', '59408-5', 'percent'),
+                     ('http://loinc.org', '2708-6', '2708-6', 'percent'),
+                     ('http://loinc.org', '8480-6', '8480-6', 'pressure'),
+                     ('http://loinc.org', '85354-9', '8480-6', 'pressure_panel'),
+                     ('http://loinc.org', '3151-8', '3151-8', 'flow'),
+                     ('http://loinc.org', '3150-0', '3150-0', 'percent'),
+                     ('http://loinc.org', '80288-4', '80288-4', 'acvpu'),
+                     ('http://snomed.info/sct', '1104441000000107', '1104441000000107', 'acvpu'))
+             m(system, code, pack_code, kind)
+          ON c.coding ->> 'system' = m.system AND c.coding ->> 'code' = m.code
+        ORDER BY r.n, c.ord
+    ), reading AS (
+        SELECT p.n, p.pack_code, p.kind,
+               CASE WHEN p.kind = 'pressure_panel'
+                    THEN (SELECT c.comp -> 'valueQuantity' FROM component c
+                          WHERE c.n = p.n
+                            AND c.comp -> 'code' -> 'coding' @> '[{"system": "http://loinc.org", "code": "8480-6"}]'
+                          LIMIT 1)
+                    ELSE r.body -> 'valueQuantity' END AS quantity
+        FROM parameter p JOIN resource r ON r.n = p.n
+        UNION ALL
+        SELECT c.n, o.pack_code, o.kind, c.comp -> 'valueQuantity'
+        FROM component c
+        JOIN (VALUES ('3151-8', 'flow'), ('3150-0', 'percent')) o(pack_code, kind)
+          ON c.comp -> 'code' -> 'coding' @> jsonb_build_array(jsonb_build_object('system', 'http://loinc.org',
+                                                                                   'code', o.pack_code))
+        WHERE NOT EXISTS (SELECT 1 FROM parameter p WHERE p.n = c.n AND p.pack_code = o.pack_code)
+    ), measured AS (
+        SELECT r.n, r.pack_code AS code, u.unit_out AS unit,
+               CASE WHEN jsonb_typeof(r.quantity -> 'value') <> 'number' THEN NULL
+                    WHEN u.factor = 1 AND u.offset_by = 0 THEN (r.quantity ->> 'value')::numeric
+                    ELSE trim_scale(round((r.quantity ->> 'value')::numeric * u.factor + u.offset_by, 2)) END AS value
+        FROM reading r
+        JOIN (VALUES ('rate', '/min', 1.0, 0.0, '/min', true), ('rate', '{breaths}/min', 1.0, 0.0, '/min', false),
+                     ('rate', '{beats}/min', 1.0, 0.0, '/min', false), ('rate', 'breaths/min', 1.0, 0.0, '/min', false),
+                     ('rate', 'beats/min', 1.0, 0.0, '/min', false), ('rate', 'bpm', 1.0, 0.0, '/min', false),
+                     ('temperature', 'Cel', 1.0, 0.0, 'Cel', true), ('temperature', '°C', 1.0, 0.0, 'Cel', false),
+                     ('temperature', '[degF]', 5.0 / 9, -160.0 / 9, 'Cel', false),
+                     ('temperature', '°F', 5.0 / 9, -160.0 / 9, 'Cel', false),
+                     ('percent', '%', 1.0, 0.0, '%', true),
+                     ('pressure', 'mm[Hg]', 1.0, 0.0, 'mm[Hg]', true), ('pressure', 'mmHg', 1.0, 0.0, 'mm[Hg]', false),
+                     ('pressure_panel', 'mm[Hg]', 1.0, 0.0, 'mm[Hg]', true),
+                     ('pressure_panel', 'mmHg', 1.0, 0.0, 'mm[Hg]', false),
+                     ('flow', 'L/min', 1.0, 0.0, 'L/min', true))
+             u(kind, unit_in, factor, offset_by, unit_out, is_default)
+          ON u.kind = r.kind
+         -- The UCUM code decides; a quantity without one is read by its display unit, and one with neither
+         -- is taken to be in the parameter's UCUM unit.
+         AND CASE WHEN coalesce(r.quantity ->> 'code', r.quantity ->> 'unit') IS NULL THEN u.is_default
+                  ELSE u.unit_in = coalesce(r.quantity ->> 'code', r.quantity ->> 'unit') END
+    ), observation AS (
+        SELECT m.n, m.code, m.value, m.unit, NULL::text AS acvpu FROM measured m WHERE m.value IS NOT NULL
+        UNION ALL
+        SELECT r.n, r.pack_code, NULL, NULL, diagnosis._fhir_acvpu(b.body)
+        FROM reading r JOIN resource b ON b.n = r.n
+        WHERE r.kind = 'acvpu'
+    )
+    SELECT coalesce(jsonb_agg(x.obs ORDER BY x.at DESC, x.id, x.code), '[]'::jsonb)
+    FROM (SELECT jsonb_build_object('code', o.code, 'value', o.value, 'unit', o.unit, 'observed_at', r.at,
+                                    'data', jsonb_strip_nulls(jsonb_build_object(
+                                        'acvpu', o.acvpu, 'fhir_reference', 'Observation/' || (r.body ->> 'id'))))
+                 AS obs, r.at, r.body ->> 'id' AS id, o.code
+          FROM observation o JOIN resource r ON r.n = o.n
+          WHERE r.at IS NOT NULL AND (o.code NOT IN ('80288-4', '1104441000000107') OR o.acvpu IS NOT NULL)
+          ORDER BY r.at DESC, r.body ->> 'id', o.code
+          LIMIT 500) x);
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._fhir_observations(jsonb) IS
+    'FHIR R4 Observations (a jsonb array) as context-pack observations, newest first (README, FHIR).';
+
+CREATE FUNCTION diagnosis.fhir_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_source        regclass;
+    v_patient       diagnosis.patients;
+    v_observations  jsonb;
+BEGIN
+    IF fhir_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    v_source := diagnosis._fhir_source();
+    SELECT * INTO v_patient FROM diagnosis.patients p WHERE p.id = fhir_context_pack.patient_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'patient "%" does not exist', fhir_context_pack.patient_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Bounded work per patient: an equality on the subject reference and the newest 2000 resources by their
+    -- effective time as text, so the index README documents serves it as one ordered index scan; the 500
+    -- newest vital signs among them, ordered by their real time, make the pack (as build_context_pack does).
+    EXECUTE format($sql$
+        SELECT diagnosis._fhir_observations(coalesce(jsonb_agg(r.resource), '[]'::jsonb))
+        FROM (SELECT s.resource
+              FROM %s s
+              WHERE (s.resource -> 'subject' ->> 'reference') = $1
+                AND (s.resource ->> 'resourceType') = 'Observation'
+                AND (s.resource ->> 'status') IS DISTINCT FROM 'entered-in-error'
+                AND (s.resource ->> 'status') IS DISTINCT FROM 'cancelled'
+              ORDER BY (coalesce(s.resource ->> 'effectiveDateTime', s.resource -> 'effectivePeriod' ->> 'end',
+                                 s.resource -> 'effectivePeriod' ->> 'start', s.resource ->> 'effectiveInstant'))
+                       DESC NULLS LAST
+              LIMIT 2000) r
+        $sql$, v_source)
+      INTO v_observations
+     USING 'Patient/' || fhir_context_pack.patient_id::text;
+    RETURN jsonb_build_object(
+        'schema', 'pg_diagnosis.context_pack.v1',
+        'source', 'fhir:' || v_source::text,
+        'patient', jsonb_build_object('id', v_patient.id, 'organization_id', v_patient.organization_id,
+                                      'display_name', v_patient.display_name, 'data', v_patient.data),
+        'observations', v_observations,
+        'inputs', '{}'::jsonb);
+END;
+$$;
+COMMENT ON FUNCTION diagnosis.fhir_context_pack(uuid) IS
+    'A context pack built from the FHIR R4 Observation resources in diagnosis.fhir_source whose subject is '
+    'Patient/<patient_id>; select it with diagnosis.context_pack_function. Index the source on '
+    '((resource -> ''subject'' ->> ''reference''), (coalesce(resource ->> ''effectiveDateTime'', '
+    'resource -> ''effectivePeriod'' ->> ''end'', resource -> ''effectivePeriod'' ->> ''start'', '
+    'resource ->> ''effectiveInstant'')) DESC NULLS LAST) (README, FHIR).';
+
+-- A FHIR instant (UTC) of a timestamptz, as the FHIR datatypes want it whatever the session's TimeZone.
+CREATE FUNCTION diagnosis._fhir_datetime(at timestamptz) RETURNS text
+    LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+$$;
+
+-- A diagnosis as a FHIR R4 Observation in UK Core's NEWS2 shape: the aggregate under SNOMED CT 1104051000000101,
+-- one component per sub-score with UK Core's SNOMED CT codes (SpO2 under the scale scored), derivedFrom the FHIR
+-- observations scored. The scores come from the result's news2 property (the reference server's); a result without
+-- it keeps the risk as interpretation and says the value is unknown.
+CREATE FUNCTION diagnosis._news2_fhir_resource(run_id uuid, patient_id uuid, risk_level text, result jsonb,
+                                               diagnosed_at timestamptz) RETURNS jsonb
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH sub AS (
+        SELECT s.entry, s.ord, c.code, c.display
+        FROM jsonb_array_elements(CASE jsonb_typeof($4 #> '{news2,subscores}')
+                                  WHEN 'array' THEN $4 #> '{news2,subscores}' ELSE '[]' END)
+             WITH ORDINALITY s(entry, ord)
+        JOIN (VALUES ('respiration_rate', NULL, '1104301000000104', 'respiration rate score'),
+                     ('spo2', 1, '1104311000000102', 'oxygen saturation scale 1 score'),
+                     ('spo2', 2, '1104321000000108', 'oxygen saturation scale 2 score'),
+                     ('air_or_oxygen', NULL, '1104331000000105', 'air or oxygen score'),
+                     ('systolic_bp', NULL, '1104341000000101', 'systolic blood pressure score'),
+                     ('pulse', NULL, '1104351000000103', 'pulse score'),
+                     ('consciousness', NULL, '1104361000000100', 'consciousness score'),
+                     ('temperature', NULL, '1104371000000107', 'temperature score'))
+             c(parameter, scale, code, display)
+          ON c.parameter = s.entry ->> 'parameter'
+         AND (c.scale IS NULL OR c.scale = CASE WHEN $4 #> '{news2,spo2_scale}' = '2' THEN 2 ELSE 1 END)
+        WHERE jsonb_typeof(s.entry -> 'score') = 'number'
+    ), score AS (SELECT jsonb_build_object('system', 'http://unitsofmeasure.org', 'code', '{score}', 'unit', 'score') AS q)
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'resourceType', 'Observation',
+        'id', $1,
+        'identifier', jsonb_build_array(jsonb_build_object('system', 'urn:ietf:rfc:3986', 'value', 'urn:uuid:' || $1)),
+        'status', 'final',
+        'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+            'system', 'http://terminology.hl7.org/CodeSystem/observation-category', 'code', 'survey',
+            'display', 'Survey')))),
+        'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+            'system', 'http://snomed.info/sct', 'code', '1104051000000101',
+            'display', 'Royal College of Physicians NEWS2 (National Early Warning Score 2) total score'))),
+        'subject', jsonb_build_object('reference', 'Patient/' || $2),
+        'effectiveDateTime', diagnosis._fhir_datetime(coalesce(
+            (SELECT max(diagnosis._fhir_instant(sub.entry ->> 'observed_at')) FROM sub), $5)),
+        'issued', diagnosis._fhir_datetime($5),
+        'valueQuantity', CASE WHEN jsonb_typeof($4 #> '{news2,aggregate}') = 'number'
+                              THEN (SELECT q FROM score) || jsonb_build_object('value', $4 #> '{news2,aggregate}') END,
+        'dataAbsentReason', CASE WHEN jsonb_typeof($4 #> '{news2,aggregate}') IS DISTINCT FROM 'number'
+                                 THEN jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                                     'system', 'http://terminology.hl7.org/CodeSystem/data-absent-reason',
+                                     'code', 'unknown', 'display', 'Unknown'))) END,
+        'interpretation', jsonb_build_array(jsonb_build_object(
+            'coding', jsonb_build_array(jsonb_build_object(
+                'system', 'http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation',
+                'code', CASE $3 WHEN 'low' THEN 'N' WHEN 'medium' THEN 'H' ELSE 'HH' END,
+                'display', CASE $3 WHEN 'low' THEN 'Normal' WHEN 'medium' THEN 'High' ELSE 'Critical high' END)),
+            'text', 'NEWS2 ' || $3 || ' clinical risk'
+                    || CASE WHEN $3 = 'critical' THEN ' (high and worsening)' ELSE '' END)),
+        'note', CASE WHEN $4 ->> 'summary' IS NOT NULL
+                     THEN jsonb_build_array(jsonb_build_object('text', $4 ->> 'summary')) END,
+        'derivedFrom', (SELECT jsonb_agg(jsonb_build_object('reference', ref) ORDER BY first_ord)
+                        FROM (SELECT sub.entry ->> 'source' AS ref, min(sub.ord) AS first_ord FROM sub
+                              WHERE jsonb_typeof(sub.entry -> 'source') = 'string' GROUP BY 1) d),
+        'component', (SELECT jsonb_agg(jsonb_build_object(
+                                 'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                                     'system', 'http://snomed.info/sct', 'code', sub.code,
+                                     'display', 'Royal College of Physicians NEWS2 (National Early Warning Score 2) - '
+                                                || sub.display))),
+                                 'valueQuantity', (SELECT q FROM score) || jsonb_build_object('value', sub.entry -> 'score'))
+                             ORDER BY sub.ord)
+                      FROM sub)))
+$$;
+
+CREATE VIEW diagnosis.news2_fhir WITH (security_invoker = true) AS
+SELECT a.run_id, a.patient_id, a.organization_id, a.risk_level, a.created_at AS diagnosed_at,
+       diagnosis._news2_fhir_resource(a.run_id, a.patient_id, a.risk_level, a.artifact_data, a.created_at) AS resource
+FROM diagnosis.artifacts a
+WHERE a.artifact_type = 'diagnosis_json';
+COMMENT ON VIEW diagnosis.news2_fhir IS
+    'Each diagnosis as a FHIR R4 Observation (UK Core NEWS2 shape) in resource; the rows of artifacts the caller may see.';
+
+GRANT SELECT ON diagnosis.news2_fhir TO PUBLIC;
