@@ -594,7 +594,7 @@ ToolResultOutcome(const std::string &result_json, const std::string &schema_vers
 }
 
 bool
-IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
+ErrorBodyOf(const HttpExchange &x, RpcMessage *error)
 {
 	if (x.status < 400 || x.status >= 500 || x.body.empty())
 		return false;
@@ -602,10 +602,18 @@ IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
 	std::string parse_error;
 	if (!ParseMessages(x.body, &messages, &parse_error) || messages.size() != 1 || !messages[0].is_error)
 		return false;
-	if (!IsModernCode(messages[0].error_code_int, x.status))
+	*error = std::move(messages[0]);
+	return true;
+}
+
+bool
+IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
+{
+	RpcMessage parsed;
+	if (!ErrorBodyOf(x, &parsed) || !IsModernCode(parsed.error_code_int, x.status))
 		return false;
 	if (error)
-		*error = messages[0];
+		*error = std::move(parsed);
 	return true;
 }
 

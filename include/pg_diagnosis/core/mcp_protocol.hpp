@@ -13,9 +13,11 @@
 #include <vector>
 
 #include "pg_diagnosis/core/http_transport.hpp"
-#include "pg_diagnosis/core/mcp_client.hpp"
+#include "pg_diagnosis/core/mcp_types.hpp"
 
 namespace pgdiag {
+
+class SchemaRegistry;
 
 extern const char *const kModernVersion;        /* "2026-07-28" */
 extern const char *const kLegacyRequestVersion; /* what initialize asks for: "2025-11-25" */
@@ -106,6 +108,8 @@ CallOutcome TransportOutcome(const HttpExchange &x, bool answered);
 CallOutcome ToolResultOutcome(const std::string &result_json, const std::string &schema_version,
                               const SchemaRegistry &schemas);
 
+/* The JSON-RPC error a 4xx body holds (one error response, parsed), false when it holds none. */
+bool ErrorBodyOf(const HttpExchange &x, RpcMessage *error);
 /* True when a non-2xx body holds a JSON-RPC error only a modern server sends (HeaderMismatch, missing client
  * capability, unsupported protocol version, or Method not found with 404): the era is modern. */
 bool IsModernErrorBody(const HttpExchange &x, RpcMessage *error);
