@@ -286,25 +286,58 @@ Client::Begin(Call *c)
 	StartToolCall(c);
 }
 
+/* MRTR: the tool asks for input. Within the same attempt the call is sent again, under a new id, with the answers
+ * a worker can give (elicitation declined: it has no user) and the requestState echoed; a server that still asks
+ * after kMaxInputRounds answers, or asks for what no worker can give (sampling), fails the call with what it asked. */
+void
+Client::AnswerInputRequired(Call *c, const InputRequired &input, const std::string &result)
+{
+	std::string responses, refused, message;
+	if (c->era != Era::Modern)
+		message = "the MCP server answered tools/call with input_required, which its protocol version does not have";
+	else if (c->input_rounds >= kMaxInputRounds)
+		message = "the MCP server still asks for input (input_required) after " + std::to_string(c->input_rounds) +
+		          " declined rounds: " + DescribeInputRequests(input);
+	else if (!BuildInputResponses(input, &responses, &refused))
+		message = "the MCP server asks for input pg_diagnosis cannot give (input_required, " + refused +
+		          "): " + DescribeInputRequests(input);
+	if (!message.empty()) {
+		CallOutcome o = ErrorOutcome(ErrorCode::McpError, message);
+		o.response_json = result;
+		Finish(c, std::move(o));
+		return;
+	}
+	c->input_rounds++;
+	c->input_responses = std::move(responses);
+	c->has_request_state = input.has_request_state;
+	c->request_state = input.request_state;
+	StartToolCall(c);
+}
+
 void
 Client::StartToolCall(Call *c)
 {
 	const CallRequest &r = c->request;
 	std::string token = r.run_id + ":" + std::to_string(r.attempt);
+	/* An MRTR retry is an independent request: a new id (and idempotency key), the same progress token. */
+	std::string id = c->input_rounds ? token + ":input-" + std::to_string(c->input_rounds) : token;
 	ToolCallParams params;
 	params.tool = config_.tool;
 	params.progress_token = token;
 	params.traceparent = r.traceparent;
 	params.legacy_task = session_.era == Era::Legacy && session_.TasksForTool();
 	params.call = &r;
+	params.input_responses_json = c->input_responses;
+	params.has_request_state = c->has_request_state;
+	params.request_state = c->request_state;
 	Pending p;
 	p.purpose = Purpose::ToolCall;
 	p.tag = r.tag;
-	p.rpc_id = JsonString(token);
-	p.progress_token = p.rpc_id;
+	p.rpc_id = JsonString(id);
+	p.progress_token = JsonString(token);
 	HttpRequest req =
-	    Post("tools/call", config_.tool, BuildToolCall(token, session_.Context(), params), RemainingMs(c), &p);
-	req.headers.push_back("Idempotency-Key: " + token);
+	    Post("tools/call", config_.tool, BuildToolCall(id, session_.Context(), params), RemainingMs(c), &p);
+	req.headers.push_back("Idempotency-Key: " + id);
 	if (session_.era == Era::Modern && !session_.tool.param_headers.empty())
 		for (std::string &h : ParamHeaderLines(session_.tool.param_headers, BuildToolArguments(r)))
 			req.headers.push_back(std::move(h));
@@ -574,11 +607,9 @@ Client::HandleResponse(Call *c, const RpcMessage &response, long status, Purpose
 			break;
 		}
 	}
-	if (response.result.find("\"resultType\":\"input_required\"") != std::string::npos) {
-		CallOutcome o = ErrorOutcome(ErrorCode::McpError, "the MCP server asked for input (input_required), "
-		                                                  "which pg_diagnosis cannot give");
-		o.response_json = response.result;
-		Finish(c, std::move(o));
+	InputRequired input;
+	if (ParseInputRequired(response.result, &input)) {
+		AnswerInputRequired(c, input, response.result);
 		return;
 	}
 	CallOutcome done = ToolResultOutcome(response.result, c->request.schema_version, *schemas_);

@@ -37,6 +37,8 @@ constexpr int64_t kMinPollMs = 10;
 constexpr long kDefaultRetryMs = 1000;
 /* Resumptions in a row that brought no new event before the stream counts as broken. */
 constexpr int kMaxIdleResumes = 5;
+/* MRTR: input_required answers a call gives before a server that keeps asking fails it (a worker only declines). */
+constexpr int kMaxInputRounds = 3;
 
 inline int64_t
 MillisUntil(Clock::time_point t, Clock::time_point now)
@@ -94,6 +96,12 @@ struct Call {
 	bool poll_due = false;
 	Clock::time_point poll_at;
 	std::string last_response; /* the last result seen, for a cancelled outcome */
+
+	/* MRTR: answers given so far, and what the next tools/call of this call carries. */
+	int input_rounds = 0;
+	std::string input_responses;
+	bool has_request_state = false;
+	std::string request_state;
 };
 
 class Client final : public McpClient {
@@ -143,6 +151,7 @@ private:
 	void CompleteToolCall(Call *c, const HttpExchange &x, Pending &p);
 	bool ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p);
 	void HandleResponse(Call *c, const RpcMessage &response, long status, Purpose purpose);
+	void AnswerInputRequired(Call *c, const InputRequired &input, const std::string &result);
 	static bool SessionLost(const Call *c, const HttpExchange &x, const Pending &p);
 	void RetryInNewSession(Call *c, const Pending &p);
 	void Absorb(HttpExchange *x);

@@ -49,6 +49,10 @@ struct ToolCallParams {
 	std::string traceparent;    /* "" = none */
 	bool legacy_task = false;   /* 2025-11-25 experimental form: add "task": {} */
 	const CallRequest *call = nullptr;
+	/* MRTR retry: the inputResponses object (JSON text; "" = none) and the requestState to echo */
+	std::string input_responses_json;
+	bool has_request_state = false;
+	std::string request_state;
 };
 
 /* `s` as JSON text (a quoted, escaped JSON string): how a request id is compared with the ids that come back. */
@@ -150,6 +154,27 @@ std::string BuildToolArguments(const CallRequest &call);
  * integers in decimal, booleans as true/false, encoded as EncodeHeaderValue says); absent or null ones are
  * omitted. */
 std::vector<std::string> ParamHeaderLines(const std::vector<ParamHeader> &headers, const std::string &arguments_json);
+
+/* MRTR (2026-07-28, basic/patterns/mrtr): a result with resultType "input_required" asks the client to answer its
+ * inputRequests and call again, echoing requestState exactly. */
+struct InputRequest {
+	std::string key;
+	std::string method;  /* "elicitation/create", "sampling/createMessage", "roots/list", ... */
+	std::string message; /* params.message of an elicitation, "" otherwise */
+};
+struct InputRequired {
+	std::vector<InputRequest> requests;
+	bool has_request_state = false;
+	std::string request_state; /* opaque: never inspected */
+};
+/* True when `result_json` is an InputRequiredResult; *out gets its requests and state. */
+bool ParseInputRequired(const std::string &result_json, InputRequired *out);
+/* The inputResponses a worker gives (it has no user and no model): every elicitation declined, roots an empty list.
+ * "" when there is no request. False when a request cannot be answered (sampling, an unknown method); *refused then
+ * names it. */
+bool BuildInputResponses(const InputRequired &input, std::string *responses_json, std::string *refused);
+/* What the requests ask for, for an error message: `method "message"` or `method (key)`, comma-separated. */
+std::string DescribeInputRequests(const InputRequired &input);
 
 /* Tasks: the modern extension's CreateTaskResult/DetailedTask and the 2025-11-25 experimental form. */
 struct TaskInfo {
