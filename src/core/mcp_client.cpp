@@ -153,6 +153,7 @@ Client::Endpoint() const
 	info.server_name = session_.features.server_name;
 	info.tool_offered = session_.tool_checked ? (session_.tool.found ? 1 : 0) : -1;
 	info.tool_task_support = session_.tool.task_support;
+	info.tools = session_.listed;
 	return info;
 }
 
