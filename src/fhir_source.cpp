@@ -49,8 +49,7 @@ FhirSource(void)
 	bool isnull;
 	Datum d;
 
-	if (SPI_execute("SELECT diagnosis._fhir_source()::pg_catalog.oid", true, 1) != SPI_OK_SELECT ||
-	    SPI_processed != 1)
+	if (SPI_execute("SELECT diagnosis._fhir_source()::pg_catalog.oid", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "reading diagnosis.fhir_source failed");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
