@@ -25,7 +25,10 @@
 #include "pg_diagnosis/pg/cpp_guard.hpp"
 
 extern "C" {
+#include "access/heapam.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "utils/acl.h"
@@ -243,17 +246,36 @@ HandleInterruptsBeforeLoop(void)
  * yet). Rather than a FATAL every second, wait connected to no database (shared catalogs only), look for it
  * every poll interval, say so once, and exit for a restart that connects when it is back.
  */
+/* Whether a database of that name exists, read the way autovacuum's launcher lists databases: a process connected
+ * to no database has the shared catalogs but not their indexes (get_database_oid would need one). */
+static bool
+DatabaseExists(const char *name)
+{
+	Relation rel;
+	TableScanDesc scan;
+	HeapTuple tuple;
+	bool found = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && HeapTupleIsValid(tuple = heap_getnext(scan, ForwardScanDirection)))
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname), name) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
 static void
 WaitForDatabase(pgdiag::WorkerSlot *slot)
 {
+	int wait_ms = pgdiag_poll_interval_ms;
+
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	for (;;) {
-		bool exists;
-
-		StartTransactionCommand();
-		exists = OidIsValid(get_database_oid(pgdiag_database, true));
-		CommitTransactionCommand();
-		if (exists) {
+		if (DatabaseExists(pgdiag_database)) {
 			slot->connecting = false;
 			proc_exit(1);
 		}
@@ -263,8 +285,9 @@ WaitForDatabase(pgdiag::WorkerSlot *slot)
 			         errhint("Create it, or set diagnosis.database and restart the server.")));
 		slot->said_database_missing = true;
 		SetSlotState("waiting_for_database", 0, NULL);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pgdiag_poll_interval_ms,
-		                 PG_WAIT_EXTENSION);
+		/* Nothing wakes the worker at CREATE DATABASE: look again with a backoff up to 10 s. */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, wait_ms, PG_WAIT_EXTENSION);
+		wait_ms = (int) Min((int64) wait_ms * 2, (int64) Max(pgdiag_poll_interval_ms, 10000));
 		ResetLatch(MyLatch);
 		HandleInterruptsBeforeLoop();
 	}

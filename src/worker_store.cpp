@@ -152,6 +152,9 @@ GenericPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
  * Runs `body(arg)` in a subtransaction (the pattern of plpgsql's exception blocks). Returns NULL on success,
  * or the error message (palloc'd in the caller's context) after rolling the subtransaction back.
  */
+/* The SQLSTATE of the last error InSubtransaction caught. */
+static int subtransaction_sqlerrcode = 0;
+
 static char *
 InSubtransaction(void (*body)(void *), void *arg)
 {
@@ -179,6 +182,7 @@ InSubtransaction(void (*body)(void *), void *arg)
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
 		message = pstrdup(edata->message ? edata->message : "unknown error");
+		subtransaction_sqlerrcode = edata->sqlerrcode;
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -547,6 +551,9 @@ FinalizeOne(const pgdiag::calls::Finished *f, int *terminal)
 		*terminal += b->terminal;
 		return b->ndeferred == 0;
 	}
+	/* A lock someone holds past lock_timeout (#25): not the answer's fault; store it on a later pass. */
+	if (subtransaction_sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		return false;
 
 	ereport(WARNING, (errmsg("pg_diagnosis: storing the result of run %s failed: %s", f->run_id, error)));
 	b->outcome[0] = "failed";
