@@ -35,6 +35,7 @@ double pgdiag_min_confidence = 0.5;
 char *pgdiag_context_pack_function = nullptr;
 int pgdiag_max_inflight_per_organization = 0;
 char *pgdiag_fhir_source = nullptr;
+char *pgdiag_default_schema_version = nullptr;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -101,5 +102,9 @@ pgdiag::InitGucs()
 	                                        "diagnosis.fhir_context_pack."),
 	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
 	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.default_schema_version",
+	                           gettext_noop("Result schema version of runs enqueued without one."),
+	                           gettext_noop("A version in diagnosis.result_schemas; checked at each enqueue."),
+	                           &pgdiag_default_schema_version, "v1", PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }
