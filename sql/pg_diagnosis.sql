@@ -712,7 +712,7 @@ BEGIN
             HINT = 'Say why the run is repeated: its ENQUEUED audit row keeps the reason.';
     END IF;
     IF length(btrim(p_reason)) = 0 OR length(p_reason) > 1000 THEN
-        RAISE EXCEPTION 'reason must be 1 to 1000 characters, not blank' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'reason must be 1 to 1000 characters and not blank' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
       INTO v_exists, v_visible
