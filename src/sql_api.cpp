@@ -256,7 +256,7 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 		Interval *timeout = PG_GETARG_INTERVAL_P(1);
 		/* In 128 bits: '178000000 years' overflows int64 microseconds (and a wrapped sum could look negative). */
 		int128 us = (int128) timeout->time + (int128) timeout->day * USECS_PER_DAY +
-		              (int128) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+		            (int128) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
 		if (us < 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("timeout must not be negative")));
 		timeout_us = (int64) Min(us, (int128) kMaxWaitUs);

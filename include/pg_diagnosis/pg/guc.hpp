@@ -22,7 +22,8 @@ extern double pgdiag_min_confidence;
 extern char *pgdiag_context_pack_function;
 extern int pgdiag_max_inflight_per_organization;
 extern char *pgdiag_fhir_source; /* read by diagnosis.fhir_context_pack through current_setting() */
-extern char *pgdiag_default_schema_version; /* read by the enqueue functions through current_setting() */
+/* Read by the enqueue functions through current_setting(). */
+extern char *pgdiag_default_schema_version;
 }
 
 namespace pgdiag {
