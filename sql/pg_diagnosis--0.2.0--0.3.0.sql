@@ -106,7 +106,8 @@ DECLARE
     v_version  text := coalesce(wanted, current_setting('diagnosis.default_schema_version', true), 'v1');
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM diagnosis.result_schemas s WHERE s.version = v_version) THEN
-        RAISE EXCEPTION 'schema_version "%" is not in diagnosis.result_schemas%', v_version,
+        RAISE EXCEPTION 'schema_version "%" is not in diagnosis.result_schemas%',
+            CASE WHEN length(v_version) > 64 THEN left(v_version, 64) || '...' ELSE v_version END,
             CASE WHEN wanted IS NULL THEN ' (diagnosis.default_schema_version)' ELSE '' END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A superuser adds a version with INSERT INTO diagnosis.result_schemas (version, schema).';
