@@ -278,6 +278,20 @@ FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000
 SELECT u.reference, u.reason, u.code, u.observed_at, u.detail
 FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000003') -> 'not_used')
      AS u(reference text, reason text, code text, observed_at timestamptz, detail text);
+-- More readings than a pack holds: the 500 newest make it, the older ones are listed as superseded.
+INSERT INTO fhir.observation (resource)
+SELECT jsonb_build_object('resourceType', 'Observation', 'id', 'hr-' || i, 'status', 'final',
+           'code', '{"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}'::jsonb,
+           'subject', '{"reference": "Patient/f0000000-0000-4000-8000-000000000004"}'::jsonb,
+           'effectiveDateTime', to_char((timestamptz '2024-01-01 00:00Z' + i * interval '1 minute') AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           'valueQuantity', jsonb_build_object('value', 60 + i % 30, 'code', '/min'))
+FROM generate_series(1, 502) i;
+SELECT jsonb_array_length(p -> 'observations') AS used, p -> 'observations' -> 0 -> 'data' AS newest,
+       jsonb_path_query_array(p, '$.not_used[*].reference') AS superseded,
+       jsonb_path_query_array(p, '$.not_used[*].reason') AS reasons
+FROM diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000004') p;
+
 -- The UCUM annotation rule on its own.
 SELECT u, diagnosis._fhir_unit(u) FROM unnest(ARRAY['{Breaths}/min', '{beats}/min', '1/min', '{score}', 'mm[Hg]', 'kPa']) u;
 
