@@ -144,21 +144,29 @@ BEGIN
         SELECT k.n, k.part, k.pack_code, k.kind, k.comp
         FROM component k
         WHERE NOT EXISTS (SELECT 1 FROM coded c WHERE c.n = k.n AND c.pack_code = k.pack_code AND c.kind <> 'pressure_panel')
-    ), valued AS (
-        SELECT g.n, g.part, g.pack_code, g.kind, g.holder, q.quantity, q.unit_text, u.factor, u.offset_by, u.unit_out,
+    ), parsed AS MATERIALIZED (
+        -- Materialized so that each reading's functions run once, not once per use of their result.
+        SELECT g.n, g.part, g.pack_code, g.kind, g.holder, q.quantity, q.unit_text,
+               -- Only a unit with an annotation or a leading 1 needs the rule (a call costs more than the test).
+               CASE WHEN strpos(q.unit_text, '{') > 0 OR q.unit_text LIKE '1/%' THEN diagnosis._fhir_unit(q.unit_text)
+                    ELSE q.unit_text END AS unit_meant,
                CASE WHEN g.kind = 'acvpu' AND jsonb_typeof(g.holder) = 'object' THEN diagnosis._fhir_acvpu(g.holder) END AS acvpu,
-               jsonb_typeof(g.holder) = 'object'
-                   AND EXISTS (SELECT 1 FROM jsonb_object_keys(g.holder) key WHERE key LIKE 'value%') AS has_value
+               CASE WHEN jsonb_typeof(g.holder) IS DISTINCT FROM 'object' THEN false
+                    WHEN q.quantity IS NOT NULL THEN true
+                    ELSE EXISTS (SELECT 1 FROM jsonb_object_keys(g.holder) key WHERE key LIKE 'value%') END AS has_value
         FROM reading g
         CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(g.holder -> 'valueQuantity') = 'object'
                                         THEN g.holder -> 'valueQuantity' END AS quantity,
                                    coalesce(g.holder #>> '{valueQuantity,code}', g.holder #>> '{valueQuantity,unit}')
                                        AS unit_text) q
+    ), valued AS (
+        SELECT p.*, u.factor, u.offset_by, u.unit_out
+        FROM parsed p
         -- The UCUM code decides; a quantity without one is read by its display unit, and one with neither is
         -- taken to be in the vital sign's UCUM unit.
         LEFT JOIN unit u
-          ON u.kind = g.kind
-         AND CASE WHEN q.unit_text IS NULL THEN u.is_default ELSE u.unit_in = diagnosis._fhir_unit(q.unit_text) END
+          ON u.kind = p.kind
+         AND CASE WHEN p.unit_text IS NULL THEN u.is_default ELSE u.unit_in = p.unit_meant END
     ), outcome AS (
         SELECT v.n, v.part, v.pack_code, v.acvpu,
                CASE WHEN v.kind = 'room_air' THEN 0
@@ -181,7 +189,7 @@ BEGIN
                     THEN (SELECT key || ' ' || left(v.holder ->> key, 80) FROM jsonb_object_keys(v.holder) key
                           WHERE key LIKE 'value%' ORDER BY key LIMIT 1) END AS detail
         FROM valued v
-    ), judged AS (
+    ), judged AS MATERIALIZED (
         SELECT o.n, o.part, o.pack_code, o.acvpu, o.value, o.unit, r.at, r.id,
                CASE WHEN r.status = 'entered-in-error' THEN 'entered_in_error'
                     WHEN r.status = 'cancelled' THEN 'cancelled'
