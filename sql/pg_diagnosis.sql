@@ -1257,15 +1257,15 @@ BEGIN
 END;
 $$;
 
--- What the worker's statements need and nothing more: they move runs (claim, progress, tasks, finalize,
--- recovery: UPDATE runs) and append artifacts and audit rows. It reads no tenant's table: context packs are built
--- as the pack function's owner, the FHIR source is read as its owner. USAGE on the schema, SELECT on its tables
--- and EXECUTE on the public functions come with PUBLIC's.
-GRANT UPDATE ON diagnosis.runs TO diagnosis_worker;
-GRANT INSERT ON diagnosis.artifacts, diagnosis.audit_log TO diagnosis_worker;
-CREATE POLICY runs_worker ON diagnosis.runs TO diagnosis_worker USING (true) WITH CHECK (true);
-CREATE POLICY artifacts_worker ON diagnosis.artifacts TO diagnosis_worker USING (true) WITH CHECK (true);
-CREATE POLICY audit_log_worker ON diagnosis.audit_log TO diagnosis_worker USING (true) WITH CHECK (true);
+-- What the worker's statements need and nothing more: EXECUTE on the run's lifecycle functions (section "One home
+-- for a run's lifecycle"), which alone touch runs, artifacts and the audit log, as their owner. The role holds no
+-- table privilege and needs no policy of its own; it reads no tenant's table: context packs are built as the pack
+-- function's owner, the FHIR source is read as its owner. USAGE on the schema, SELECT on its tables and EXECUTE on
+-- the public functions come with PUBLIC's.
+GRANT EXECUTE ON FUNCTION diagnosis._result_schemas(), diagnosis._claim_runs(int, bigint, int, int, bigint),
+    diagnosis._next_due(), diagnosis._finalize_runs(diagnosis.finished_run[], float8, int),
+    diagnosis._recover_runs(bigint[], bigint, boolean, int), diagnosis._record_tasks(uuid[], int[], text[], bigint[]),
+    diagnosis._write_progress(uuid[], int[], real[], text[]), diagnosis._runs_to_cancel(bigint) TO diagnosis_worker;
 
 -- No table lock for tenants (SPEC section 2): LOCK TABLE checks table privileges, not row-level security, and
 -- UPDATE, DELETE or TRUNCATE allow every lock mode; so applications only INSERT (ROW EXCLUSIVE blocks no reader
