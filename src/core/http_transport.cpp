@@ -186,6 +186,11 @@ HttpTransport::HeaderCallback(char *buffer, size_t size, size_t nitems, void *us
 	size_t n = size * nitems;
 	try {
 		x->last_byte = Clock::now();
+		x->header_bytes += n;
+		if (x->header_bytes > kMaxHeaderBytes) {
+			x->headers_too_big = true;
+			return 0;
+		}
 		std::string line(buffer, n);
 		if (line.rfind("HTTP/", 0) == 0) { /* a new header block (e.g. after 100 Continue) */
 			x->content_type.clear();
@@ -231,8 +236,18 @@ HttpTransport::WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdat
 			x->body.append(ptr, n);
 			return n;
 		}
-		if (!x->sse.Feed(ptr, n, x->events)) {
+		size_t before = x->events.size();
+		bool parsed = x->sse.Feed(ptr, n, x->events);
+		for (size_t i = before; i < x->events.size(); i++)
+			x->events_held += SseEventBytes(x->events[i]);
+		if (!parsed) {
 			x->sse_failed = true;
+			return 0;
+		}
+		size_t budget = x->request.max_held_bytes ? x->request.max_held_bytes : MaxHeldBytes(x->request.max_bytes);
+		if (x->HeldBytes() > budget) {
+			/* The owner takes events between reads; a peer faster than that cannot pile them up. */
+			x->held_too_much = true;
 			return 0;
 		}
 		if (!x->events.empty() && !x->touched) {
@@ -262,6 +277,12 @@ HttpTransport::OpenSocketCallback(void *clientp, int, struct curl_sockaddr *addr
 }
 
 /* ------------------------------------------------------------ exchanges */
+
+size_t
+HttpExchange::HeldBytes() const
+{
+	return body.capacity() + sse.HeldBytes() + events_held + (events.capacity() - events.size()) * sizeof(SseEvent);
+}
 
 HttpExchange *
 HttpTransport::Start(HttpRequest request)

@@ -1060,11 +1060,11 @@ private:
 	{
 		auto it = pending_.find(x->id);
 		if (it == pending_.end()) {
-			x->events.clear();
+			x->TakeEvents();
 			return;
 		}
 		Pending &p = it->second;
-		std::vector<SseEvent> events = std::exchange(x->events, {});
+		std::vector<SseEvent> events = x->TakeEvents();
 		p.events_seen += events.size();
 		for (const SseEvent &e : events)
 			Messages(p, e.data);

@@ -539,7 +539,15 @@ TransportOutcome(const HttpExchange &x, bool answered)
 			return fail(ErrorCode::McpError, "response exceeds diagnosis.max_response_bytes (" +
 			                                     std::to_string(x.request.max_bytes) + " bytes)");
 		if (x.sse_failed)
-			return fail(ErrorCode::McpError, "an SSE event exceeds diagnosis.max_response_bytes");
+			return fail(ErrorCode::McpError, "malformed SSE stream: " + x.sse.FailureReason() +
+			                                     " (diagnosis.max_response_bytes bounds an event)");
+		if (x.held_too_much)
+			return fail(ErrorCode::McpError,
+			            "the SSE events of one response held more than twice diagnosis.max_response_bytes (" +
+			                std::to_string(x.request.max_bytes) + " bytes) before they were read");
+		if (x.headers_too_big)
+			return fail(ErrorCode::McpError, "the response headers exceed " +
+			                                     std::to_string(HttpTransport::kMaxHeaderBytes) + " bytes");
 		if (!x.callback_error.empty())
 			return fail(ErrorCode::UnknownError, "reading the response failed: " + x.callback_error);
 		if (x.inactive)
