@@ -54,6 +54,8 @@ struct Finished {
 	long retry_delay_ms; /* for "queued" */
 	bool refund_attempt; /* "queued" for a reason not the run's (a setting, no descriptor, no memory) */
 	bool task_lost;      /* the run's task is unknown or expired on the server: forget it */
+	/* server requests that came with the call and were not answered (runs.ignored_server_requests) */
+	int ignored_server_requests;
 };
 
 /* A task the server created for a call, to be committed with the run so a restart resumes polling it. */

@@ -160,7 +160,7 @@ SseParser::ProcessLine(std::vector<SseEvent> &out)
 	line_.clear();
 	if (line_.capacity() > 4 * kMaxSseFieldBytes)
 		std::string().swap(line_); /* a long data line's buffer is not kept for the lines after it */
-	/* Unknown fields are ignored. */
+	                               /* Unknown fields are ignored. */
 }
 
 } // namespace pgdiag

@@ -85,21 +85,21 @@ const ATTACKS = {
     res.writeHead(503, { 'content-type': 'application/json', 'retry-after': 'Fri, 31 Dec 9999 23:59:59 GMT' });
     res.end('{"error":"come back later"}');
   },
-  // Progress notifications with 100 KB messages, rising, every 100 ms, then the same one repeated: 0.2.0 wrote each
+  // Progress notifications with 100,000-character messages, rising, every 200 ms, then the same one repeated: 0.2.0 wrote each
   // message whole, about once a second.
   progress(res, call, ctx) {
     res.writeHead(200, sseHead);
     const token = call.params?._meta?.progressToken;
-    const steps = Math.floor((ctx.maxBytes * 0.8) / 120000);
+    const steps = Math.floor((ctx.maxBytes * 0.8) / 125000);
     let i = 0;
     const tick = () => {
       if (res.destroyed) return;
-      if (i < steps + 10) {
+      if (i < steps + 5) {
         const k = Math.min(i, steps);
         res.write(event({ jsonrpc: '2.0', method: 'notifications/progress',
-          params: { progressToken: token, progress: k + 1, total: steps + 2, message: i >= steps ? 'steady' : incompressible(50000) } }));
+          params: { progressToken: token, progress: k + 1, total: steps + 2, message: i >= steps ? 'steady' : incompressible(100000) } }));
         i++;
-        return ctx.later(100, tick);
+        return ctx.later(200, tick);
       }
       res.end(event(toolResult(call.id)));
     };
@@ -112,9 +112,10 @@ const ATTACKS = {
     res.writeHead(200, headers);
     res.end(JSON.stringify(toolResult(call.id)));
   },
-  // A task whose id is 3 MB: 0.2.0 stored it in the run and sent it back with every poll.
-  task_id(res, call) {
-    const task = { taskId: 't'.repeat(3 << 20), status: 'working', ttl: 600000, pollInterval: 200,
+  // A task whose id is 70 % of max_response_bytes (megabytes at the default): 0.2.0 stored it in the run and sent it
+  // back with every poll.
+  task_id(res, call, ctx) {
+    const task = { taskId: 't'.repeat(Math.floor(ctx.maxBytes * 0.7)), status: 'working', ttl: 600000, pollInterval: 200,
       createdAt: new Date().toISOString() };
     const text = JSON.stringify({ jsonrpc: '2.0', id: call.id, result: { task, content: [] } });
     res.writeHead(200, { 'content-type': 'application/json' });

@@ -223,6 +223,6 @@ TEST(SseBounds, ALargeDataLineIsNotHeldThreeTimes)
 	}
 	ASSERT_EQ(events.size(), 1u);
 	EXPECT_EQ(events[0].data.size(), payload.size());
-	EXPECT_LE(peak, 4 * payload.size() + 65536);   // while the line arrives: the line's growth, then the data
+	EXPECT_LE(peak, 4 * payload.size() + 65536);          // while the line arrives: the line's growth, then the data
 	EXPECT_LE(parser.HeldBytes(), 4 * kMaxSseFieldBytes); // the line's buffer is not kept after it
 }

@@ -43,7 +43,7 @@ struct HttpRequest {
 	size_t max_bytes = 8u << 20; /* response body cap, enforced in the write callback */
 	/* The SSE events not yet taken and the parser's buffers may hold at most this (0: MaxHeldBytes(max_bytes)). */
 	size_t max_held_bytes = 0;
-	std::string ca_file;         /* "" = the system's CA bundle */
+	std::string ca_file; /* "" = the system's CA bundle */
 	std::string user_agent = "pg_diagnosis";
 };
 
@@ -72,17 +72,17 @@ struct HttpExchange {
 
 	/* How it ended (valid once finished). */
 	bool finished = false;
-	int curl_code = 0;          /* CURLcode; 0 = the transfer completed */
-	long os_errno = 0;          /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
-	int socket_errno = 0;       /* errno of a failed socket() (the open-socket callback) */
-	std::string error;          /* libcurl's message for curl_code, "" when 0 */
-	bool timed_out = false;     /* the total or connect timeout */
-	bool inactive = false;      /* ended by the transport's inactivity limit */
-	bool too_big = false;       /* max_bytes exceeded */
-	bool sse_failed = false;    /* the SSE stream broke a limit of the parser: sse.FailureReason() */
-	bool held_too_much = false; /* the SSE events not yet taken held more than the exchange's budget */
+	int curl_code = 0;            /* CURLcode; 0 = the transfer completed */
+	long os_errno = 0;            /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
+	int socket_errno = 0;         /* errno of a failed socket() (the open-socket callback) */
+	std::string error;            /* libcurl's message for curl_code, "" when 0 */
+	bool timed_out = false;       /* the total or connect timeout */
+	bool inactive = false;        /* ended by the transport's inactivity limit */
+	bool too_big = false;         /* max_bytes exceeded */
+	bool sse_failed = false;      /* the SSE stream broke a limit of the parser: sse.FailureReason() */
+	bool held_too_much = false;   /* the SSE events not yet taken held more than the exchange's budget */
 	bool headers_too_big = false; /* the response headers exceeded kMaxHeaderBytes */
-	bool local_failure = false; /* this process ran out of descriptors or memory: not the peer's fault */
+	bool local_failure = false;   /* this process ran out of descriptors or memory: not the peer's fault */
 	std::string callback_error;
 
 	/* libcurl's handle and header list: owned by the transport. */
