@@ -903,8 +903,8 @@ private:
 	 * server's retry interval, within the same call. */
 	bool ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p)
 	{
-		if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || !x.callback_error.empty() ||
-		    x.timed_out || x.local_failure)
+		if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || x.held_too_much || x.headers_too_big ||
+		    !x.callback_error.empty() || x.timed_out || x.local_failure)
 			return false;
 		if (!x.sse.LastEventId().empty())
 			c->last_event_id = x.sse.LastEventId();

@@ -89,7 +89,10 @@ async function attack(name, { maxRetries = 0, ended = (r) => r.status !== 'queue
   const patient = hostile.patients[serial++ % hostile.patients.length];
   const id = await enqueue(cluster, patient, { attack: name }, { maxRetries });
   const watching = watch ? watch(id) : null;
-  await cluster.waitFor(async () => (await run(cluster, id)).status !== 'queued', { timeout: 30000, what: 'the hostile run claimed' });
+  // Claimed: a fast failure may already have put it back in the queue for a retry.
+  await cluster.waitFor(async () => (await cluster.query(
+    "SELECT 1 FROM diagnosis.audit_log WHERE run_id = $1 AND event = 'LOCKED'", [id])).rowCount > 0,
+  { timeout: 30000, what: 'the hostile run claimed' });
 
   const other = await enqueue(cluster, good.patients[0], { during: name });
   const otherRun = await waitEnded(other, 60000);

@@ -55,7 +55,8 @@ TEST_F(ClientTest, ServerRequestsAFewPerCallOnItsOwnStreamNeverOnOurAnswers)
 	auto out = RunUntil(*client, 1);
 	ASSERT_EQ(out.size(), 1u);
 	EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
-	EXPECT_TRUE(WaitFor(server, [](const Request &r) { return IsReply(r); }, client.get()));
+	EXPECT_TRUE(WaitFor(
+	    server, [](const Request &r) { return IsReply(r); }, client.get()));
 	DriveFor(*client, 300); // anything the client would still send goes out meanwhile
 	EXPECT_EQ(Replies(server), 4);
 	for (const Request &r : server.Requests())
@@ -113,7 +114,10 @@ TEST_F(ClientTest, ProgressMessagesAreCutByCharacters)
 	ASSERT_EQ(out.size(), 1u);
 	ASSERT_EQ(progress.size(), 1u);
 	EXPECT_EQ(progress[0].message, long_message.substr(0, 2 * kMaxProgressMessageChars));
-	EXPECT_EQ(Utf8Prefix("ab\xC3\xA9" "cd", 3), "ab\xC3\xA9");
+	EXPECT_EQ(Utf8Prefix("ab\xC3\xA9"
+	                     "cd",
+	                     3),
+	          "ab\xC3\xA9");
 	EXPECT_EQ(Utf8Prefix("ab", 3), "ab");
 	EXPECT_EQ(Utf8Prefix("\xF0\x9F\x98\x80\xF0\x9F\x98\x80", 1), "\xF0\x9F\x98\x80");
 }
