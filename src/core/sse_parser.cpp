@@ -140,7 +140,9 @@ SseParser::ProcessLine(std::vector<SseEvent> &out)
 		start++;
 
 	if (field == "data") {
-		/* Appended straight from the line: a large data line is never held a third time. */
+		/* Appended straight from the line: a large data line is never held a third time. Reserved exactly, with its
+		 * line end, so the usual one-line event holds its size and not twice that. */
+		data_.reserve(data_.size() + (line_.size() - start) + 1);
 		data_.append(line_, start, std::string::npos);
 		data_ += '\n';
 		has_data_ = true;
