@@ -236,20 +236,8 @@ HttpTransport::WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdat
 			x->body.append(ptr, n);
 			return n;
 		}
-		size_t before = x->events.size();
-		bool parsed = x->sse.Feed(ptr, n, x->events);
-		for (size_t i = before; i < x->events.size(); i++)
-			x->events_held += SseEventBytes(x->events[i]);
-		if (!parsed) {
-			x->sse_failed = true;
+		if (!x->AcceptSse(ptr, n))
 			return 0;
-		}
-		size_t budget = x->request.max_held_bytes ? x->request.max_held_bytes : MaxHeldBytes(x->request.max_bytes);
-		if (x->HeldBytes() > budget) {
-			/* The owner takes events between reads; a peer faster than that cannot pile them up. */
-			x->held_too_much = true;
-			return 0;
-		}
 		if (!x->events.empty() && !x->touched) {
 			x->touched = true;
 			x->transport->touched_.push_back(x->id);
@@ -282,6 +270,26 @@ size_t
 HttpExchange::HeldBytes() const
 {
 	return body.capacity() + sse.HeldBytes() + events_held + (events.capacity() - events.size()) * sizeof(SseEvent);
+}
+
+bool
+HttpExchange::AcceptSse(const char *bytes, size_t length)
+{
+	size_t before = events.size();
+	bool parsed = sse.Feed(bytes, length, events);
+	for (size_t i = before; i < events.size(); i++)
+		events_held += SseEventBytes(events[i]);
+	if (!parsed) {
+		sse_failed = true;
+		return false;
+	}
+	size_t budget = request.max_held_bytes ? request.max_held_bytes : HttpTransport::MaxHeldBytes(request.max_bytes);
+	if (HeldBytes() > budget) {
+		/* The owner takes events between reads; a peer faster than that cannot pile them up. */
+		held_too_much = true;
+		return false;
+	}
+	return true;
 }
 
 HttpExchange *

@@ -188,8 +188,9 @@ TEST(TransportBounds, EventsNotYetTakenCountAgainstTheBudget)
 		poll(&p, 1, 10);
 		transport.Drive(); // the owner never takes the events here
 		/* Checked after each write callback: one callback's chunk (16 KiB, ~2,700 events) may overshoot. */
-		if (HttpExchange *live = transport.Find(id))
+		if (HttpExchange *live = transport.Find(id)) {
 			EXPECT_LE(live->HeldBytes(), request.max_held_bytes + (512 << 10));
+		}
 		done = transport.TakeFinished();
 	}
 	ASSERT_EQ(done.size(), 1u);

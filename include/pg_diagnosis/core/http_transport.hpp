@@ -99,6 +99,10 @@ struct HttpExchange {
 	}
 	/* What the exchange holds of its response now: body or events not yet taken, and the parser's buffers. */
 	size_t HeldBytes() const;
+	/* The write callback's SSE path: parses body bytes into `events`, counting what they hold against the
+	 * exchange's budget. False (with sse_failed or held_too_much) when the stream must end. On its own so the
+	 * fuzzer drives exactly what the transport runs. */
+	bool AcceptSse(const char *bytes, size_t length);
 };
 
 class HttpTransport {
