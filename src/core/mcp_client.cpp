@@ -30,6 +30,8 @@ namespace {
  * the owner spin). */
 constexpr int64_t kDefaultPollMs = 1000;
 constexpr int64_t kMinPollMs = 10;
+/* ... and the ceiling: a pollInterval of 10^18 ms must not overflow the clock (the call's deadline ends it anyway). */
+constexpr int64_t kMaxPollMs = 3600 * 1000;
 /* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
 constexpr long kDefaultRetryMs = 1000;
 /* Resumptions in a row that brought no new event before the stream counts as broken. */
@@ -985,7 +987,7 @@ private:
 		t.ttl_ms = task.ttl_ms;
 		tasks_.push_back(std::move(t));
 		if (task.poll_ms >= 0)
-			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+			c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 		SchedulePoll(c, c->poll_ms);
 	}
 
@@ -1042,7 +1044,7 @@ private:
 			return;
 		}
 		if (task.poll_ms >= 0)
-			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+			c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 		if (task.status == "working") {
 			SchedulePoll(c, c->poll_ms);
 			return;

@@ -197,3 +197,27 @@ TEST(TransportBounds, EventsNotYetTakenCountAgainstTheBudget)
 	EXPECT_TRUE(done[0]->held_too_much);
 	EXPECT_LE(done[0]->HeldBytes(), request.max_held_bytes + (512 << 10));
 }
+
+// A pollInterval of 10^18 ms: the poll is scheduled within the clock's range and the call's deadline ends it.
+TEST_F(ClientTest, AnAbsurdPollIntervalIsClampedAndTheDeadlineHolds)
+{
+	LegacyServer legacy;
+	legacy.version = "2025-11-25";
+	legacy.capabilities = R"({"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}})";
+	legacy.tools =
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tools/call"))
+			return Reply{Json(Result(
+			    r, R"({"task":{"taskId":"t-1","status":"working","ttl":30000,"pollInterval":1000000000000000000}})"))};
+		return legacy(r);
+	});
+	ClientConfig config;
+	config.request_timeout_ms = 500;
+	auto client = Make(server.Url(), config);
+	client->Submit(Call(1));
+	auto out = RunUntil(*client, 1, 5);
+	ASSERT_EQ(out.size(), 1u);
+	EXPECT_EQ(out[0].code, ErrorCode::TimeoutError) << out[0].message;
+	EXPECT_EQ(server.Count("tasks/get"), 0);
+}
