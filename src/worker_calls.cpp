@@ -23,7 +23,7 @@
 #include "pg_diagnosis/core/error_code.hpp"
 #include "pg_diagnosis/core/mcp_client.hpp"
 #include "pg_diagnosis/core/result.hpp"
-#include "pg_diagnosis/pg/cpp_guard.hpp"
+#include "pg_diagnosis/cpp_guard.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
 
 #include "pg_diagnosis/core/cpp_only.hpp" // Must be last include.
@@ -36,8 +36,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-/* The longest backoff between attempts, whatever the attempt count. */
-constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
 /* Progress is written at most this often per run. */
 constexpr int64_t kProgressIntervalMs = 1000;
 /* A run requeued for a reason that is not its own (no descriptor, no memory) waits this long. */
