@@ -139,8 +139,9 @@ CREATE TABLE diagnosis.runs (
     cancel_requested_at timestamptz,
     cancel_requested_by name,
     -- 0.3.0 (appended, as the update script adds them):
-    -- server-to-client requests of the run's calls that were ignored and counted instead of answered.
-    ignored_server_requests int NOT NULL DEFAULT 0 CHECK (ignored_server_requests >= 0),
+    -- server-to-client requests of the run's calls that were ignored and counted instead of answered (NULL until
+    -- a call of the run finished; no default, which the update script's ADD COLUMN would store as a missing value).
+    ignored_server_requests int CHECK (ignored_server_requests >= 0),
     -- the run this run re-runs (rerun_diagnosis). No foreign key: retention may purge the original first, and
     -- a re-run is never updated once terminal (ON DELETE SET NULL would be refused by the state machine).
     rerun_of            uuid,
@@ -504,7 +505,7 @@ BEGIN
             mcp_task_expires_at = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_expires_at END,
             processing_time_ms = i.processing_ms,
             progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,
-            ignored_server_requests = r.ignored_server_requests + coalesce(i.ignored_server_requests, 0),
+            ignored_server_requests = coalesce(r.ignored_server_requests, 0) + coalesce(i.ignored_server_requests, 0),
             updated_at = now()
         FROM slim i JOIN target t ON t.id = i.id
         WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id
