@@ -20,6 +20,10 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION diagnosis._is_worker() IS
+    'True only in a pg_diagnosis background worker''s own statements, acting as diagnosis.worker_role (never in code '
+    'run under SECURITY_RESTRICTED_OPERATION): the state machine lets only workers move runs out of running.';
+
 -- What the worker's statements need and nothing more: they move runs (claim, progress, tasks, finalize,
 -- recovery: UPDATE runs) and append artifacts and audit rows. It reads no tenant's table: context packs are built
 -- as the pack function's owner, the FHIR source is read as its owner. USAGE on the schema, SELECT on its tables

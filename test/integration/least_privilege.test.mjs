@@ -99,10 +99,10 @@ test('no role but the worker and superusers holds UPDATE, DELETE or TRUNCATE on 
   assert.deepEqual(holders, [{ relname: 'runs', grantee: 'diagnosis_worker', privilege_type: 'UPDATE' }]);
 });
 
-test('LOCK TABLE in every mode on every table: refused to an outsider, a clinician and an admin, or harmless', async () => {
+test('LOCK TABLE in every mode on every table and view: refused to an outsider, a clinician and an admin, or harmless', async () => {
   const tables = (await cluster.query(`SELECT c.relname FROM pg_class c
-    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1`)).rows.map((r) => r.relname);
-  assert.ok(tables.length >= 9, tables.join());
+    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p', 'v') ORDER BY 1`)).rows.map((r) => r.relname);
+  assert.ok(tables.length >= 13, tables.join());
   for (const role of ['pgd_lp_outsider', 'pgd_lp_clin', 'pgd_lp_admin']) {
     const client = await cluster.connect(role);
     try {
