@@ -22,7 +22,7 @@
 #include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/worker_store.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
-#include "pg_diagnosis/pg/cpp_guard.hpp"
+#include "pg_diagnosis/cpp_guard.hpp"
 
 extern "C" {
 #include "access/heapam.h"
@@ -741,7 +741,7 @@ CancelStep(LoopState *st, TimestampTz now)
 	}
 	if (now < st->cancel_check_at)
 		return;
-	pgdiag::StopCancelledCalls();
+	pgdiag::StopCancelledCalls(my_token);
 	st->cancel_check_at = Later(now, pgdiag_poll_interval_ms);
 }
 
@@ -754,7 +754,7 @@ RecoveryStep(LoopState *st, TimestampTz now)
 
 	if (now < st->recovery_at)
 		return;
-	if (pgdiag::RecoverRuns(false, &running_left) > 0) {
+	if (pgdiag::RecoverRuns(my_token, false, &running_left) > 0) {
 		st->claim_at = now;
 		pgdiag::WakeWorkers();
 	}
@@ -801,7 +801,7 @@ ClaimStep(LoopState *st, TimestampTz now)
 	if (now < st->claim_at)
 		return;
 
-	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), &result);
+	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), my_token, &result);
 	if (result.config_error) {
 		Pause(st, now, result.config_error);
 		return;
@@ -848,7 +848,7 @@ ShutDown(WaitEventSet *wait_set, bool extension_ready)
 	if (!pgdiag::calls::Shutdown(&aborted))
 		elog(ERROR, "pg_diagnosis: ending the calls failed: %s", pgdiag::cpp_guard_message);
 	if (extension_ready)
-		(void) pgdiag::RecoverRuns(true, NULL);
+		(void) pgdiag::RecoverRuns(my_token, true, NULL);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
 }
 
