@@ -20,6 +20,10 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION diagnosis._is_worker() IS
+    'True only in a pg_diagnosis background worker''s own statements, acting as diagnosis.worker_role (never in code '
+    'run under SECURITY_RESTRICTED_OPERATION): the state machine lets only workers move runs out of running.';
+
 -- What the worker's statements need and nothing more: EXECUTE on the run's lifecycle functions, granted in the
 -- section of #26 below, once they exist. The role holds no table privilege and needs no policy of its own.
 

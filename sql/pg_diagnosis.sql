@@ -8,7 +8,8 @@
 CREATE FUNCTION diagnosis._is_worker() RETURNS boolean
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'pgdiag_is_worker';
 COMMENT ON FUNCTION diagnosis._is_worker() IS
-    'True only inside a pg_diagnosis background worker: the state machine lets only workers move runs out of running.';
+    'True only in a pg_diagnosis background worker''s own statements, acting as diagnosis.worker_role (never in code '
+    'run under SECURITY_RESTRICTED_OPERATION): the state machine lets only workers move runs out of running.';
 
 CREATE FUNCTION diagnosis._wake_at_commit() RETURNS void
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_wake_at_commit';
