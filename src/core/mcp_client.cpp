@@ -350,6 +350,9 @@ Client::StartToolCall(Call *c)
 	c->last_event_id.clear();
 	c->retry_ms = -1;
 	c->idle_resumes = 0;
+	c->response_bytes = 0;
+	c->resumes = 0;
+	c->response_budget_spent = false;
 	SetExchange(c, Send(std::move(req), std::move(p)));
 }
 
@@ -358,7 +361,9 @@ void
 Client::StartResume(Call *c)
 {
 	c->resume_due = false;
+	c->resumes++;
 	HttpRequest r = BaseRequest(HttpMethod::Get, RemainingMs(c));
+	r.max_bytes = config_.max_response_bytes - c->response_bytes; /* what is left of the call's budget */
 	for (std::string &h : session_.Headers("GET", ""))
 		r.headers.push_back(std::move(h));
 	r.headers.push_back("Last-Event-ID: " + c->last_event_id);
@@ -381,6 +386,26 @@ Client::SendCancelled(Call *c, const std::string &reason)
 	Send(Post("notifications/cancelled", "", BuildCancelled(c->rpc_id, reason), 2000, nullptr), Pending());
 }
 
+/* A server request is answered only on the stream of a call's own tools/call, before the call's response, at
+ * most kMaxServerRequestsPerCall times per call; any other (on the streams of our own answers, of set-up or
+ * task requests, or past the limit) is ignored and counted for the call it came with. 0.2.0 answered them all:
+ * a storm of answers to answers that outlived the run. */
+void
+Client::OnServerRequest(const Pending &p, const RpcMessage &m)
+{
+	Call *c = p.purpose == Purpose::ToolCall || p.purpose == Purpose::TaskGet || p.purpose == Purpose::TaskResult
+	              ? CallOf(p)
+	              : nullptr;
+	if (!c)
+		return; /* not a call's exchange, or the call has ended */
+	if (p.purpose != Purpose::ToolCall || p.response || c->server_requests_answered >= kMaxServerRequestsPerCall) {
+		c->ignored_server_requests++;
+		return;
+	}
+	c->server_requests_answered++;
+	AnswerServerRequest(m);
+}
+
 void
 Client::AnswerServerRequest(const RpcMessage &m)
 {
@@ -388,7 +413,8 @@ Client::AnswerServerRequest(const RpcMessage &m)
 	if (session_.era != Era::Legacy)
 		return;
 	std::string body = m.method == "ping" ? BuildEmptyResult(m.id) : BuildMethodNotFound(m.id, m.method);
-	HttpRequest r = BaseRequest(HttpMethod::Post, config_.request_timeout_ms);
+	HttpRequest r = BaseRequest(HttpMethod::Post, kReplyTimeoutMs);
+	r.max_bytes = kReplyMaxBytes;
 	for (std::string &h : session_.Headers("", ""))
 		r.headers.push_back(std::move(h));
 	r.body = std::move(body);
@@ -436,6 +462,7 @@ Client::Finish(Call *c, CallOutcome outcome)
 {
 	outcome.tag = c->request.tag;
 	outcome.elapsed_ms = std::max<int64_t>(0, -MillisUntil(c->submitted, Clock::now()));
+	outcome.ignored_server_requests = c->ignored_server_requests;
 	if (outcome.task_id.empty())
 		outcome.task_id = c->task_id;
 	AbortExchange(c);
@@ -531,8 +558,19 @@ Client::CompleteToolCall(Call *c, const HttpExchange &x, Pending &p)
 		                                                "server does not resume streams (HTTP 405 to GET)"));
 		return;
 	}
+	if (!answered && p.resumption && x.too_big) {
+		c->response_bytes += x.bytes;
+		c->response_budget_spent = true; /* the resumed stream was cut at what was left of the budget */
+	}
 	if (!answered && ResumeIfPossible(c, x, p))
 		return;
+	if (c->response_budget_spent) {
+		Finish(c, ErrorOutcome(ErrorCode::McpError, "the response exceeds diagnosis.max_response_bytes (" +
+		                                                std::to_string(config_.max_response_bytes) +
+		                                                " bytes) across its stream and " + std::to_string(c->resumes) +
+		                                                " resumption(s) of it"));
+		return;
+	}
 
 	CallOutcome o = TransportOutcome(x, answered);
 	if (o.code != ErrorCode::None) {
@@ -561,8 +599,8 @@ Client::CompleteToolCall(Call *c, const HttpExchange &x, Pending &p)
 bool
 Client::ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p)
 {
-	if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || !x.callback_error.empty() || x.timed_out ||
-	    x.local_failure)
+	if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || x.held_too_much || x.headers_too_big ||
+	    !x.callback_error.empty() || x.timed_out || x.local_failure)
 		return false;
 	if (!x.sse.LastEventId().empty())
 		c->last_event_id = x.sse.LastEventId();
@@ -570,6 +608,11 @@ Client::ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p)
 		c->retry_ms = x.sse.RetryMs();
 	if (c->last_event_id.empty())
 		return false;
+	c->response_bytes += x.bytes + kResumeCostBytes;
+	if (c->response_bytes >= config_.max_response_bytes) {
+		c->response_budget_spent = true; /* a resumption does not grant a fresh budget */
+		return false;
+	}
 	c->idle_resumes = p.events_seen > 0 ? 0 : c->idle_resumes + 1;
 	if (c->idle_resumes > kMaxIdleResumes)
 		return false;
@@ -599,7 +642,9 @@ Client::HandleResponse(Call *c, const RpcMessage &response, long status, Purpose
 			TaskCreated(c, task);
 			return;
 		case TaskParse::Invalid: {
-			CallOutcome o = ErrorOutcome(ErrorCode::McpError, "malformed task in the tools/call result");
+			CallOutcome o = ErrorOutcome(ErrorCode::McpError, "malformed task in the tools/call result (a taskId "
+			                                                  "and a status are required, the taskId at most " +
+			                                                      std::to_string(kMaxTaskIdBytes) + " bytes)");
 			o.response_json = response.result;
 			Finish(c, std::move(o));
 			return;
@@ -641,11 +686,11 @@ Client::Absorb(HttpExchange *x)
 {
 	auto it = pending_.find(x->id);
 	if (it == pending_.end()) {
-		x->events.clear();
+		x->TakeEvents();
 		return;
 	}
 	Pending &p = it->second;
-	std::vector<SseEvent> events = std::exchange(x->events, {});
+	std::vector<SseEvent> events = x->TakeEvents();
 	p.events_seen += events.size();
 	for (const SseEvent &e : events)
 		Messages(p, e.data);
@@ -673,7 +718,7 @@ Client::Messages(Pending &p, const std::string &text)
 				p.foreign_response = true;
 			break;
 		case RpcMessage::Kind::Request:
-			AnswerServerRequest(m);
+			OnServerRequest(p, m);
 			break;
 		case RpcMessage::Kind::Notification: {
 			CallProgress progress;

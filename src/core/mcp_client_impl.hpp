@@ -33,10 +33,19 @@ namespace client_detail {
  * the owner spin). */
 constexpr int64_t kDefaultPollMs = 1000;
 constexpr int64_t kMinPollMs = 10;
+/* ... and the ceiling: a pollInterval of 10^18 ms must not overflow the clock (the call's deadline ends it anyway). */
+constexpr int64_t kMaxPollMs = 3600 * 1000;
 /* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
 constexpr long kDefaultRetryMs = 1000;
 /* Resumptions in a row that brought no new event before the stream counts as broken. */
 constexpr int kMaxIdleResumes = 5;
+/* Server requests answered per call (on its own tools/call stream); the rest are ignored and counted. */
+constexpr int kMaxServerRequestsPerCall = 4;
+/* What a resumption costs the call's response budget besides the bytes it brings: its round trip. */
+constexpr size_t kResumeCostBytes = 4096;
+/* Our answer to a server request: nothing useful comes back, so little is read and little is waited for. */
+constexpr long kReplyTimeoutMs = 5000;
+constexpr size_t kReplyMaxBytes = 64u << 10;
 /* MRTR: input_required answers a call gives before a server that keeps asking fails it (a worker only declines). */
 constexpr int kMaxInputRounds = 3;
 
@@ -89,6 +98,14 @@ struct Call {
 	bool resume_due = false;
 	Clock::time_point resume_at;
 	int idle_resumes = 0;
+	/* The call's response budget (max_response_bytes) is shared by its stream and every resumption of it. */
+	size_t response_bytes = 0;
+	int resumes = 0;
+	bool response_budget_spent = false;
+
+	/* Server requests on the call's stream: answered (at most kMaxServerRequestsPerCall) and ignored. */
+	int server_requests_answered = 0;
+	int ignored_server_requests = 0;
 
 	/* Task-backed calls. */
 	std::string task_id;
@@ -139,6 +156,7 @@ private:
 	void StartToolCall(Call *c);
 	void StartResume(Call *c);
 	void SendCancelled(Call *c, const std::string &reason);
+	void OnServerRequest(const Pending &p, const RpcMessage &m);
 	void AnswerServerRequest(const RpcMessage &m);
 	void AbortExchange(Call *c);
 	void GiveUp(Call *c, const std::string &reason);

@@ -69,7 +69,7 @@ Client::TaskCreated(Call *c, const TaskInfo &task)
 	t.ttl_ms = task.ttl_ms;
 	tasks_.push_back(std::move(t));
 	if (task.poll_ms >= 0)
-		c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+		c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 	SchedulePoll(c, c->poll_ms);
 }
 
@@ -114,7 +114,7 @@ Client::CompleteTaskGet(Call *c, const HttpExchange &x, Pending &p)
 		return;
 	}
 	if (task.poll_ms >= 0)
-		c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+		c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 	if (task.status == "working") {
 		SchedulePoll(c, c->poll_ms);
 		return;
