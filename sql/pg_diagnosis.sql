@@ -141,6 +141,9 @@ CREATE TABLE diagnosis.runs (
     -- 0.3.0 (appended, as the update script adds them):
     -- server-to-client requests of the run's calls that were ignored and counted instead of answered.
     ignored_server_requests int NOT NULL DEFAULT 0 CHECK (ignored_server_requests >= 0),
+    -- the run this run re-runs (rerun_diagnosis). No foreign key: retention may purge the original first, and
+    -- a re-run is never updated once terminal (ON DELETE SET NULL would be refused by the state machine).
+    rerun_of            uuid,
     CONSTRAINT runs_status_timestamps CHECK (CASE status
         WHEN 'queued'    THEN completed_at IS NULL
         WHEN 'running'   THEN started_at IS NOT NULL AND completed_at IS NULL
@@ -155,9 +158,13 @@ CREATE TABLE diagnosis.runs (
 -- Idempotency keys (most runs have none).
 CREATE UNIQUE INDEX runs_idempotency_key_idx ON diagnosis.runs (patient_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- In-flight coalescing of keyless enqueues: one queued or running run per patient and inputs.
-CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash)
+-- In-flight coalescing of keyless enqueues: one queued or running run per patient, inputs and schema version (the
+-- lookup that finds the run a conflicting enqueue returns compares the same three).
+CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash, schema_version)
     WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
+-- One re-run of a run in flight at a time (rerun_diagnosis returns it to a second caller).
+CREATE UNIQUE INDEX runs_rerun_inflight_idx ON diagnosis.runs (rerun_of)
+    WHERE rerun_of IS NOT NULL AND status IN ('queued', 'running');
 -- The worker's claim and its next-due probe (turns between organizations; within one, priority then run_after),
 -- every probe with organization and priority fixed. The only index on queued runs: with a second one ordered by
 -- run_after alone, generic plans on stale statistics walked every due run of every organization.
@@ -167,6 +174,10 @@ CREATE INDEX runs_running_idx ON diagnosis.runs (organization_id, worker_token) 
 -- Finished runs: retention (purge_runs, per organization) and per-organization reads of history.
 CREATE INDEX runs_finished_idx ON diagnosis.runs (organization_id, completed_at)
     WHERE status IN ('completed', 'failed', 'cancelled');
+-- Reading runs at scale (0.3.0): a patient's history and a requester's runs, newest first, whatever their status.
+-- Every run version enters them (a status change is not a HOT update), the price of not scanning the table.
+CREATE INDEX runs_patient_history_idx ON diagnosis.runs (patient_id, created_at DESC);
+CREATE INDEX runs_requester_idx ON diagnosis.runs (requested_by, created_at DESC);
 COMMENT ON TABLE diagnosis.runs IS
     'Diagnosis runs. Enter only through diagnosis.enqueue_diagnosis(); only a pg_diagnosis worker moves one out of running.';
 
@@ -199,7 +210,7 @@ CREATE TABLE diagnosis.audit_log (
     run_id           uuid REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
     organization_id  uuid,
     event            text NOT NULL CHECK (event IN ('ENQUEUED', 'DEDUPLICATED', 'LOCKED', 'RETRY_SCHEDULED', 'RECOVERED',
-                                                    'COMPLETED', 'FAILED', 'CANCELLED', 'PURGED')),
+                                                    'COMPLETED', 'FAILED', 'CANCELLED', 'PURGED', 'ACKNOWLEDGED')),
     status_from      text,
     status_to        text,
     attempt          int,
@@ -211,6 +222,20 @@ CREATE TABLE diagnosis.audit_log (
 CREATE INDEX audit_log_run_idx ON diagnosis.audit_log (run_id, id);
 CREATE INDEX audit_log_organization_idx ON diagnosis.audit_log (organization_id, created_at);
 COMMENT ON TABLE diagnosis.audit_log IS 'Append-only: every step of every run, with the role that caused it.';
+
+-- A clinician's sign-off of a completed diagnosis (0.3.0): once per role and run, through acknowledge_diagnosis.
+CREATE TABLE diagnosis.acknowledgements (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id           uuid NOT NULL REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    organization_id  uuid NOT NULL,
+    acknowledged_by  name NOT NULL DEFAULT current_user,
+    note             text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT acknowledgements_once UNIQUE (run_id, acknowledged_by)
+);
+CREATE INDEX acknowledgements_organization_idx ON diagnosis.acknowledgements (organization_id);
+COMMENT ON TABLE diagnosis.acknowledgements IS
+    'Insert-only: clinicians'' sign-offs of completed diagnoses, written by diagnosis.acknowledge_diagnosis().';
 
 -- ===========================================================================================================
 -- Guards: the state machine (SPEC section 3) and insert-only tables, for every role, superuser included
@@ -247,6 +272,10 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON diagnosis.audit_
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON diagnosis.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
 CREATE TRIGGER runs_no_truncate BEFORE TRUNCATE ON diagnosis.runs
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER acknowledgements_append_only BEFORE UPDATE OR DELETE ON diagnosis.acknowledgements
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER acknowledgements_no_truncate BEFORE TRUNCATE ON diagnosis.acknowledgements
     FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
 
 CREATE FUNCTION diagnosis._artifacts_writer_guard() RETURNS trigger
@@ -707,8 +736,27 @@ $$;
 -- The SQL API
 -- ===========================================================================================================
 
+-- The schema version a run is validated against: the one asked for, or diagnosis.default_schema_version; one that
+-- result_schemas does not hold is bad input (the foreign key would say so with 23503, after the work).
+CREATE FUNCTION diagnosis._schema_version(wanted text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_version  text := coalesce(wanted, current_setting('diagnosis.default_schema_version', true), 'v1');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM diagnosis.result_schemas s WHERE s.version = v_version) THEN
+        RAISE EXCEPTION 'schema_version "%" is not in diagnosis.result_schemas%',
+            CASE WHEN length(v_version) > 64 THEN left(v_version, 64) || '...' ELSE v_version END,
+            CASE WHEN wanted IS NULL THEN ' (diagnosis.default_schema_version)' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A superuser adds a version with INSERT INTO diagnosis.result_schemas (version, schema).';
+    END IF;
+    RETURN v_version;
+END;
+$$;
+
 CREATE FUNCTION diagnosis._enqueue_diagnosis_impl(caller name, p_patient_id uuid, p_inputs jsonb,
-        p_idempotency_key text, p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid
+        p_idempotency_key text, p_priority int, p_run_after timestamptz, p_max_retries int,
+        p_schema_version text) RETURNS uuid
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_org          uuid;
@@ -716,6 +764,7 @@ DECLARE
     v_hash         text;
     v_text         text;
     v_max_retries  int;
+    v_version      text;
     v_run          diagnosis.runs;
     v_id           uuid;
 BEGIN
@@ -750,6 +799,7 @@ BEGIN
     IF p_idempotency_key IS NOT NULL AND (length(p_idempotency_key) = 0 OR length(p_idempotency_key) > 200) THEN
         RAISE EXCEPTION 'idempotency_key must be 1 to 200 characters' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    v_version := diagnosis._schema_version(p_schema_version);
 
     -- An unknown patient and one the caller may not see take the same path and get the same error: nothing leaks,
     -- not even through timing (the access check runs either way).
@@ -766,17 +816,18 @@ BEGIN
     LOOP
         IF p_idempotency_key IS NOT NULL THEN
             INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, idempotency_key,
-                                        priority, run_after, max_retries)
-            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, p_priority,
+                                        schema_version, priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, v_version, p_priority,
                     coalesce(p_run_after, now()), v_max_retries)
             ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id INTO v_id;
         ELSE
             INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
-                                        priority, run_after, max_retries)
-            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_priority, coalesce(p_run_after, now()),
+                                        schema_version, priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, v_version, p_priority, coalesce(p_run_after, now()),
                     v_max_retries)
-            ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+            ON CONFLICT (patient_id, inputs_hash, schema_version)
+                WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
             DO NOTHING
             RETURNING id INTO v_id;
         END IF;
@@ -791,14 +842,15 @@ BEGIN
             RETURN v_id;
         END IF;
 
-        -- Somebody else's run already holds this key or these inputs: return it.
+        -- Somebody else's run already holds this key or these inputs: return it. The keyless lookup compares what
+        -- runs_inflight_inputs_idx does, or a conflict it cannot find would send this loop round for ever.
         IF p_idempotency_key IS NOT NULL THEN
             SELECT * INTO v_run FROM diagnosis.runs
             WHERE patient_id = p_patient_id AND idempotency_key = p_idempotency_key;
         ELSE
             SELECT * INTO v_run FROM diagnosis.runs
-            WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND idempotency_key IS NULL
-              AND status IN ('queued', 'running') AND schema_version = 'v1';
+            WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND schema_version = v_version
+              AND idempotency_key IS NULL AND status IN ('queued', 'running');
         END IF;
         IF FOUND AND v_run.organization_id <> v_org THEN
             -- The patient moved here from another organization, whose run this is: never name or touch it.
@@ -815,6 +867,12 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Use a new idempotency key for different inputs.';
         END IF;
+        IF FOUND AND p_idempotency_key IS NOT NULL AND v_run.schema_version <> v_version THEN
+            RAISE EXCEPTION 'idempotency_key "%" was used for run % with schema version %, not %',
+                p_idempotency_key, v_run.id, v_run.schema_version, v_version
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a new idempotency key for another schema version.';
+        END IF;
         IF FOUND THEN
             INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
                                              details)
@@ -828,10 +886,12 @@ END;
 $$;
 
 CREATE FUNCTION diagnosis.enqueue_diagnosis(patient_id uuid, inputs jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
-        priority int DEFAULT 0, run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid
+        priority int DEFAULT 0, run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL,
+        schema_version text DEFAULT NULL) RETURNS uuid
     LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
-COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int) IS
-    'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs while a run is in flight.';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int, text) IS
+    'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs and schema version '
+    'while a run is in flight.';
 
 -- ===========================================================================================================
 -- Set-based enqueue (issue 17): many keyless runs in one statement, at what its SQL costs
@@ -843,18 +903,22 @@ COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestam
 -- inputs are already in flight (in the table or earlier in the same array) take the one-run path, which returns
 -- the run they coalesce with and writes its DEDUPLICATED row.
 CREATE FUNCTION diagnosis._enqueue_diagnoses_impl(caller name, p_patient_ids uuid[], p_inputs jsonb[],
-        p_priority int, p_run_after timestamptz, p_max_retries int) RETURNS uuid[]
+        p_priority int, p_run_after timestamptz, p_max_retries int, p_schema_version text) RETURNS uuid[]
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_n            int := coalesce(cardinality(p_patient_ids), 0);
     v_limit        bigint := pg_size_bytes(current_setting('diagnosis.max_inputs_bytes'));
     v_max_retries  int;
+    v_version      text;
     v_bad          record;
     v_ids          uuid[];
 BEGIN
     IF p_patient_ids IS NULL THEN
         RAISE EXCEPTION 'patient_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- Subscripts from 1 whatever bounds (or dimensions) the caller's arrays had: elements are found by position.
+    p_patient_ids := ARRAY(SELECT unnest(p_patient_ids));
+    p_inputs := CASE WHEN p_inputs IS NOT NULL THEN ARRAY(SELECT unnest(p_inputs)) END;
     IF p_inputs IS NOT NULL AND coalesce(cardinality(p_inputs), 0) <> v_n THEN
         RAISE EXCEPTION 'inputs has % elements, patient_ids %: one inputs object per patient',
             coalesce(cardinality(p_inputs), 0), v_n USING ERRCODE = 'invalid_parameter_value';
@@ -870,6 +934,7 @@ BEGIN
         RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    v_version := diagnosis._schema_version(p_schema_version);
     IF v_n = 0 THEN
         RETURN '{}';
     END IF;
@@ -913,12 +978,13 @@ BEGIN
                   FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS u(patient_id, inputs, ord)) e
           JOIN diagnosis.patients p ON p.id = e.patient_id
     ), ins AS (
-        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, priority, run_after,
-                                    max_retries)
-        SELECT x.patient_id, x.organization_id, caller, x.inputs, x.inputs_hash, p_priority,
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, schema_version,
+                                    priority, run_after, max_retries)
+        SELECT x.patient_id, x.organization_id, caller, x.inputs, x.inputs_hash, v_version, p_priority,
                coalesce(p_run_after, now()), v_max_retries
           FROM x WHERE x.first ORDER BY x.ord
-        ON CONFLICT (patient_id, inputs_hash) WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+        ON CONFLICT (patient_id, inputs_hash, schema_version)
+            WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
         DO NOTHING
         RETURNING id, patient_id, organization_id, inputs_hash
     ), audit AS (
@@ -934,7 +1000,7 @@ BEGIN
     FOR i IN 1 .. v_n LOOP
         IF v_ids[i] IS NULL THEN
             v_ids[i] := diagnosis._enqueue_diagnosis_impl(caller, p_patient_ids[i], coalesce(p_inputs[i], '{}'), NULL,
-                                                          p_priority, p_run_after, p_max_retries);
+                                                          p_priority, p_run_after, p_max_retries, v_version);
         END IF;
     END LOOP;
     PERFORM diagnosis._wake_at_commit();
@@ -943,12 +1009,12 @@ END;
 $$;
 
 CREATE FUNCTION diagnosis.enqueue_diagnoses(patient_ids uuid[], inputs jsonb[] DEFAULT NULL, priority int DEFAULT 0,
-        run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL) RETURNS uuid[]
+        run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL, schema_version text DEFAULT NULL) RETURNS uuid[]
     LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
-COMMENT ON FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int) IS
+COMMENT ON FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int, text) IS
     'Queues one keyless run per element (inputs: one object per patient, default {}); returns their ids in order. '
     'Same checks, coalescing and audit rows as enqueue_diagnosis, one statement per batch.';
-REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int, text) FROM PUBLIC;
 
 CREATE FUNCTION diagnosis._cancel_diagnosis_impl(caller name, p_run_id uuid) RETURNS boolean
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1008,6 +1074,151 @@ CREATE FUNCTION diagnosis.cancel_diagnosis(run_id uuid) RETURNS boolean
 COMMENT ON FUNCTION diagnosis.cancel_diagnosis(uuid) IS
     'Cancels a queued run at once, or asks the worker to stop a running one (requester or organization admin); '
     'false when the run is already terminal.';
+
+-- A re-run (0.3.0): a new run of a terminal run with the same request (patient, inputs, schema version, priority,
+-- max_retries) and no idempotency key, so a keyed request whose run failed can be run again; the worker builds a
+-- fresh context pack. Visibility as cancel_diagnosis: an invisible run is reported as an unknown one. A second
+-- call while a re-run of the same run is in flight returns it (runs_rerun_inflight_idx); so does a call while a
+-- keyless run of the same request is in flight (in-flight coalescing, as enqueue_diagnosis): either way a
+-- DEDUPLICATED row records the reason.
+CREATE FUNCTION diagnosis._rerun_diagnosis_impl(caller name, p_run_id uuid, p_reason text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_exists   boolean;
+    v_visible  boolean;
+    v_run      diagnosis.runs;
+    v_found    diagnosis.runs;
+    v_org      uuid;
+    v_id       uuid;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_reason IS NULL THEN
+        RAISE EXCEPTION 'reason must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Say why the run is repeated: its ENQUEUED audit row keeps the reason.';
+    END IF;
+    IF length(btrim(p_reason)) = 0 OR length(p_reason) > 1000 THEN
+        RAISE EXCEPTION 'reason must be 1 to 1000 characters and not blank' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'run % is %: only a completed, failed or cancelled run can be re-run', p_run_id, v_run.status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    SELECT p.organization_id INTO v_org FROM diagnosis.patients p WHERE p.id = v_run.patient_id;
+    IF v_org IS DISTINCT FROM v_run.organization_id THEN
+        -- The patient moved: the old organization's request is not the new one's to repeat.
+        RAISE EXCEPTION 'run % belongs to the patient''s earlier organization', p_run_id
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enqueue a new run.';
+    END IF;
+
+    LOOP
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, schema_version,
+                                    priority, run_after, max_retries, rerun_of)
+        VALUES (v_run.patient_id, v_org, caller, v_run.inputs, v_run.inputs_hash, v_run.schema_version,
+                v_run.priority, now(), v_run.max_retries, v_run.id)
+        ON CONFLICT DO NOTHING
+        RETURNING id INTO v_id;
+        IF v_id IS NOT NULL THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_id, v_org, 'ENQUEUED', NULL, 'queued', 0, caller,
+                    jsonb_build_object('rerun_of', v_run.id, 'reason', p_reason, 'priority', v_run.priority,
+                                       'inputs_hash', v_run.inputs_hash));
+            PERFORM diagnosis._wake_at_commit();
+            RETURN v_id;
+        END IF;
+        -- The two unique indexes a re-run can meet: a re-run of this run in flight, or this request in flight.
+        SELECT * INTO v_found FROM diagnosis.runs
+         WHERE rerun_of = v_run.id AND status IN ('queued', 'running');
+        IF NOT FOUND THEN
+            SELECT * INTO v_found FROM diagnosis.runs
+             WHERE patient_id = v_run.patient_id AND inputs_hash = v_run.inputs_hash
+               AND schema_version = v_run.schema_version AND idempotency_key IS NULL
+               AND status IN ('queued', 'running');
+        END IF;
+        IF FOUND THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_found.id, v_found.organization_id, 'DEDUPLICATED', v_found.status, v_found.status,
+                    v_found.attempt, caller, jsonb_build_object('rerun_of', v_run.id, 'reason', p_reason));
+            RETURN v_found.id;
+        END IF;
+        -- The run that conflicted finished between our insert and our read: try again.
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.rerun_diagnosis(run_id uuid, reason text) RETURNS uuid
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.rerun_diagnosis(uuid, text) IS
+    'Queues a new run of a completed, failed or cancelled run (same patient, inputs, schema version, priority; no '
+    'idempotency key; rerun_of set); returns the re-run already in flight, if any.';
+
+-- A clinician's sign-off (0.3.0): one row per role and completed run; a second call returns the first row's id.
+CREATE FUNCTION diagnosis._acknowledge_diagnosis_impl(caller name, p_run_id uuid, p_note text) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_exists   boolean;
+    v_visible  boolean;
+    v_run      diagnosis.runs;
+    v_id       bigint;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF length(p_note) > 4000 THEN
+        RAISE EXCEPTION 'note must be at most 4000 characters, not %', length(p_note)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.status <> 'completed' THEN
+        RAISE EXCEPTION 'run % is %: only a completed run has a diagnosis to acknowledge', p_run_id, v_run.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    INSERT INTO diagnosis.acknowledgements (run_id, organization_id, acknowledged_by, note)
+    VALUES (v_run.id, v_run.organization_id, caller, p_note)
+    ON CONFLICT (run_id, acknowledged_by) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT k.id INTO v_id FROM diagnosis.acknowledgements k WHERE k.run_id = v_run.id AND k.acknowledged_by = caller;
+        IF v_id IS NULL THEN
+            -- Purged between the insert and the read.
+            RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RETURN v_id;
+    END IF;
+    INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, details)
+    VALUES (v_run.id, v_run.organization_id, 'ACKNOWLEDGED', 'completed', 'completed', v_run.attempt, caller,
+            jsonb_build_object('acknowledgement_id', v_id));
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.acknowledge_diagnosis(run_id uuid, note text DEFAULT NULL) RETURNS bigint
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.acknowledge_diagnosis(uuid, text) IS
+    'Signs off a completed run''s diagnosis as the calling role (once per role and run: a second call returns the '
+    'first acknowledgement''s id); acknowledged runs leave review_queue.';
 
 CREATE FUNCTION diagnosis._purge_runs_impl(caller name, p_older_than interval) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1155,11 +1366,12 @@ CREATE VIEW diagnosis.review_queue WITH (security_invoker = true) AS
 SELECT l.*,
        CASE l.risk_level WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END AS urgency
 FROM diagnosis.latest_diagnosis l
-WHERE l.needs_review OR l.risk_level IN ('medium', 'high', 'critical')
+WHERE (l.needs_review OR l.risk_level IN ('medium', 'high', 'critical'))
+  AND NOT EXISTS (SELECT 1 FROM diagnosis.acknowledgements k WHERE k.run_id = l.run_id)
 ORDER BY urgency, l.diagnosed_at DESC, l.patient_id;
 COMMENT ON VIEW diagnosis.review_queue IS
-    'Latest diagnoses that need a clinician, most urgent first: critical, high, medium risk, then low confidence '
-    '(needs_review); newest first within each (ORDER BY urgency, diagnosed_at DESC).';
+    'Latest diagnoses that need a clinician and nobody has acknowledged yet, most urgent first: critical, high, '
+    'medium risk, then low confidence (needs_review); newest first within each (ORDER BY urgency, diagnosed_at DESC).';
 
 -- ===========================================================================================================
 -- Row-level security (SPEC section 8)
@@ -1173,6 +1385,7 @@ ALTER TABLE diagnosis.observations ENABLE ROW LEVEL SECURITY;
 ALTER TABLE diagnosis.runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE diagnosis.artifacts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE diagnosis.audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE diagnosis.acknowledgements ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY organizations_member_read ON diagnosis.organizations FOR SELECT
     USING (id IN (SELECT unnest(diagnosis._member_orgs())));
@@ -1218,6 +1431,10 @@ CREATE POLICY audit_log_read ON diagnosis.audit_log FOR SELECT
     USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
            OR run_id IN (SELECT r.id FROM diagnosis.runs r
                          WHERE r.patient_id IN (SELECT unnest(diagnosis._assigned_patients()))));
+CREATE POLICY acknowledgements_read ON diagnosis.acknowledgements FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR run_id IN (SELECT r.id FROM diagnosis.runs r
+                         WHERE r.patient_id IN (SELECT unnest(diagnosis._assigned_patients()))));
 
 -- ===========================================================================================================
 -- Privileges: read for everyone (row-level security decides the rows), inserts only where a policy allows them,
@@ -1237,9 +1454,12 @@ REVOKE ALL ON FUNCTION diagnosis._member_orgs_impl(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._assigned_patients_impl(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._role_sees_patient(name, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._is_superuser(name) FROM PUBLIC;
-REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._cancel_diagnosis_impl(name, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._purge_runs_impl(name, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._schema_version(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._rerun_diagnosis_impl(name, uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._acknowledge_diagnosis_impl(name, uuid, text) FROM PUBLIC;
 
 -- ===========================================================================================================
 -- The worker's role and the tenants' writes (0.3, issue 25): the worker is not a superuser, and no tenant can
@@ -1495,6 +1715,9 @@ SELECT pg_catalog.pg_extension_config_dump('diagnosis.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('diagnosis.artifacts', '');
 SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('diagnosis.audit_log_id_seq', '');
+-- 0.3.0:
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.acknowledgements', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.acknowledgements_id_seq', '');
 
 REVOKE ALL ON FUNCTION diagnosis._warn_outside_worker_database() FROM PUBLIC;
 
