@@ -220,8 +220,8 @@ FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000
 
 -- Observations as national profiles publish them (UK Core lists SNOMED CT first): SNOMED-only codes, UCUM
 -- annotations ({Breaths}/min), room air and oxygen as findings without a value, kPa, effectiveInstant and
--- effectiveTiming; and what cannot be read: a value as text, an ACVPU text nobody charts, a panel without its
--- systolic component, a rate per hour.
+-- effectiveTiming; and what cannot be read: a value as text, a bound (> 40), an ACVPU text nobody charts, a panel
+-- without its systolic component, a rate per hour.
 INSERT INTO fhir.observation (resource) VALUES
 ($${"resourceType": "Observation", "id": "uk-rr", "status": "final",
   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86290005", "display": "Respiratory rate"},
@@ -263,6 +263,10 @@ INSERT INTO fhir.observation (resource) VALUES
   "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
   "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
   "effectiveDateTime": "2024-05-01T09:30:00Z", "valueQuantity": {"value": 1200, "code": "/h"}}$$),
+($${"resourceType": "Observation", "id": "rr-above", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:25:00Z", "valueQuantity": {"value": 40, "comparator": ">", "code": "/min"}}$$),
 ($${"resourceType": "Observation", "id": "acvpu-drowsy", "status": "final",
   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1104441000000107"}]},
   "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
