@@ -102,6 +102,13 @@ test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the 
     SELECT c.relname, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
     WHERE c.relnamespace = 'diagnosis'::regnamespace AND a.grantee = 'diagnosis_worker'::regrole`)).rows;
   assert.deepEqual(worker, []);
+  // What it may execute that PUBLIC may not: exactly the run's lifecycle functions (docs/SECURITY.md).
+  const executable = (await cluster.query(`
+    SELECT p.proname FROM pg_proc p
+    WHERE p.pronamespace = 'diagnosis'::regnamespace AND has_function_privilege('diagnosis_worker', p.oid, 'EXECUTE')
+      AND NOT has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1`)).rows.map((r) => r.proname);
+  assert.deepEqual(executable, ['_claim_runs', '_finalize_runs', '_next_due', '_record_tasks', '_recover_runs',
+    '_result_schemas', '_runs_to_cancel', '_write_progress']);
 });
 
 test('LOCK TABLE in every mode on every table and view: refused to an outsider, a clinician and an admin, or harmless', async () => {
