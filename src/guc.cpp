@@ -37,6 +37,8 @@ int pgdiag_max_inflight_per_organization = 0;
 int pgdiag_max_context_pack_bytes = 1024 * 1024;
 int pgdiag_context_pack_timeout_ms = 5000;
 char *pgdiag_fhir_source = nullptr;
+char *pgdiag_default_schema_version = nullptr;
+char *pgdiag_worker_role = nullptr;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -113,5 +115,15 @@ pgdiag::InitGucs()
 	                                        "diagnosis.fhir_context_pack."),
 	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
 	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.default_schema_version",
+	                           gettext_noop("Result schema version of runs enqueued without one."),
+	                           gettext_noop("A version in diagnosis.result_schemas; checked at each enqueue."),
+	                           &pgdiag_default_schema_version, "v1", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.worker_role",
+	                           gettext_noop("Role the pg_diagnosis workers act as; neither a superuser nor a member of "
+	                                        "one."),
+	                           gettext_noop("CREATE EXTENSION creates diagnosis_worker; another role must be a member "
+	                                        "of it."),
+	                           &pgdiag_worker_role, "diagnosis_worker", PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }

@@ -860,10 +860,18 @@ LookupPackFunction(void *arg)
 	                        quote_qualified_identifier(get_namespace_name(proc->pronamespace), NameStr(proc->proname)));
 	ReleaseSysCache(tuple);
 	/* The shipped FHIR pack needs diagnosis.fhir_source too: a source that cannot work pauses like a missing
-	 * function, instead of failing every run with CONTEXT_PACK_ERROR. */
-	if (strcmp(lookup->fn->qualified_name, "diagnosis.fhir_context_pack") == 0 &&
-	    SPI_execute("SELECT diagnosis._fhir_source()", true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "checking diagnosis.fhir_source failed");
+	 * function, instead of failing every run with CONTEXT_PACK_ERROR. Checked as the pack will run, as the
+	 * function's owner (the worker's role may not even see the source's schema). */
+	if (strcmp(lookup->fn->qualified_name, "diagnosis.fhir_context_pack") == 0) {
+		Oid save_userid;
+		int save_sec_context;
+
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(lookup->fn->owner, save_sec_context | SECURITY_RESTRICTED_OPERATION);
+		if (SPI_execute("SELECT diagnosis._fhir_source()", true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "checking diagnosis.fhir_source failed");
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
 }
 
 /*
