@@ -1,6 +1,6 @@
 // A run's lifecycle under pressure (issues 25, 26, 27), each case written out:
 // - a superuser holds LOCK TABLE diagnosis.runs while a run is in flight and another comes due: with the short
-//   lock_timeout the worker runs under, its claim and its finalize give up (55P03), nothing fails, the worker is
+//   lock_timeout the worker sets at connect, its claim and its finalize give up (55P03), nothing fails, the worker is
 //   not restarted, and both runs complete once the lock is gone;
 // - a context pack over diagnosis.max_context_pack_bytes fails its run with CONTEXT_PACK_ERROR naming the size,
 //   while another organization's run completes;
@@ -24,8 +24,6 @@ before(async () => {
   cluster = await startCluster({ settings: {
     'diagnosis.mcp_url': server.url,
     'diagnosis.retry_base_delay_ms': 50,
-    // What the least-privilege worker sets at connect (issue 25); here for every session of the cluster.
-    lock_timeout: '1s',
   } });
   orgA = await createOrganization(cluster, { name: 'A', patients: 5 });
   orgB = await createOrganization(cluster, { name: 'B', patients: 5 });
