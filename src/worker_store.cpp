@@ -128,7 +128,7 @@ Work(const char *activity, void (*body)(void *), void *arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		RESUME_INTERRUPTS();
 		if (!said_locked)
-			ereport(LOG, (errmsg("pg_diagnosis: %s: %s; tried again later", activity, edata->message)));
+			ereport(LOG, (errmsg("%s: %s; tried again later", activity, edata->message)));
 		said_locked = true;
 		FreeErrorData(edata);
 	}

@@ -84,7 +84,7 @@ test('the worker acts as diagnosis_worker, a NOLOGIN role that is no superuser, 
     ['ENQUEUED:pgd_lp_admin', 'LOCKED:diagnosis_worker', 'COMPLETED:diagnosis_worker']);
 });
 
-test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the schema, not even the worker', async () => {
+test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the schema, the worker\'s role none', async () => {
   const holders = (await cluster.query(`
     SELECT c.relname, coalesce(g.rolname, 'PUBLIC') AS grantee, a.privilege_type
     FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
@@ -96,8 +96,13 @@ test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the 
     LEFT JOIN pg_roles g ON g.oid = a.grantee
     WHERE c.relnamespace = 'diagnosis'::regnamespace AND a.privilege_type IN ('UPDATE', 'DELETE', 'TRUNCATE')
     ORDER BY 1, 2, 3`)).rows;
-  // The worker's role moves runs only through the lifecycle functions it may execute (docs/SECURITY.md).
   assert.deepEqual(holders, []);
+  // The worker's role holds no table privilege at all: it executes the run's lifecycle functions.
+  const worker = (await cluster.query(`
+    SELECT c.relname, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+    WHERE c.relnamespace = 'diagnosis'::regnamespace AND a.grantee = 'diagnosis_worker'::regrole`)).rows;
+  assert.deepEqual(worker, []);
+  // What it may execute that PUBLIC may not: exactly the run's lifecycle functions (docs/SECURITY.md).
   const executable = (await cluster.query(`
     SELECT p.proname FROM pg_proc p
     WHERE p.pronamespace = 'diagnosis'::regnamespace AND has_function_privilege('diagnosis_worker', p.oid, 'EXECUTE')
@@ -106,10 +111,10 @@ test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the 
     '_result_schemas', '_runs_to_cancel', '_write_progress']);
 });
 
-test('LOCK TABLE in every mode on every table: refused to an outsider, a clinician and an admin, or harmless', async () => {
+test('LOCK TABLE in every mode on every table and view: refused to an outsider, a clinician and an admin, or harmless', async () => {
   const tables = (await cluster.query(`SELECT c.relname FROM pg_class c
-    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1`)).rows.map((r) => r.relname);
-  assert.ok(tables.length >= 9, tables.join());
+    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p', 'v') ORDER BY 1`)).rows.map((r) => r.relname);
+  assert.ok(tables.length >= 13, tables.join());
   for (const role of ['pgd_lp_outsider', 'pgd_lp_clin', 'pgd_lp_admin']) {
     const client = await cluster.connect(role);
     try {
