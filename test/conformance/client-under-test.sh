@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# The client the conformance suite drives: pg_diagnosis_mcp_check against the scenario's server URL ($1), with the
-# scenario's tool. The suite's tools are not diagnosis tools, so "the tool answered but not with a valid diagnosis"
-# (mcp_check's exit 1) is the expected outcome here and counts as success; anything else (configuration, protocol,
-# network, timeout: exit 2) fails the scenario.
+# The client the conformance suite drives: pg_diagnosis_mcp_check against the scenario's server URL ($1). The
+# scenario's server offers its own tools, not run_diagnosis: when the suite hands the client the calls to make
+# (MCP_CONFORMANCE_CONTEXT's toolCalls) mcp_check makes exactly those (--calls), otherwise it calls every tool the
+# server lists with arguments built from the tool's inputSchema (--all-tools). These tools are not diagnosis tools,
+# so "the tool answered but not with a valid diagnosis" (mcp_check's exit 1) is the expected outcome and counts as
+# success; anything else (configuration, protocol, network, timeout: exit 2) fails the scenario.
 set -u
-case "${MCP_CONFORMANCE_SCENARIO:-}" in
-  tools_call) tool=add_numbers ;;
-  request-metadata) tool="" ;;
-  http-standard-headers) tool=test_headers ;;
-  http-custom-headers) tool=test_custom_headers ;;
-  http-invalid-tool-headers) tool=valid_tool ;;
-  json-schema-ref-no-deref) tool=lookup_user ;;
-  sep-2322-client-request-state) tool=test_mrtr_echo_state ;;
-  auth/*) tool=test-tool ;;
-  *) echo "client-under-test.sh: no tool known for scenario '${MCP_CONFORMANCE_SCENARIO:-}'" >&2; exit 2 ;;
-esac
-"${PGDIAG_MCP_CHECK:?PGDIAG_MCP_CHECK names pg_diagnosis_mcp_check}" --timeout 15000 "$1" $tool
+check=${PGDIAG_MCP_CHECK:?PGDIAG_MCP_CHECK names pg_diagnosis_mcp_check}
+# (No node here: the suite starts every scenario's client at once, and 39 node start-ups starve its servers.)
+if [[ ${MCP_CONFORMANCE_CONTEXT:-} == *'"toolCalls"'* ]]; then
+  "$check" --timeout 15000 --calls "$MCP_CONFORMANCE_CONTEXT" "$1"
+else
+  "$check" --timeout 15000 --all-tools "$1"
+fi
 rc=$?
 [ "$rc" -le 1 ] && exit 0
 exit "$rc"
