@@ -1968,8 +1968,12 @@ BEGIN
                     WHEN v.quantity IS NULL THEN CASE WHEN v.has_value THEN 'value_not_understood' ELSE 'no_value' END
                     WHEN v.quantity -> 'value' IS NULL THEN 'no_value'
                     WHEN jsonb_typeof(v.quantity -> 'value') <> 'number' THEN 'value_not_understood'
+                    -- A bound (">40", "<8") is no reading to score.
+                    WHEN v.quantity ? 'comparator' THEN 'value_not_understood'
                     WHEN v.factor IS NULL THEN 'unit_not_understood' END AS problem,
                CASE WHEN v.kind IN ('room_air', 'on_oxygen') THEN NULL
+                    WHEN v.kind <> 'acvpu' AND v.quantity ? 'comparator'
+                    THEN 'value ' || left(v.quantity ->> 'comparator', 2) || ' ' || left(v.quantity ->> 'value', 40)
                     WHEN v.kind <> 'acvpu' AND v.quantity IS NOT NULL AND v.factor IS NULL
                     THEN 'unit ' || coalesce(v.unit_text, '')
                     WHEN v.has_value AND v.acvpu IS NULL AND (v.kind = 'acvpu' OR v.quantity IS NULL)

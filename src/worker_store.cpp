@@ -1001,8 +1001,11 @@ BuildPacksSafely(PackJob *job, bool *transient, Size *budget_left)
 	int sqlstate = 0;
 	char *error = InSubtransaction(BuildPacks, job, true, &sqlstate);
 
-	/* Whatever happened, no timeout may fire later in the claim. */
+	/* Whatever happened, no timeout may fire later in the claim, nor one that fired after the statement's last
+	 * interrupt check cancel the claim's next statement. */
 	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		QueryCancelPending = false;
 	if (error == NULL) {
 		TakePacks(job, budget_left);
 		return NULL;

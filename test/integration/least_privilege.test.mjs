@@ -292,7 +292,7 @@ test('settings a non-superuser database owner attaches do not steer the worker',
   }
 });
 
-test('a worker configured with a superuser\'s role, or a member of one, refuses to work: one log line, no claims', async () => {
+test('a worker configured with a superuser\'s role, or a member of one, refuses to work: one log line, no claims; a member of diagnosis_worker works', async () => {
   await cluster.query('CREATE ROLE pgd_lp_su_member NOLOGIN; GRANT postgres TO pgd_lp_su_member');
   cluster.stop();
   cluster.setSettings({ 'diagnosis.worker_role': 'pgd_lp_su_member' });
@@ -312,10 +312,13 @@ test('a worker configured with a superuser\'s role, or a member of one, refuses 
   assert.equal(cluster.log().match(/is a superuser or a member of one; the worker refuses/g).length, 1);
   const usename = (await cluster.query(`SELECT usename FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker'`)).rows[0].usename;
   assert.equal(usename, 'postgres'); // connected, acting as nobody yet: it runs no statement of its own
-  // Back to the default role: the queued run completes.
+  // A role of the DBA's that is a member of diagnosis_worker (README, Installing): the queued run completes.
+  await cluster.query('CREATE ROLE pgd_lp_custom NOLOGIN; GRANT diagnosis_worker TO pgd_lp_custom');
   cluster.stop();
-  cluster.setSettings({ 'diagnosis.worker_role': 'diagnosis_worker' });
+  cluster.setSettings({ 'diagnosis.worker_role': 'pgd_lp_custom' });
   cluster.start();
   await waitTerminal(cluster, [id]);
   assert.equal((await statusOf(id)).status, 'completed');
+  const acting = (await cluster.query(`SELECT usename FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker'`)).rows;
+  assert.deepEqual(acting, [{ usename: 'pgd_lp_custom' }]);
 });

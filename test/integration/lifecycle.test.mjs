@@ -1,6 +1,6 @@
 // A run's lifecycle under pressure (issues 25, 26, 27), each case written out:
 // - a superuser holds LOCK TABLE diagnosis.runs while a run is in flight and another comes due: with the short
-//   lock_timeout the worker runs under, its claim and its finalize give up (55P03), nothing fails, the worker is
+//   lock_timeout the worker sets at connect, its claim and its finalize give up (55P03), nothing fails, the worker is
 //   not restarted, and both runs complete once the lock is gone;
 // - a context pack over diagnosis.max_context_pack_bytes fails its run with CONTEXT_PACK_ERROR naming the size,
 //   while another organization's run completes;
@@ -11,6 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster } from '../lib/cluster.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
+import { startHostileServer } from '../lib/hostile_mcp.mjs';
 import { createOrganization, enqueue, run, chain, waitTerminal } from '../lib/fixtures.mjs';
 import { checkGuarantees } from '../lib/audit.mjs';
 
@@ -24,8 +25,6 @@ before(async () => {
   cluster = await startCluster({ settings: {
     'diagnosis.mcp_url': server.url,
     'diagnosis.retry_base_delay_ms': 50,
-    // What the least-privilege worker sets at connect (issue 25); here for every session of the cluster.
-    lock_timeout: '1s',
   } });
   orgA = await createOrganization(cluster, { name: 'A', patients: 5 });
   orgB = await createOrganization(cluster, { name: 'B', patients: 5 });
@@ -121,6 +120,27 @@ for (const [name, body] of [
     await cluster.reload({ 'diagnosis.context_pack_function': '' });
   });
 }
+
+test('a confidence_score of 1e-50 is stored (as 0 in the real column), one of 1e300 fails validation, never storage', async () => {
+  const hostile = await startHostileServer();
+  try {
+    await cluster.reload({ 'diagnosis.mcp_url': hostile.url });
+    const tiny = await enqueue(cluster, orgA.patients[4], { attack: 'number_edges', confidence: '1e-50' });
+    const huge = await enqueue(cluster, orgB.patients[4], { attack: 'number_edges', confidence: '1e300' });
+    await waitTerminal(cluster, [tiny, huge], 30000);
+    const t = await run(cluster, tiny);
+    assert.equal(t.status, 'completed', `${t.error_code}: ${t.error_message}`);
+    const a = (await cluster.query(`SELECT confidence_score, needs_review, (artifact_data->>'confidence_score')::numeric = 1e-50 AS kept
+      FROM diagnosis.artifacts WHERE run_id = $1 AND artifact_type = 'diagnosis_json'`, [tiny])).rows[0];
+    assert.deepEqual(a, { confidence_score: 0, needs_review: true, kept: true });
+    const h = await run(cluster, huge);
+    assert.equal(h.status, 'failed');
+    assert.equal(h.error_code, 'VALIDATION_ERROR');
+  } finally {
+    await cluster.reload({ 'diagnosis.mcp_url': server.url });
+    await hostile.close();
+  }
+});
 
 test('every audit chain is a legal path', async () => {
   const g = await checkGuarantees(cluster);
