@@ -97,6 +97,17 @@ ChooseVersion(const std::vector<std::string> &supported, const std::string &requ
 	return Failed(std::move(o));
 }
 
+/* A rejected discover brought no features: a modern verdict means asking again with the version the server
+ * listed, even when it is the one we asked for (the client then knows the server's capabilities; a server that
+ * rejects it again fails the set-up after the second probe). */
+ProbeStep
+AfterRejection(ProbeStep step)
+{
+	if (step.next == ProbeStep::Next::Modern)
+		step.next = ProbeStep::Next::RetryModern;
+	return step;
+}
+
 } // namespace
 
 ProbeStep
@@ -110,7 +121,7 @@ JudgeDiscover(const HttpExchange &x, const RpcMessage *response, const std::stri
 		if (!IsModernErrorBody(x, &error))
 			return Next(ProbeStep::Next::Legacy); /* a 4xx a modern server would not send */
 		if (error.error_code_int == kRpcUnsupportedVersion)
-			return ChooseVersion(SupportedVersions(error), requested);
+			return AfterRejection(ChooseVersion(SupportedVersions(error), requested));
 		if (error.error_code_int == kRpcMethodNotFound)
 			return Next(ProbeStep::Next::Modern, requested); /* modern, without discover: features unknown */
 		CallOutcome o = RpcErrorOutcome(error);
@@ -125,7 +136,7 @@ JudgeDiscover(const HttpExchange &x, const RpcMessage *response, const std::stri
 		                                                    " to server/discover without a JSON-RPC response"));
 	if (response->is_error) {
 		if (response->error_code_int == kRpcUnsupportedVersion)
-			return ChooseVersion(SupportedVersions(*response), requested);
+			return AfterRejection(ChooseVersion(SupportedVersions(*response), requested));
 		/* A modern server must implement server/discover: any other error comes from a legacy one. */
 		return Next(ProbeStep::Next::Legacy);
 	}

@@ -194,6 +194,39 @@ TEST_F(ClientTest, UnsupportedVersionOnACallReprobes)
 	EXPECT_EQ(client->Endpoint().era, "modern");
 }
 
+// The first server/discover is rejected with UnsupportedProtocolVersion although our version is listed: the client
+// asks again with it and the call goes through; a server that keeps rejecting it fails the set-up after two probes.
+TEST_F(ClientTest, RejectedDiscoverIsAskedAgainWithTheListedVersion)
+{
+	const std::string rejection =
+	    R"(,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2026-07-28"]}}})";
+	for (bool keeps_rejecting : {false, true}) {
+		outcomes.clear();
+		std::atomic<int> discovers{0};
+		ModernServer modern;
+		TestServer server([&](const Request &r, int) {
+			if (r.IsMethod("server/discover") && (discovers++ == 0 || keeps_rejecting))
+				return Reply{Http(400, "application/json", R"({"jsonrpc":"2.0","id":)" + IdOf(r) + rejection)};
+			return r.IsMethod("tools/call") ? Reply{Json(ToolResult(IdOf(r)))} : modern(r);
+		});
+		auto client = Make(server.Url());
+		client->Submit(Call(1));
+		auto out = RunUntil(*client, 1);
+		ASSERT_EQ(out.size(), 1u);
+		EXPECT_EQ(server.Count("server/discover"), 2);
+		if (keeps_rejecting) {
+			EXPECT_EQ(out[0].code, ErrorCode::McpError);
+			EXPECT_TRUE(out[0].config_error) << out[0].message;
+			EXPECT_EQ(server.Count("tools/call"), 0);
+		} else {
+			EXPECT_EQ(out[0].code, ErrorCode::None) << out[0].message;
+			EXPECT_EQ(server.Count("tools/list"), 1);
+			for (const Request &r : server.Requests())
+				EXPECT_EQ(r.Get("mcp-protocol-version"), "2026-07-28");
+		}
+	}
+}
+
 // x-mcp-header: the annotated parameters travel as Mcp-Param-* headers; a HeaderMismatch makes the client list
 // the tools again and retry once.
 TEST_F(ClientTest, AnnotatedParametersAreMirroredIntoHeaders)

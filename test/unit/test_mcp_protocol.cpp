@@ -182,6 +182,10 @@ TEST(Session, DiscoverJudgement)
 	step = JudgeDiscover(unsupported(R"(["2026-07-28"])"), nullptr, "2026-01-01");
 	EXPECT_EQ(step.next, ProbeStep::Next::RetryModern);
 	EXPECT_EQ(step.version, "2026-07-28");
+	// Our version rejected although listed: ask again with it (the rejection carried no features).
+	step = JudgeDiscover(unsupported(R"(["2026-07-28"])"), nullptr, "2026-07-28");
+	EXPECT_EQ(step.next, ProbeStep::Next::RetryModern);
+	EXPECT_EQ(step.version, "2026-07-28");
 	EXPECT_EQ(JudgeDiscover(unsupported(R"(["2025-06-18"])"), nullptr, "2026-07-28").next, ProbeStep::Next::Legacy);
 	step = JudgeDiscover(unsupported(R"(["2030-01-01"])"), nullptr, "2026-07-28");
 	EXPECT_EQ(step.next, ProbeStep::Next::Fail);
