@@ -194,6 +194,16 @@ function registerTaskMethods(server, era, { store, record }) {
     return taskView(task, era);
   });
 
+  if (era === 'modern') {
+    // The extension's tasks/update delivers inputResponses to a task waiting for input. These tasks never wait for
+    // input, so there is nothing to deliver: the update of a live task is acknowledged, as the extension asks; an
+    // undeclared extension is MissingRequiredClientCapability (-32021, in find), an unknown task Invalid params.
+    server.setRequestHandler('tasks/update', { params: TASK_ID_PARAMS }, (params, ctx) => {
+      find(params.taskId, ctx);
+      return {};
+    });
+  }
+
   if (era === 'legacy') {
     server.setRequestHandler('tasks/result', { params: TASK_ID_PARAMS }, async (params, ctx) => {
       const task = await store.settle(find(params.taskId, ctx), ctx.mcpReq.signal);

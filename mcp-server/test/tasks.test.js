@@ -78,6 +78,21 @@ test('extension: tasks/cancel acknowledges and the task stays cancelled; unknown
   });
 });
 
+test('extension: tasks/update is -32021 without the extension, acknowledged for a live task, -32602 for an unknown one', async () => {
+  await withServer(['--tasks', '--latency-ms', '2000', '--reply', 'json'], async (server) => {
+    const { taskId } = (await callTask(server)).message.result;
+    const update = (id, options) => modernRequest(server, 'tasks/update', { taskId: id, inputResponses: {} }, options);
+    const refused = await update(taskId, { capabilities: {} });
+    assert.equal(refused.message.error.code, -32021);
+    assert.deepEqual(refused.message.error.data.requiredCapabilities, { extensions: { 'io.modelcontextprotocol/tasks': {} } });
+    const ack = await update(taskId);
+    assert.equal(ack.status, 200);
+    assert.equal(ack.message.result.resultType, 'complete');
+    assert.equal((await get(server, taskId)).message.result.status, 'working', 'the update changed nothing');
+    assert.equal((await update('no-such-task')).message.error.code, -32602);
+  });
+});
+
 test('extension: a task past its ttl is expired (-32602) and dropped from the store', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgd-tasks-'));
   try {

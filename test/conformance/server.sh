@@ -17,8 +17,15 @@ NODE=(node)
 
 # Scenarios the server's features cover (tool calls, progress, tool errors, SSE streams and polling, DNS-rebinding
 # protection, JSON Schema 2020-12 tool schemas). The fixture tools they call by name are src/fixtures.js.
+# With 0.2.0-alpha.12: the 2026-07-28 wire (server-stateless, caching of tools/list, the standard headers), the
+# legacy session's lifecycle, and the tasks extension (the server runs with --tasks). Scenarios that fail here are
+# counted as failures: the tasks-* ones call fixture tools (greet, slow_compute, failing_job, ...) the reference
+# server does not have yet, server-stateless three diagnostic tools, caching asks prompts/ and resources/list too.
 APPLICABLE=(server-initialize ping tools-list tools-call-simple-text tools-call-error tools-call-with-progress
-  json-schema-2020-12 server-sse-polling server-sse-multiple-streams dns-rebinding-protection)
+  json-schema-2020-12 server-sse-polling server-sse-multiple-streams dns-rebinding-protection
+  server-session-lifecycle server-stateless caching http-header-validation
+  tasks-lifecycle tasks-capability-negotiation tasks-wire-fields tasks-request-state-removal tasks-request-headers
+  tasks-dispatch-and-envelope tasks-status-notifications tasks-required-task-error)
 declare -A NOT_APPLICABLE=(
   [logging-set-level]="no logging capability (logging is deprecated in 2026-07-28, SEP-2577)"
   [tools-call-with-logging]="no logging capability"
@@ -35,7 +42,16 @@ declare -A NOT_APPLICABLE=(
   [resources-templates-read]="no resources" [resources-subscribe]="no resources" [resources-unsubscribe]="no resources"
   [prompts-list]="no prompts" [prompts-get-simple]="no prompts" [prompts-get-with-args]="no prompts"
   [prompts-get-embedded-resource]="no prompts" [prompts-get-with-image]="no prompts"
+  [sep-2164-resource-not-found]="no resources"
+  [sep-2640-skills-directory]="no skills" [sep-2640-skills-enumeration]="no skills" [sep-2640-skills-manifest]="no skills"
+  [http-custom-header-server-validation]="no tool has x-mcp-header annotations"
+  [tasks-mrtr-input]="its tasks never ask the client for input" [tasks-mrtr-composition]="its tasks never ask the client for input"
 )
+for scenario in basic-elicitation basic-sampling basic-list-roots request-state multiple-input-requests multi-round \
+  missing-input-response non-tool-request result-type unsupported-methods tampered-state capability-check \
+  ignore-extra-params validate-input; do
+  NOT_APPLICABLE[input-required-result-$scenario]="the server never asks the client for input (MRTR)"
+done
 
 WORK=$(mktemp -d /tmp/pgd-conformance.XXXXXX)
 SERVER_PID=
@@ -47,7 +63,7 @@ trap cleanup EXIT
 
 # One server for every scenario: sessions, SSE replies, SSE polling (for server-sse-polling), the fixture tools.
 node mcp-server/src/server.js --host 127.0.0.1 --port 0 --mode stateful --reply sse --sse-polling --sse-retry-ms 500 \
-  --conformance-fixtures >"$WORK/server.log" 2>&1 &
+  --tasks --conformance-fixtures >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 URL=
 for _ in $(seq 100); do
