@@ -17,16 +17,18 @@ import { checkGuarantees } from '../lib/audit.mjs';
 import { pgTool, snapshotData, dataColumns, diffSnapshots, dumpEntries } from '../lib/pgtools.mjs';
 import { describeCatalog, diffCatalogs } from '../lib/catalog.mjs';
 
-// The released version the oldest supported update starts from, and the commit it was released at.
-const RELEASE = { version: '0.1.0', commit: '678c72b' };
+// The released version the update starts from, and the commit it was released at: the oldest supported (0.1.0)
+// here, 0.2.0 in upgrade_from_0.2.0.test.mjs (PGDIAG_UPGRADE_FROM).
+const RELEASES = { '0.1.0': { version: '0.1.0', commit: '678c72b' }, '0.2.0': { version: '0.2.0', commit: '04b08da' } };
+const RELEASE = RELEASES[process.env.PGDIAG_UPGRADE_FROM || '0.1.0'];
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 let server;
 let cluster;
 let currentBindir;
-let oldColumns;     // the data tables' columns in 0.1.0
-let oldRows;        // every row as 0.1.0 left it
-let queuedLater;    // runs 0.1.0 left queued
+let oldColumns;     // the data tables' columns in the old release
+let oldRows;        // every row as the old release left it
+let queuedLater;    // runs the old release left queued
 
 before(async () => {
   const releaseBindir = execFileSync('bash', [join(ROOT, 'scripts', 'old_release.sh'), RELEASE.commit,
@@ -112,13 +114,13 @@ test('pg_dump --schema-only of the updated and the fresh database are equal (als
   }
 });
 
-test('the rows 0.1.0 wrote are intact after the update', async () => {
+test(`the rows ${RELEASE.version} wrote are intact after the update`, async () => {
   const now = await inDatabase('postgres', (c) => snapshotData(c, oldColumns));
   const diff = diffSnapshots(oldRows, now);
   assert.deepEqual(diff, [], `rows changed by the update:\n${diff.join('\n')}`);
 });
 
-test('the updated database keeps working: 0.1.0 queued runs and new runs complete', { timeout: 120000 }, async () => {
+test(`the updated database keeps working: ${RELEASE.version} queued runs and new runs complete`, { timeout: 120000 }, async () => {
   await cluster.query('UPDATE diagnosis.runs SET run_after = now() WHERE id = ANY($1)', [queuedLater]);
   const patient = (await cluster.query('SELECT id FROM diagnosis.patients ORDER BY id LIMIT 1')).rows[0].id;
   const ids = [...queuedLater, await enqueue(cluster, patient, { after: 'update' })];
