@@ -1,11 +1,42 @@
 // Fixture tools for the official conformance suite (`--conformance-fixtures`, used only by
 // test/conformance/server.sh). Its server scenarios call tools by fixed names; these give those names to features
 // the reference server really has (text results, isError results, progress, SSE polling, JSON Schema 2020-12
-// tool schemas), through the same SDK paths run_diagnosis uses. They are not offered otherwise.
+// tool schemas, task-backed calls through the task store, -32021 for an undeclared client capability), through the
+// same SDK paths run_diagnosis uses. They are not offered otherwise.
+//
+// A fixture has `run(args, ctx, client)` (a synchronous call; `client` is the caller's declared capabilities) and,
+// when it supports tasks (`taskSupport` 'optional' or 'required'), `task(args)`: the outcome its task reveals
+// ({ result } or { error }) and after how long (latencyMs), as the task store runs run_diagnosis tasks.
+import { ProtocolError } from '@modelcontextprotocol/server';
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const text = (value) => ({ content: [{ type: 'text', text: value }] });
 const NO_ARGUMENTS = { type: 'object', properties: {} };
+const INVALID_PARAMS = -32602;
+const INTERNAL_ERROR = -32603;
+export const MISSING_CAPABILITY = -32021;
+const LOG_LEVEL_META_KEY = 'io.modelcontextprotocol/logLevel';
+
+/** A sleep the caller's cancellation ends early (a synchronous slow_compute must not outlive its request). */
+const abortableSleep = (ms, signal) => new Promise((resolve, reject) => {
+  if (signal?.aborted) return reject(new Error('cancelled'));
+  const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+  const onAbort = () => { clearTimeout(timer); reject(new Error('cancelled')); };
+  signal?.addEventListener('abort', onAbort, { once: true });
+});
+
+/** slow_compute's `seconds` (a non-negative number, at most an hour), or Invalid params. */
+function seconds(args) {
+  const value = args?.seconds;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > 3600) {
+    throw new ProtocolError(INVALID_PARAMS, 'slow_compute: seconds must be a number from 0 to 3600');
+  }
+  return value;
+}
+
+const computed = (args) => text(`Computed ${args.label ?? 'result'} after ${seconds(args)} s`);
+const FAILING_JOB_RESULT = { ...text('failing_job failed: the job reported an error'), isError: true };
+const PROTOCOL_ERROR = { code: INTERNAL_ERROR, message: 'protocol_error_job: internal failure' };
 
 export const FIXTURES = {
   test_simple_text: {
@@ -21,7 +52,7 @@ export const FIXTURES = {
   test_tool_with_progress: {
     description: 'Reports progress 0, 50 and 100 of 100',
     inputSchema: NO_ARGUMENTS,
-    run: async (ctx) => {
+    run: async (args, ctx) => {
       const token = ctx.mcpReq._meta?.progressToken;
       for (const progress of [0, 50, 100]) {
         if (token !== undefined) {
@@ -35,7 +66,7 @@ export const FIXTURES = {
   test_reconnection: {
     description: 'Closes its SSE stream mid-call when the server polls (--sse-polling), then answers',
     inputSchema: NO_ARGUMENTS,
-    run: async (ctx) => {
+    run: async (args, ctx) => {
       ctx.http?.closeSSE?.();
       await sleep(100);
       return text('Reconnection test completed successfully');
@@ -52,6 +83,86 @@ export const FIXTURES = {
     },
     run: async () => text('ok'),
   },
+  // The tasks extension's scenarios (tasks-*).
+  greet: {
+    description: 'Synchronous only: returns Hello, {name}!',
+    inputSchema: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] },
+    run: async (args) => {
+      if (typeof args?.name !== 'string') throw new ProtocolError(INVALID_PARAMS, 'greet: name must be a string');
+      return text(`Hello, ${args.name}!`);
+    },
+  },
+  slow_compute: {
+    description: 'Supports tasks: computes for `seconds` seconds, then returns a text result',
+    inputSchema: { type: 'object', properties: { seconds: { type: 'number', minimum: 0, maximum: 3600 },
+      label: { type: 'string' } }, required: ['seconds'] },
+    taskSupport: 'optional',
+    run: async (args, ctx) => {
+      await abortableSleep(seconds(args) * 1000, ctx.mcpReq.signal);
+      return computed(args);
+    },
+    task: (args) => ({ result: computed(args), latencyMs: seconds(args) * 1000 }),
+  },
+  failing_job: {
+    description: 'Requires tasks: after about a second its task completes with a tool error (isError: true)',
+    inputSchema: NO_ARGUMENTS,
+    taskSupport: 'required',
+    task: () => ({ result: FAILING_JOB_RESULT, latencyMs: 1000 }),
+  },
+  protocol_error_job: {
+    description: 'Requires tasks: its task fails with a JSON-RPC internal error',
+    inputSchema: NO_ARGUMENTS,
+    taskSupport: 'required',
+    task: () => ({ error: PROTOCOL_ERROR, latencyMs: 200 }),
+  },
+  // server-stateless's diagnostic tools.
+  test_missing_capability: {
+    description: 'Needs the client\'s sampling capability: refused with -32021 when it is not declared',
+    inputSchema: NO_ARGUMENTS,
+    run: async (args, ctx, client) => {
+      if (!client?.sampling) {
+        throw new ProtocolError(MISSING_CAPABILITY, 'Missing required client capability: sampling',
+          { requiredCapabilities: { sampling: {} } });
+      }
+      // The server never sends sampling requests; a declaring client only learns that it was accepted.
+      return text('The client declared sampling');
+    },
+  },
+  test_streaming_elicitation: {
+    description: 'Streams progress notifications on the response stream, then its result; it never sends the ' +
+      'client a request (the server asks for no input)',
+    inputSchema: NO_ARGUMENTS,
+    run: async (args, ctx) => {
+      const token = ctx.mcpReq._meta?.progressToken;
+      for (const progress of [1, 2]) {
+        if (token !== undefined) {
+          await ctx.mcpReq.notify({ method: 'notifications/progress', params: { progressToken: token, progress, total: 2 } });
+        }
+      }
+      return text('Streamed without asking the client anything');
+    },
+  },
+  test_logging_tool: {
+    description: 'Sends one notifications/message, only when the request sets _meta io.modelcontextprotocol/logLevel',
+    inputSchema: NO_ARGUMENTS,
+    run: async (args, ctx) => {
+      const level = ctx.mcpReq._meta?.[LOG_LEVEL_META_KEY];
+      if (level !== undefined) {
+        await ctx.mcpReq.notify({ method: 'notifications/message', params: { level, logger: 'test_logging_tool', data: 'logged at the requested level' } });
+      }
+      return text(level === undefined ? 'Nothing logged: the request set no log level' : `Logged at ${level}`);
+    },
+  },
 };
 
-export const fixtureTools = () => Object.entries(FIXTURES).map(([name, { description, inputSchema }]) => ({ name, description, inputSchema }));
+/** The fixtures' tools/list entries; a 2025-11-25 listing with tasks on names each one's taskSupport. */
+export const fixtureTools = (era, tasks) => Object.entries(FIXTURES).map(([name, { description, inputSchema, taskSupport }]) => ({
+  name, description, inputSchema,
+  ...(tasks && era === 'legacy' ? { execution: { taskSupport: taskSupport ?? 'forbidden' } } : {}),
+}));
+
+/** The -32021 a required-task fixture answers a caller that did not declare the tasks extension with. */
+export function tasksRequired(name, extension) {
+  return new ProtocolError(MISSING_CAPABILITY, `Tool ${name} runs only as a task: declare the ${extension} extension`,
+    { requiredCapabilities: { extensions: { [extension]: {} } } });
+}

@@ -8,7 +8,7 @@ import { Server, ProtocolError, SUPPORTED_PROTOCOL_VERSIONS, RELATED_TASK_META_K
 import { z } from 'zod';
 import { diagnose } from './news2.js';
 import { isTerminal, taskView } from './tasks.js';
-import { FIXTURES, fixtureTools } from './fixtures.js';
+import { FIXTURES, fixtureTools, tasksRequired } from './fixtures.js';
 import { faultOutcome } from './faults.js';
 
 export const TASKS_EXTENSION = 'io.modelcontextprotocol/tasks';
@@ -85,6 +85,8 @@ const sleep = (ms, signal) => new Promise((resolve, reject) => {
 export function buildServer(era, { settings, store, record }) {
   const tasks = settings.tasks;
   const capabilities = { tools: {} };
+  // Declared with the empty listings they stand for (registerEmptyListings).
+  if (settings.conformance_fixtures) Object.assign(capabilities, { prompts: {}, resources: {} });
   if (tasks && era === 'modern') capabilities.extensions = { [TASKS_EXTENSION]: {} };
   if (tasks && era === 'legacy') capabilities.tasks = { cancel: {}, requests: { tools: { call: {} } } };
   const supportedProtocolVersions = settings.era === 'legacy' ? LEGACY_VERSIONS : [MODERN_VERSION, ...LEGACY_VERSIONS];
@@ -92,10 +94,11 @@ export function buildServer(era, { settings, store, record }) {
 
   const fixtures = settings.conformance_fixtures ? FIXTURES : {};
   server.setRequestHandler('tools/list', () => ({
-    tools: [toolDefinition(era, tasks), ...(settings.conformance_fixtures ? fixtureTools() : [])] }));
+    tools: [toolDefinition(era, tasks), ...(settings.conformance_fixtures ? fixtureTools(era, tasks) : [])] }));
+  if (settings.conformance_fixtures) registerEmptyListings(server);
 
   server.setRequestHandler('tools/call', async (request, ctx) => {
-    if (Object.hasOwn(fixtures, request.params.name)) return fixtures[request.params.name].run(ctx);
+    if (Object.hasOwn(fixtures, request.params.name)) return callFixture(request, ctx);
     if (request.params.name !== 'run_diagnosis') {
       throw new ProtocolError(INVALID_PARAMS, `Tool ${request.params.name} not found`);
     }
@@ -112,6 +115,27 @@ export function buildServer(era, { settings, store, record }) {
     if (tasks && wantsTask) return createTask(args, request.params.task);
     return runNow(args, ctx);
   });
+
+  /**
+   * A fixture's call: a task when it supports tasks and the caller asked as its era does (modern: declared the
+   * extension; legacy: sent `task`), -32021 when it requires a task the caller cannot take, else synchronous.
+   */
+  function callFixture(request, ctx) {
+    const { name } = request.params;
+    const fixture = fixtures[name];
+    const args = request.params.arguments ?? {};
+    const wantsTask = era === 'modern' ? declaresTasks(ctx) : request.params.task !== undefined;
+    if (tasks && fixture.taskSupport && wantsTask) {
+      const { latencyMs, ...outcome } = fixture.task(args);
+      const task = store.create({ runId: `fixture:${name}`, attempt: null, era, ...outcome, latencyMs,
+        ttlMs: settings.task_ttl_ms, pollIntervalMs: settings.task_poll_ms });
+      record.taskCreated(task);
+      return era === 'modern' ? { resultType: 'task', ...taskView(task, era) } : { task: taskView(task, era), content: [] };
+    }
+    if (fixture.taskSupport === 'required') throw tasksRequired(name, TASKS_EXTENSION);
+    const client = era === 'modern' ? ctx.mcpReq.envelope?.[CLIENT_CAPABILITIES_META_KEY] : server.getClientCapabilities();
+    return fixture.run(args, ctx, client);
+  }
 
   /** Records a durable task and answers with its CreateTaskResult; a result-level fault due shows at its end. */
   function createTask(args, requested) {
@@ -161,6 +185,17 @@ export function buildServer(era, { settings, store, record }) {
 
   if (tasks) registerTaskMethods(server, era, { store, record });
   return server;
+}
+
+/**
+ * Empty prompt and resource listings (--conformance-fixtures only): the suite's `caching` scenario checks the
+ * caching hints (ttlMs, cacheScope) of prompts/list, resources/list and resources/templates/list too. The server
+ * has no prompts or resources, so the listings are empty; prompts/get and resources/read stay unknown methods.
+ */
+function registerEmptyListings(server) {
+  server.setRequestHandler('prompts/list', () => ({ prompts: [] }));
+  server.setRequestHandler('resources/list', () => ({ resources: [] }));
+  server.setRequestHandler('resources/templates/list', () => ({ resourceTemplates: [] }));
 }
 
 /** tasks/get and tasks/cancel (both eras), and tasks/result (2025-11-25 only: the extension inlines the result). */
