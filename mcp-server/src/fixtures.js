@@ -161,6 +161,21 @@ export const fixtureTools = (era, tasks) => Object.entries(FIXTURES).map(([name,
   ...(tasks && era === 'legacy' ? { execution: { taskSupport: taskSupport ?? 'forbidden' } } : {}),
 }));
 
+/**
+ * The client capabilities a fixture call cannot be served without ({ sampling: {} }, or the tasks extension for a
+ * fixture that runs only as a task while tasks are on), or undefined when nothing it needs is missing from
+ * `declared`. server.js checks this before dispatch so that, on the 2026-07-28 wire, the -32021 goes out with
+ * HTTP 400 (an error thrown inside the handler would ride a 200 SSE stream).
+ */
+export function missingCapabilities(name, declared, { tasks, extension }) {
+  const fixture = Object.hasOwn(FIXTURES, name) ? FIXTURES[name] : null;
+  if (name === 'test_missing_capability' && !declared?.sampling) return { sampling: {} };
+  if (tasks && fixture?.taskSupport === 'required' && !declared?.extensions?.[extension]) {
+    return { extensions: { [extension]: {} } };
+  }
+  return undefined;
+}
+
 /** The -32021 a required-task fixture answers a caller that did not declare the tasks extension with. */
 export function tasksRequired(name, extension) {
   return new ProtocolError(MISSING_CAPABILITY, `Tool ${name} runs only as a task: declare the ${extension} extension`,

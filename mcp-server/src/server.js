@@ -15,6 +15,7 @@ import { parseSettings, RUNTIME_SETTINGS } from './settings.js';
 import { chooseFault, injectFault, plain, TASK_FAULTS } from './faults.js';
 import { buildServer, TASKS_EXTENSION } from './tool.js';
 import { TaskStore } from './tasks.js';
+import { missingCapabilities, MISSING_CAPABILITY } from './fixtures.js';
 import { EventStore } from './events.js';
 import { allowList, rejection } from './safety.js';
 
@@ -240,6 +241,21 @@ export async function startServer(settings) {
     return true;
   }
 
+  /**
+   * A 2026-07-28 fixture call the client's declared capabilities cannot serve: answered here, before dispatch, with
+   * -32021 and HTTP 400 as that wire asks (the SDK does the same for methods that need a capability). True when
+   * refused.
+   */
+  function refuseUndeclared(res, call) {
+    const declared = call.params?._meta?.[CLIENT_CAPABILITIES_META_KEY];
+    const missing = missingCapabilities(call.params?.name, declared, { tasks: settings.tasks, extension: TASKS_EXTENSION });
+    if (!missing) return false;
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ jsonrpc: '2.0', id: call.id ?? null, error: { code: MISSING_CAPABILITY,
+      message: 'Missing required client capability', data: { requiredCapabilities: missing } } }));
+    return true;
+  }
+
   /** Whether the tool will answer this call with a task (tasks on, and the client asked as its era does). */
   function asksForTask(call, era) {
     if (!settings.tasks) return false;
@@ -271,6 +287,7 @@ export async function startServer(settings) {
     const era = await eraOf(req, body);
     if (era === 'legacy') return serveLegacy(req, res, body, messages, call);
     if (req.method !== 'POST') return refuse(res, 405, 'Method not allowed', { allow: 'POST' });
+    if (call && settings.conformance_fixtures && refuseUndeclared(res, call)) return undefined;
     if (call && (await faulted(req, res, call, 'modern'))) return undefined;
     return modernLeg(settings.reply).node(req, res, body);
   }
