@@ -115,6 +115,13 @@ export const FIXTURES = {
     taskSupport: 'required',
     task: () => ({ error: PROTOCOL_ERROR, latencyMs: 200 }),
   },
+  confirm_delete: {
+    description: 'Would delete `filename` once the user confirms; this server asks the client for no input ' +
+      '(no elicitation), so it cannot ask and answers with a tool error, deleting nothing',
+    inputSchema: { type: 'object', properties: { filename: { type: 'string' } }, required: ['filename'] },
+    run: async (args) => ({ ...text(`Not deleted: ${args?.filename ?? 'the file'} needs a confirmation this server ` +
+      'cannot ask the client for (it sends no elicitation requests)'), isError: true }),
+  },
   // server-stateless's diagnostic tools.
   test_missing_capability: {
     description: 'Needs the client\'s sampling capability: refused with -32021 when it is not declared',
