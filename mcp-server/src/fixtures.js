@@ -15,7 +15,6 @@ const NO_ARGUMENTS = { type: 'object', properties: {} };
 const INVALID_PARAMS = -32602;
 const INTERNAL_ERROR = -32603;
 export const MISSING_CAPABILITY = -32021;
-const LOG_LEVEL_META_KEY = 'io.modelcontextprotocol/logLevel';
 
 /** A sleep the caller's cancellation ends early (a synchronous slow_compute must not outlive its request). */
 const abortableSleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -150,15 +149,10 @@ export const FIXTURES = {
     },
   },
   test_logging_tool: {
-    description: 'Sends one notifications/message, only when the request sets _meta io.modelcontextprotocol/logLevel',
+    description: 'Does its work without logging: the server has no logging capability (deprecated in 2026-07-28), ' +
+      'so it sends no notifications/message, with or without a requested log level',
     inputSchema: NO_ARGUMENTS,
-    run: async (args, ctx) => {
-      const level = ctx.mcpReq._meta?.[LOG_LEVEL_META_KEY];
-      if (level !== undefined) {
-        await ctx.mcpReq.notify({ method: 'notifications/message', params: { level, logger: 'test_logging_tool', data: 'logged at the requested level' } });
-      }
-      return text(level === undefined ? 'Nothing logged: the request set no log level' : `Logged at ${level}`);
-    },
+    run: async () => text('Done; nothing logged (the server has no logging capability)'),
   },
 };
 
