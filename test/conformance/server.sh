@@ -18,9 +18,9 @@ NODE=(node)
 # Scenarios the server's features cover (tool calls, progress, tool errors, SSE streams and polling, DNS-rebinding
 # protection, JSON Schema 2020-12 tool schemas). The fixture tools they call by name are src/fixtures.js.
 # With 0.2.0-alpha.12: the 2026-07-28 wire (server-stateless, caching of tools/list, the standard headers), the
-# legacy session's lifecycle, and the tasks extension (the server runs with --tasks). Scenarios that fail here are
-# counted as failures: the tasks-* ones call fixture tools (greet, slow_compute, failing_job, ...) the reference
-# server does not have yet, server-stateless three diagnostic tools, caching asks prompts/ and resources/list too.
+# legacy session's lifecycle, and the tasks extension (the server runs with --tasks). The tasks-* scenarios call
+# fixture tools (greet, slow_compute, failing_job, protocol_error_job, confirm_delete), server-stateless three
+# diagnostic tools, and caching also lists prompts and resources: --conformance-fixtures offers them all.
 APPLICABLE=(server-initialize ping tools-list tools-call-simple-text tools-call-error tools-call-with-progress
   json-schema-2020-12 server-sse-polling server-sse-multiple-streams dns-rebinding-protection
   server-session-lifecycle server-stateless caching http-header-validation
