@@ -548,9 +548,14 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		if (x.timed_out)
 			return fail(ErrorCode::TimeoutError, "MCP request timed out: " + x.error);
 		CURLcode c = static_cast<CURLcode>(x.curl_code);
-		if (c == CURLE_PEER_FAILED_VERIFICATION || c == CURLE_SSL_CACERT_BADFILE)
-			/* Verification is never turned off; retrying cannot fix a certificate. */
-			return fail(ErrorCode::McpError, "TLS verification failed: " + x.error);
+		if (c == CURLE_PEER_FAILED_VERIFICATION || c == CURLE_SSL_CACERT_BADFILE || c == CURLE_SSL_CERTPROBLEM ||
+		    c == CURLE_SSL_ISSUER_ERROR || c == CURLE_SSL_CRL_BADFILE) {
+			/* Verification is never turned off and retrying cannot fix a certificate: a setting to correct
+			 * (diagnosis.mcp_ca_file, mcp_client_cert, mcp_client_key), so claiming pauses. */
+			CallOutcome e = fail(ErrorCode::McpError, "TLS verification failed: " + x.error);
+			e.config_error = true;
+			return e;
+		}
 		if (c == CURLE_UNSUPPORTED_PROTOCOL || c == CURLE_URL_MALFORMAT) {
 			CallOutcome e = fail(ErrorCode::McpError, "bad MCP URL: " + x.error);
 			e.config_error = true;
