@@ -233,8 +233,8 @@ SELECT pgd_try($$SELECT diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000
 RESET ROLE;
 GRANT SELECT ON fhir.observation TO PUBLIC;
 
--- Bad settings, each a clear error: unqualified, unknown, not a relation of rows, no jsonb resource column, a view
--- whose owner is neither a superuser nor the caller. A view a superuser owns is accepted.
+-- Bad settings, each a clear error: unqualified, unknown, not a relation of rows, no jsonb resource column. A view
+-- is read as its owner (0.3), whoever that is: one of another role is accepted like one a superuser owns.
 CREATE TABLE fhir.no_resource (id int, body jsonb);
 CREATE TABLE fhir.text_resource (resource text);
 CREATE SEQUENCE fhir.seq;

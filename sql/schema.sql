@@ -10,11 +10,15 @@ FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'diagnosis'
 ORDER BY p.proname, args;
 
--- Nothing an application role may call is SECURITY DEFINER; every function pins its search_path or is C.
-SELECT count(*) AS security_definer_functions
+-- Nothing an application role may call is SECURITY DEFINER: only the worker's lifecycle functions are, and
+-- PUBLIC may execute none of them. Every function pins its search_path or is C, but for the inlined retry rule
+-- (a SET clause would stop the inlining; it names nothing but pg_catalog's operators).
+SELECT p.proname AS security_definer, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute,
+       EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg = 'search_path=pg_catalog, pg_temp') AS pinned
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname = 'diagnosis' AND p.prosecdef;
-SELECT p.proname
+WHERE n.nspname = 'diagnosis' AND p.prosecdef
+ORDER BY 1;
+SELECT p.proname, p.prosrc
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
 WHERE n.nspname = 'diagnosis' AND l.lanname <> 'c'
   AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')

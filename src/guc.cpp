@@ -34,7 +34,10 @@ int pgdiag_max_inputs_bytes = 1024 * 1024;
 double pgdiag_min_confidence = 0.5;
 char *pgdiag_context_pack_function = nullptr;
 int pgdiag_max_inflight_per_organization = 0;
+int pgdiag_max_context_pack_bytes = 1024 * 1024;
+int pgdiag_context_pack_timeout_ms = 5000;
 char *pgdiag_fhir_source = nullptr;
+char *pgdiag_worker_role = nullptr;
 
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
@@ -96,10 +99,26 @@ pgdiag::InitGucs()
 	                        gettext_noop("Most runs one organization may have running at once; 0 means no cap."),
 	                        gettext_noop("Counted by each claim from committed runs."),
 	                        &pgdiag_max_inflight_per_organization, 0, 0, 1000000, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.max_context_pack_bytes",
+	                        gettext_noop("Largest context pack a run may carry; a larger one fails its run."),
+	                        gettext_noop("A claim holds at most 8 times this in packs; later runs wait for the next."),
+	                        &pgdiag_max_context_pack_bytes, 1024 * 1024, 1024, INT_MAX / 8, PGC_SIGHUP, GUC_UNIT_BYTE,
+	                        NULL, NULL, NULL);
+	DefineCustomIntVariable("diagnosis.context_pack_timeout_ms",
+	                        gettext_noop("Longest time building one claim's or one run's context pack may take."),
+	                        gettext_noop("A pack over it is retried with backoff (CONTEXT_PACK_ERROR)."),
+	                        &pgdiag_context_pack_timeout_ms, 5000, 10, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
+	                        NULL);
 	DefineCustomStringVariable("diagnosis.fhir_source",
 	                           gettext_noop("Table or view of FHIR R4 Observation resources read by "
 	                                        "diagnosis.fhir_context_pack."),
 	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
 	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.worker_role",
+	                           gettext_noop("Role the pg_diagnosis workers act as; neither a superuser nor a member of "
+	                                        "one."),
+	                           gettext_noop("CREATE EXTENSION creates diagnosis_worker; another role must be a member "
+	                                        "of it."),
+	                           &pgdiag_worker_role, "diagnosis_worker", PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }

@@ -22,11 +22,17 @@
 #include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/worker_store.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
-#include "pg_diagnosis/pg/cpp_guard.hpp"
+#include "pg_diagnosis/cpp_guard.hpp"
 
 extern "C" {
+#include "access/heapam.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "utils/acl.h"
+#include "utils/backend_status.h"
 #include "lib/ilist.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -42,6 +48,7 @@ extern "C" {
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
@@ -59,11 +66,16 @@ PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
 static bool am_worker = false;
 static int my_slot = -1;
 static int64 my_token = 0;
+/* diagnosis.worker_role once this worker acts as it (BecomeWorkerRole); until then it runs no statement. */
+static Oid my_role = InvalidOid;
 
+/* One of the extension's worker processes, acting as its role, in its own statements: the session's role (a
+ * SECURITY DEFINER function of the extension changes the current user, not the session's), never in code run
+ * under SECURITY_RESTRICTED_OPERATION (the context pack, the FHIR source's owner). */
 bool
 pgdiag::ActsAsWorker()
 {
-	return am_worker && !InSecurityRestrictedOperation();
+	return am_worker && OidIsValid(my_role) && GetSessionUserId() == my_role && !InSecurityRestrictedOperation();
 }
 
 long long
@@ -234,17 +246,36 @@ HandleInterruptsBeforeLoop(void)
  * yet). Rather than a FATAL every second, wait connected to no database (shared catalogs only), look for it
  * every poll interval, say so once, and exit for a restart that connects when it is back.
  */
+/* Whether a database of that name exists, read the way autovacuum's launcher lists databases: a process connected
+ * to no database has the shared catalogs but not their indexes (get_database_oid would need one). */
+static bool
+DatabaseExists(const char *name)
+{
+	Relation rel;
+	TableScanDesc scan;
+	HeapTuple tuple;
+	bool found = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && HeapTupleIsValid(tuple = heap_getnext(scan, ForwardScanDirection)))
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname), name) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
 static void
 WaitForDatabase(pgdiag::WorkerSlot *slot)
 {
+	int wait_ms = pgdiag_poll_interval_ms;
+
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	for (;;) {
-		bool exists;
-
-		StartTransactionCommand();
-		exists = OidIsValid(get_database_oid(pgdiag_database, true));
-		CommitTransactionCommand();
-		if (exists) {
+		if (DatabaseExists(pgdiag_database)) {
 			slot->connecting = false;
 			proc_exit(1);
 		}
@@ -254,11 +285,124 @@ WaitForDatabase(pgdiag::WorkerSlot *slot)
 			         errhint("Create it, or set diagnosis.database and restart the server.")));
 		slot->said_database_missing = true;
 		SetSlotState("waiting_for_database", 0, NULL);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pgdiag_poll_interval_ms,
-		                 PG_WAIT_EXTENSION);
+		/* Nothing wakes the worker at CREATE DATABASE: look again with a backoff up to 10 s. */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, wait_ms, PG_WAIT_EXTENSION);
+		wait_ms = (int) Min((int64) wait_ms * 2, (int64) Max(pgdiag_poll_interval_ms, 10000));
 		ResetLatch(MyLatch);
 		HandleInterruptsBeforeLoop();
 	}
+}
+
+/*
+ * Settings a database's or a role's owner can attach (ALTER DATABASE / ALTER ROLE ... SET), which the connection
+ * has just applied, replaced by the worker's own. Session values, not overrides: a statement of the worker may
+ * still nest its own (GUC_ACTION_SAVE), and what a context pack function sets rolls back with its nest level.
+ * lock_timeout is short: a statement of the worker never waits long for a lock someone else holds (the run is
+ * taken on a later pass). default_transaction_read_only is left alone: it is how a failover manager keeps a
+ * promoted primary from writing (WritableStep).
+ */
+static void
+PinSettings(void)
+{
+	static const char *const settings[][2] = {
+	    {"statement_timeout", "0"},
+	    {"lock_timeout", "1s"},
+	    {"idle_in_transaction_session_timeout", "0"},
+	    {"idle_session_timeout", "0"},
+	    {"default_transaction_isolation", "read committed"},
+	    {"default_transaction_deferrable", "off"},
+	    {"session_replication_role", "origin"},
+	    {"row_security", "on"},
+	    {"force_parallel_mode", "off"},
+	    {"DateStyle", "ISO, MDY"},
+	    {"IntervalStyle", "postgres"},
+	    {"extra_float_digits", "1"},
+	    {"bytea_output", "hex"},
+	};
+
+	for (const auto &setting : settings)
+		SetConfigOption(setting[0], setting[1], PGC_SUSET, PGC_S_SESSION);
+}
+
+/* True when `role` is a superuser or a member (SET ROLE would reach it) of one. */
+static bool
+HasSuperuserRights(Oid role)
+{
+	static const char *sql = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r"
+	                         "  WHERE r.rolsuper AND pg_catalog.pg_has_role($1, r.oid, 'MEMBER'))";
+	Oid argtypes[1] = {OIDOID};
+	Datum values[1] = {ObjectIdGetDatum(role)};
+	bool isnull;
+	bool result;
+
+	if (superuser_arg(role))
+		return true;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking diagnosis.worker_role failed");
+	result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	PopActiveSnapshot();
+	SPI_finish();
+	return result;
+}
+
+/* pg_stat_activity shows the role the connection was made as: show the worker's. */
+static void
+ReportSessionRole(Oid role)
+{
+	volatile PgBackendStatus *entry = MyBEEntry;
+
+	if (entry == NULL)
+		return;
+	PGSTAT_BEGIN_WRITE_ACTIVITY(entry);
+	entry->st_userid = role;
+	PGSTAT_END_WRITE_ACTIVITY(entry);
+}
+
+/*
+ * The worker connects as the bootstrap superuser (a background worker of PostgreSQL 15 cannot connect as a NOLOGIN
+ * role, and the role does not exist before CREATE EXTENSION) and, before its first statement, becomes
+ * diagnosis.worker_role for good: SET SESSION AUTHORIZATION and RESET ROLE as overrides no later SET can change
+ * (both are refused to SECURITY DEFINER functions and security-restricted operations anyway). A role that is a
+ * superuser or a member of one is refused. Returns NULL once the worker acts as its role, else why not (and
+ * *state: waiting_for_role or config_error).
+ */
+static const char *
+BecomeWorkerRole(const char **state)
+{
+	static char reason[pgdiag::kLastErrorLen];
+	Oid role;
+
+	if (OidIsValid(my_role))
+		return NULL;
+	StartTransactionCommand();
+	role = get_role_oid(pgdiag_worker_role, true);
+	if (!OidIsValid(role)) {
+		snprintf(reason, sizeof(reason),
+		         "diagnosis.worker_role \"%s\" does not exist (CREATE EXTENSION pg_diagnosis creates "
+		         "diagnosis_worker)",
+		         pgdiag_worker_role);
+		*state = "waiting_for_role";
+	} else if (HasSuperuserRights(role)) {
+		snprintf(reason, sizeof(reason),
+		         "diagnosis.worker_role \"%s\" is a superuser or a member of one; the worker refuses to work as it",
+		         pgdiag_worker_role);
+		*state = "config_error";
+	} else {
+		SetConfigOption("role", "none", PGC_SUSET, PGC_S_OVERRIDE);
+		SetConfigOption("session_authorization", pgdiag_worker_role, PGC_SUSET, PGC_S_OVERRIDE);
+		if (GetSessionUserId() != role || GetUserId() != role || superuser())
+			elog(ERROR, "pg_diagnosis: the worker could not become diagnosis.worker_role \"%s\"", pgdiag_worker_role);
+		my_role = role;
+	}
+	CommitTransactionCommand();
+	if (!OidIsValid(my_role))
+		return reason;
+	ReportSessionRole(my_role);
+	ereport(LOG, (errmsg("pg_diagnosis worker %d acts as role \"%s\"", my_slot, pgdiag_worker_role)));
+	return NULL;
 }
 
 static void
@@ -272,7 +416,8 @@ ConnectToDatabase(void)
 	BackgroundWorkerInitializeConnection(pgdiag_database, NULL, 0);
 	slot->connecting = false;
 	slot->said_database_missing = false;
-	/* The worker is a superuser: no name it resolves may come from a schema someone else can write. */
+	PinSettings();
+	/* No name the worker resolves may come from a schema someone else can write. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	/* Its statements touch a few rows each: compiling one with LLVM (a plan estimated on stale statistics
 	 * crosses jit_above_cost) costs more than running it a thousand times. */
@@ -473,7 +618,26 @@ OnReload(LoopState *st)
 		pgdiag::LoadResultSchemas();
 }
 
-/* True once CREATE EXTENSION has run; until then one cheap look per poll interval. */
+/* True once the worker acts as its role; until then one look per poll interval, one log line per reason. */
+static bool
+RoleStep(LoopState *st, TimestampTz now)
+{
+	static char said[pgdiag::kLastErrorLen] = "";
+	const char *state = NULL;
+	const char *reason = BecomeWorkerRole(&state);
+
+	if (reason == NULL)
+		return true;
+	if (strcmp(said, reason) != 0)
+		ereport(LOG, (errmsg("pg_diagnosis: %s", reason)));
+	strlcpy(said, reason, sizeof(said));
+	st->extension_check_at = Later(now, pgdiag_poll_interval_ms);
+	SetSlotState(state, 0, reason);
+	return false;
+}
+
+/* True once CREATE EXTENSION has run and the worker acts as its role; until then one cheap look per poll
+ * interval. */
 static bool
 ExtensionStep(LoopState *st, TimestampTz now)
 {
@@ -484,13 +648,15 @@ ExtensionStep(LoopState *st, TimestampTz now)
 	if (now < st->extension_check_at)
 		return false;
 	extension = pgdiag::ExtensionReady();
-	st->extension_ready = extension == pgdiag::ExtensionState::Ready;
-	if (!st->extension_ready) {
+	if (extension != pgdiag::ExtensionState::Ready) {
 		st->extension_check_at = Later(now, pgdiag_poll_interval_ms);
 		SetSlotState(extension == pgdiag::ExtensionState::Missing ? "waiting_for_extension" : "waiting_for_update", 0,
 		             NULL);
 		return false;
 	}
+	if (!RoleStep(st, now))
+		return false;
+	st->extension_ready = true;
 	pgdiag::LoadResultSchemas();
 	st->recovery_at = now;
 	st->claim_at = now;
@@ -575,7 +741,7 @@ CancelStep(LoopState *st, TimestampTz now)
 	}
 	if (now < st->cancel_check_at)
 		return;
-	pgdiag::StopCancelledCalls();
+	pgdiag::StopCancelledCalls(my_token);
 	st->cancel_check_at = Later(now, pgdiag_poll_interval_ms);
 }
 
@@ -588,7 +754,7 @@ RecoveryStep(LoopState *st, TimestampTz now)
 
 	if (now < st->recovery_at)
 		return;
-	if (pgdiag::RecoverRuns(false, &running_left) > 0) {
+	if (pgdiag::RecoverRuns(my_token, false, &running_left) > 0) {
 		st->claim_at = now;
 		pgdiag::WakeWorkers();
 	}
@@ -635,7 +801,7 @@ ClaimStep(LoopState *st, TimestampTz now)
 	if (now < st->claim_at)
 		return;
 
-	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), &result);
+	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), my_token, &result);
 	if (result.config_error) {
 		Pause(st, now, result.config_error);
 		return;
@@ -682,7 +848,7 @@ ShutDown(WaitEventSet *wait_set, bool extension_ready)
 	if (!pgdiag::calls::Shutdown(&aborted))
 		elog(ERROR, "pg_diagnosis: ending the calls failed: %s", pgdiag::cpp_guard_message);
 	if (extension_ready)
-		(void) pgdiag::RecoverRuns(true, NULL);
+		(void) pgdiag::RecoverRuns(my_token, true, NULL);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
 }
 

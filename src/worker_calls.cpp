@@ -22,7 +22,7 @@
 #include "pg_diagnosis/core/error_code.hpp"
 #include "pg_diagnosis/core/mcp_client.hpp"
 #include "pg_diagnosis/core/result.hpp"
-#include "pg_diagnosis/pg/cpp_guard.hpp"
+#include "pg_diagnosis/cpp_guard.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
 
 #include "pg_diagnosis/core/cpp_only.hpp" // Must be last include.
@@ -35,8 +35,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-/* The longest backoff between attempts, whatever the attempt count. */
-constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
 /* Progress is written at most this often per run. */
 constexpr int64_t kProgressIntervalMs = 1000;
 /* A run requeued for a reason that is not its own (no descriptor, no memory) waits this long. */
@@ -64,6 +62,7 @@ struct FinishedRun {
 	long retry_delay_ms = 0;
 	bool refund_attempt = false;
 	bool task_lost = false;
+	int ignored_server_requests = 0;
 };
 
 struct TaskRow {
@@ -332,6 +331,7 @@ CollectFinished(int *count)
 			v.retry_delay_ms = f.retry_delay_ms;
 			v.refund_attempt = f.refund_attempt;
 			v.task_lost = f.task_lost;
+			v.ignored_server_requests = f.ignored_server_requests;
 			state->finished_views.push_back(v);
 		}
 		*count = static_cast<int>(state->finished_views.size());

@@ -5,9 +5,14 @@
 # network, timeout: exit 2) fails the scenario.
 set -u
 case "${MCP_CONFORMANCE_SCENARIO:-}" in
-  initialize) tool="" ;;               # the handshake only: its server declares no tools
   tools_call) tool=add_numbers ;;
-  sse-retry) tool=test_reconnection ;;
+  request-metadata) tool="" ;;
+  http-standard-headers) tool=test_headers ;;
+  http-custom-headers) tool=test_custom_headers ;;
+  http-invalid-tool-headers) tool=valid_tool ;;
+  json-schema-ref-no-deref) tool=lookup_user ;;
+  sep-2322-client-request-state) tool=test_mrtr_echo_state ;;
+  auth/*) tool=test-tool ;;
   *) echo "client-under-test.sh: no tool known for scenario '${MCP_CONFORMANCE_SCENARIO:-}'" >&2; exit 2 ;;
 esac
 "${PGDIAG_MCP_CHECK:?PGDIAG_MCP_CHECK names pg_diagnosis_mcp_check}" --timeout 15000 "$1" $tool

@@ -1,4 +1,5 @@
-// Preloaded with `node --import` to run @modelcontextprotocol/conformance 0.1.16 on Node 20. Its bundle imports
+// Preloaded with `node --import` to run @modelcontextprotocol/conformance (0.2.0-alpha.12, which declares Node >= 22)
+// on Node 20. Its bundle imports
 // `globSync` from 'fs' (added in Node 22) at the top of the file, so on Node 20 the whole program fails to link,
 // although only a command the runner never uses (a scenario-file glob) calls it. This resolve hook hands that one
 // package, and nothing else, an 'fs' that also exports a `globSync` which throws if it is ever called.

@@ -123,6 +123,11 @@ async function assertWorksAfterRestore(cluster) {
   const ids = [await enqueue(cluster, old, { after: 'restore' }), await enqueue(cluster, fresh.patients[0])];
   await waitTerminal(cluster, ids, 30000);
   for (const id of ids) assert.equal((await run(cluster, id)).status, 'completed');
+  // The workers' role is a cluster object, not in the dump: the restore's CREATE EXTENSION created it on the fresh
+  // cluster, with the grants and policies of the install script, and the restored database's worker acts as it.
+  const worker = (await cluster.query(`SELECT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+                                       WHERE a.backend_type = 'pg_diagnosis worker'`)).rows;
+  assert.deepEqual(worker, [{ usename: 'diagnosis_worker', rolsuper: false }]);
   const newAudit = (await cluster.query('SELECT min(id) AS m FROM diagnosis.audit_log WHERE run_id = ANY($1)', [ids])).rows[0].m;
   assert.ok(Number(newAudit) > maxAudit, `new audit ids continue after ${maxAudit}, got ${newAudit}`);
   // The result schema a superuser added came back beside the shipped v1 (not twice).

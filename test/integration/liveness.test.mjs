@@ -129,6 +129,36 @@ test('DROP DATABASE ... WITH (FORCE): the worker waits quietly, then serves the 
   assert.equal((await run(clinical, id)).status, 'completed');
 });
 
+test('diagnosis.database missing at server start: one FATAL, one LOG line, then the worker waits without restarting', { timeout: 90000 }, async () => {
+  const server = await startMcpServer([]);
+  cleanups.push(() => server.stop());
+  // A fresh server has no relation cache init file yet: a worker connected to no database has the shared catalogs
+  // but not their indexes, so the look for the database must not need one (it died every second in 0.2.0).
+  const cluster = await startCluster({ createExtension: false,
+    settings: { 'diagnosis.mcp_url': server.url, 'diagnosis.database': 'later', 'diagnosis.poll_interval_ms': 200 } });
+  cleanups.push(async () => cluster.destroy());
+  await cluster.query('CREATE EXTENSION pg_diagnosis');
+  const waiting = await cluster.waitFor(async () => {
+    const w = await workerState(cluster);
+    return w?.state === 'waiting_for_database' ? w : null;
+  }, { what: 'the worker waiting for its database' });
+  const share = await workerCpuShare(cluster, 3000);
+  assert.equal((await workerState(cluster)).pid, waiting.pid, 'the waiting worker restarted');
+  const log = cluster.log();
+  const fatals = log.split('\n').filter((l) => l.includes('FATAL:'));
+  assert.ok(fatals.length <= 1, fatals.join('\n'));
+  assert.equal(log.split('\n').filter((l) => l.includes('database "later" does not exist; the worker waits')).length, 1);
+  assert.ok(share < 0.05, `waiting for the database used ${(share * 100).toFixed(1)} % of a core`);
+
+  const later = inDatabase(cluster, 'later');
+  await cluster.query('CREATE DATABASE later');
+  await later.query('CREATE EXTENSION pg_diagnosis');
+  const { patients } = await createOrganization(later, { patients: 1 });
+  const id = await enqueue(later, patients[0]);
+  await waitTerminal(later, [id], 30000);
+  assert.equal((await run(later, id)).status, 'completed');
+});
+
 test('a clean restart keeps attempts: a max_retries => 0 run in flight completes after it', { timeout: 90000 }, async () => {
   const server = await startMcpServer(['--latency-ms', '20000']);
   cleanups.push(() => server.stop());

@@ -49,7 +49,7 @@ test('happy path: three artifacts, audit chain, one call, timings', async () => 
   assert.deepEqual(await chain(cluster, id), ['ENQUEUED', 'LOCKED', 'COMPLETED']);
   const actors = (await cluster.query('SELECT event, actor FROM diagnosis.audit_log WHERE run_id = $1 ORDER BY id', [id])).rows;
   assert.equal(actors[0].actor, 'pgd_it_admin');
-  assert.equal(actors[1].actor, 'postgres');
+  assert.equal(actors[1].actor, 'diagnosis_worker');
   const stats = await server.stats();
   assert.deepEqual(stats.calls[id], { 1: 1 });
   // The context pack artifact carries the run's inputs and the patient's observations.

@@ -9,6 +9,9 @@
 
 namespace pgdiag {
 
+/* The longest backoff between attempts, whatever the attempt count (docs/SECURITY.md promises it). */
+constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
+
 /*
  * Delay before the next attempt after `attempt` claims (attempt >= 1) have failed transiently.
  * The ceiling is min(cap_ms, base_ms * 2^(attempt-1)); the delay is ceiling * jitter with jitter in [0, 1)

@@ -21,7 +21,10 @@ extern int pgdiag_max_inputs_bytes;
 extern double pgdiag_min_confidence;
 extern char *pgdiag_context_pack_function;
 extern int pgdiag_max_inflight_per_organization;
+extern int pgdiag_max_context_pack_bytes;
+extern int pgdiag_context_pack_timeout_ms;
 extern char *pgdiag_fhir_source; /* read by diagnosis.fhir_context_pack through current_setting() */
+extern char *pgdiag_worker_role;
 }
 
 namespace pgdiag {

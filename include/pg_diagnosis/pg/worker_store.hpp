@@ -28,9 +28,11 @@ void LoadResultSchemas();
  * Puts back runs left in `running` by workers that are not alive (their token is not a live worker's), or whose
  * lease expired (RECOVERED; FAILED when their attempts are spent; CANCELLED when a cancel was requested). With
  * hand_back, hands back this worker's own runs at a clean shutdown, giving their attempt back. Returns how many
- * runs moved; *running_left (when not NULL) says whether any run is still running anywhere.
+ * runs moved; *running_left (when not NULL) says whether any run is still running anywhere. `token` is this
+ * worker's per-start token. Like every function here, a lock not available within lock_timeout leaves the work
+ * for a later pass (nothing written, nothing lost).
  */
-int RecoverRuns(bool hand_back, bool *running_left);
+int RecoverRuns(int64 token, bool hand_back, bool *running_left);
 
 struct ClaimResult {
 	int claimed;
@@ -41,9 +43,11 @@ struct ClaimResult {
 /*
  * Claims up to `limit` due runs, at most kStatementBatchMax (FOR NO KEY UPDATE SKIP LOCKED, taking turns between
  * organizations; within one, priority then run_after), writes LOCKED, builds their context packs as the pack
- * function's owner (a pack that fails fails its run with CONTEXT_PACK_ERROR) and submits them to the MCP client.
+ * function's owner (a pack that fails, or is over diagnosis.max_context_pack_bytes, fails its run with
+ * CONTEXT_PACK_ERROR; one over diagnosis.context_pack_timeout_ms is retried with backoff; runs past the claim's
+ * byte budget go back to the queue) and submits them to the MCP client, all in one transaction.
  */
-void ClaimRuns(int limit, ClaimResult *result);
+void ClaimRuns(int limit, int64 token, ClaimResult *result);
 
 struct FinalizeResult {
 	int terminal;           /* runs that reached completed, failed or cancelled */
@@ -59,8 +63,8 @@ void FinalizeFinishedRuns(FinalizeResult *result);
 /* Commits the tasks the server created for calls in flight (task id and expiry in the run's row). */
 void RecordTasks();
 
-/* Stops the calls of this worker's runs whose cancel was requested. */
-void StopCancelledCalls();
+/* Stops the calls of this worker's runs (by its token) whose cancel was requested. */
+void StopCancelledCalls(int64 token);
 
 /* Writes due progress reports of runs in flight. */
 void WriteProgress();
