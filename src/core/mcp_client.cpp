@@ -12,6 +12,7 @@
 #include <set>
 #include <optional>
 #include <poll.h>
+#include <unistd.h>
 #include <unordered_map>
 #include <utility>
 
@@ -50,7 +51,12 @@ enum class Purpose {
 	TaskGet,
 	TaskResult, /* legacy tasks/result */
 	Fire,       /* replies, notifications/cancelled, tasks/cancel, DELETE: nothing to wait for */
+	Auth,       /* a request of the OAuth flow (metadata, registration, token) */
 };
+
+/* How many times one call (or one set-up of the endpoint) is sent again after authorizing: a step-up that never
+ * satisfies the server must not loop (the conformance suite allows three authorization requests in all). */
+constexpr int kMaxAuthRetries = 2;
 
 /* An exchange in flight and what the client wants from it. */
 struct Pending {
@@ -60,7 +66,8 @@ struct Pending {
 	std::string rpc_id;      /* JSON text of the request id we wait for */
 	std::string progress_token;
 	bool sent_session = false;
-	bool resumption = false; /* the GET of a resumed stream */
+	bool resumption = false;      /* the GET of a resumed stream */
+	uint64_t auth_generation = 0; /* the OAuth token it carried (a 401 to an older one only needs a resend) */
 	std::optional<RpcMessage> response;
 	bool foreign_response = false;
 	size_t events_seen = 0;
@@ -71,6 +78,7 @@ struct Call {
 	Clock::time_point submitted;
 	Clock::time_point deadline;
 	bool retried = false;   /* the one retry after a lost session or an era that stopped fitting */
+	int auth_retries = 0;   /* sent again after authorizing (kMaxAuthRetries) */
 	uint64_t exchange = 0;  /* the exchange in flight for this call, 0 if none */
 	std::string rpc_id;     /* JSON text of the tools/call id */
 	Era era = Era::Unknown; /* the era the tools/call went out in */
@@ -108,8 +116,12 @@ public:
 		    config.url != config_.url || config.auth_token != config_.auth_token || config.tool != config_.tool;
 		if (endpoint_changed)
 			EndSession(); /* with the old URL and token */
+		if (OAuthChanged(config))
+			ResetAuth();
 		config_ = config;
 		ApplyLimits();
+		if (!auth_flow_ && !auth_waiting_.empty())
+			StartAuth(BearerChallenge(), true); /* calls waiting for a token: ask with the new settings */
 		if (endpoint_changed) {
 			session_.Reset();
 			if (!waiting_.empty())
@@ -170,6 +182,8 @@ public:
 				consider(c.resume_at);
 			consider(c.deadline);
 		}
+		if (const CachedToken *t = RenewableToken())
+			consider(t->renew_at);
 		return timeout;
 	}
 
@@ -234,6 +248,7 @@ public:
 		info.server_name = session_.features.server_name;
 		info.tool_offered = session_.tool_checked ? (session_.tool.found ? 1 : 0) : -1;
 		info.tool_task_support = session_.tool.task_support;
+		info.oauth_tokens = oauth_tokens_;
 		return info;
 	}
 
@@ -271,6 +286,7 @@ public:
 		pending_.clear();
 		outcomes_.clear();
 		progress_.clear();
+		DropAuthFlow();
 	}
 
 	std::vector<uint64_t> AbortAll() override
@@ -285,6 +301,7 @@ public:
 		between_exchanges_.clear();
 		waiting_.clear();
 		session_.Reset();
+		DropAuthFlow();
 		return tags;
 	}
 
@@ -306,6 +323,8 @@ private:
 		r.inactivity_ms = config_.inactivity_timeout_ms > 0 ? config_.inactivity_timeout_ms : 0;
 		r.max_bytes = config_.max_response_bytes;
 		r.ca_file = config_.ca_file;
+		r.client_cert = config_.client_cert;
+		r.client_key = config_.client_key;
 		r.user_agent = config_.user_agent;
 		if (method == HttpMethod::Post) {
 			r.headers.push_back("Content-Type: application/json");
@@ -313,7 +332,11 @@ private:
 		} else if (method == HttpMethod::Get)
 			r.headers.push_back("Accept: text/event-stream");
 		r.headers.push_back("Expect:");
-		if (!config_.auth_token.empty())
+		/* An OAuth token goes only to the origin it was issued for. */
+		auto token = tokens_.find(OriginOf(r.url));
+		if (token != tokens_.end())
+			r.headers.push_back("Authorization: Bearer " + token->second.access_token);
+		else if (!config_.auth_token.empty())
 			r.headers.push_back("Authorization: Bearer " + config_.auth_token);
 		return r;
 	}
@@ -345,6 +368,7 @@ private:
 	uint64_t Send(HttpRequest request, Pending p)
 	{
 		p.generation = session_.generation;
+		p.auth_generation = auth_generation_;
 		HttpExchange *x = transport_.Start(std::move(request));
 		pending_[x->id] = std::move(p);
 		return x->id;
@@ -363,6 +387,10 @@ private:
 	{
 		if (session_.phase != EndpointSession::Phase::Idle)
 			return;
+		if (auth_flow_) {
+			endpoint_after_auth_ = true; /* set up once the token is there */
+			return;
+		}
 		probes_ = 0;
 		list_pages_ = 0;
 		if (era_cache_.Get(OriginOf(config_.url)) == Era::Legacy)
@@ -428,6 +456,7 @@ private:
 
 	void EndpointReady()
 	{
+		endpoint_auth_retries_ = 0;
 		session_.phase = EndpointSession::Phase::Ready;
 		session_.last_error.clear();
 		failed_info_.reset();
@@ -566,6 +595,244 @@ private:
 			session_.tool = ToolEntry();
 			FailEndpoint(ConfigError("the MCP server does not offer tool \"" + config_.tool + "\" (tools/list)"));
 		}
+	}
+
+	/* ------------------------------------------------------------ authorization (OAuth) */
+
+	struct CachedToken {
+		std::string access_token;
+		std::string scope;
+		Clock::time_point renew_at = Clock::time_point::max();
+	};
+
+	bool OAuthChanged(const ClientConfig &c) const
+	{
+		const OAuthSettings &a = c.oauth, &b = config_.oauth;
+		return a.client_id != b.client_id || a.client_secret != b.client_secret ||
+		       a.private_key_pem != b.private_key_pem || a.scope != b.scope || c.oauth_store != config_.oauth_store;
+	}
+
+	/* New credentials: tokens and registrations obtained with the old ones are not used again. */
+	void ResetAuth()
+	{
+		DropAuthFlow();
+		tokens_.clear();
+		discovery_ = OAuthDiscovery();
+	}
+
+	void DropAuthFlow()
+	{
+		if (auth_exchange_) {
+			transport_.Abort(auth_exchange_);
+			pending_.erase(auth_exchange_);
+		}
+		auth_exchange_ = 0;
+		auth_flow_.reset();
+		endpoint_after_auth_ = false;
+	}
+
+	bool OAuthUsable() const
+	{
+		return config_.oauth.CanAuthorize() ||
+		       (!config_.oauth_store.empty() && access(config_.oauth_store.c_str(), R_OK) == 0);
+	}
+
+	/* The token of this endpoint's origin when it is due for renewal at some point and calls would use it. */
+	const CachedToken *RenewableToken() const
+	{
+		if (auth_flow_ || calls_.empty())
+			return nullptr;
+		auto it = tokens_.find(OriginOf(config_.url));
+		if (it == tokens_.end() || it->second.renew_at == Clock::time_point::max())
+			return nullptr;
+		return &it->second;
+	}
+
+	/* A 401, or a 403 that asks for more scope: the request never reached the tool. */
+	static bool Challenged(const HttpExchange &x, const Pending &p)
+	{
+		if (p.purpose == Purpose::Fire || p.response || p.resumption || x.curl_code != 0)
+			return false;
+		if (x.status == 401)
+			return true;
+		BearerChallenge c;
+		return x.status == 403 && ParseBearerChallenge(x.www_authenticate, &c) && c.error == "insufficient_scope";
+	}
+
+	/* Authorizes and sends the request again (the endpoint's set-up, or the call), within kMaxAuthRetries. False
+	 * when OAuth cannot help: the 401/403 then stands as a setting that cannot work. */
+	bool OnChallenge(const HttpExchange &x, const Pending &p, bool stale)
+	{
+		if (!OAuthUsable())
+			return false;
+		BearerChallenge challenge;
+		ParseBearerChallenge(x.www_authenticate, &challenge);
+		bool step_up = challenge.error == "insufficient_scope";
+		if (p.purpose == Purpose::ToolCall || p.purpose == Purpose::TaskGet || p.purpose == Purpose::TaskResult) {
+			Call *c = CallOf(p);
+			if (!c)
+				return true; /* finished meanwhile */
+			if (c->auth_retries >= kMaxAuthRetries)
+				return false;
+			c->auth_retries++;
+			SetExchange(c, 0);
+			auth_waiting_.push_back(c->request.tag);
+		} else {
+			if (stale)
+				return false; /* the endpoint changed meanwhile: the usual path starts over */
+			if (endpoint_auth_retries_ >= kMaxAuthRetries)
+				return false;
+			endpoint_auth_retries_++;
+			session_.Reset();
+			endpoint_after_auth_ = true;
+		}
+		if (auth_flow_) {
+			if (step_up)
+				pending_step_up_ = challenge; /* asked for once the running flow ends */
+			return true;
+		}
+		if (p.auth_generation != auth_generation_ && !step_up) {
+			ResumeAfterAuth(); /* a newer token came after this request left: send it again with that one */
+			return true;
+		}
+		StartAuth(challenge, true);
+		return true;
+	}
+
+	void StartAuth(const BearerChallenge &challenge, bool rediscover)
+	{
+		if (auth_flow_)
+			return;
+		OAuthSettings s = config_.oauth;
+		s.ca_file = config_.ca_file;
+		s.client_cert = config_.client_cert;
+		s.client_key = config_.client_key;
+		s.user_agent = config_.user_agent;
+		s.timeout_ms = std::max(1000L, std::min(config_.request_timeout_ms, 30000L));
+		std::string error;
+		if (!config_.oauth_store.empty() && !LoadTokenStore(config_.oauth_store, &s, &error) && !error.empty()) {
+			FailAuth(error, !rediscover);
+			return;
+		}
+		auto token = tokens_.find(OriginOf(config_.url));
+		std::string previous_scope = token != tokens_.end() ? token->second.scope : "";
+		auth_settings_ = s;
+		auth_renewal_ = !rediscover;
+		auth_flow_ = std::make_unique<OAuthFlow>(s, config_.url, challenge, discovery_, previous_scope, rediscover);
+		PumpAuth();
+	}
+
+	void PumpAuth()
+	{
+		HttpRequest r;
+		switch (auth_flow_->Next(&r)) {
+		case OAuthFlow::Step::Http: {
+			Pending p;
+			p.purpose = Purpose::Auth;
+			auth_exchange_ = Send(std::move(r), std::move(p));
+			return;
+		}
+		case OAuthFlow::Step::Done:
+			AuthDone();
+			return;
+		case OAuthFlow::Step::Authorize:
+			FailAuth("the authorization server offers no grant that works without a person: an operator logs in "
+			         "once with pg_diagnosis_mcp_check --login",
+			         auth_renewal_);
+			return;
+		case OAuthFlow::Step::Failed:
+			FailAuth(auth_flow_->Error(), auth_renewal_);
+			return;
+		}
+	}
+
+	void FeedAuth(const HttpExchange &x)
+	{
+		if (!auth_flow_ || x.id != auth_exchange_)
+			return;
+		auth_exchange_ = 0;
+		auth_flow_->Feed(x);
+		PumpAuth();
+	}
+
+	void AuthDone()
+	{
+		const OAuthToken &t = auth_flow_->Token();
+		CachedToken cached;
+		cached.access_token = t.access_token;
+		cached.scope = t.scope;
+		if (t.expires_in_s > 0) {
+			int64_t lifetime_ms = t.expires_in_s * 1000;
+			cached.renew_at = Clock::now() + std::chrono::milliseconds(lifetime_ms - RenewalMarginMs(lifetime_ms));
+		}
+		tokens_[OriginOf(config_.url)] = std::move(cached);
+		discovery_ = auth_flow_->Discovery();
+		auth_generation_++;
+		oauth_tokens_++;
+		if (!config_.oauth_store.empty() && !t.refresh_token.empty() &&
+		    t.refresh_token != auth_settings_.refresh_token) {
+			/* The server rotated the refresh token: the old one may already be void. */
+			OAuthSettings store = auth_settings_;
+			store.refresh_token = t.refresh_token;
+			store.refresh_client_id = auth_flow_->ClientId();
+			store.refresh_client_secret = auth_flow_->ClientSecret();
+			store.refresh_issuer = discovery_.issuer;
+			std::string error;
+			if (!SaveTokenStore(config_.oauth_store, store, &error))
+				session_.last_error = error;
+		}
+		auth_flow_.reset();
+		if (pending_step_up_.bearer) {
+			BearerChallenge step_up = std::exchange(pending_step_up_, BearerChallenge());
+			StartAuth(step_up, true);
+			return;
+		}
+		ResumeAfterAuth();
+	}
+
+	/* A renewal that fails leaves the current token in use (until a 401 asks for a new one); a flow that calls
+	 * or the endpoint wait for fails them as a setting that cannot work. */
+	void FailAuth(const std::string &why, bool renewal)
+	{
+		auth_flow_.reset();
+		auth_exchange_ = 0;
+		pending_step_up_ = BearerChallenge();
+		if (renewal) {
+			auto token = tokens_.find(OriginOf(config_.url));
+			if (token != tokens_.end())
+				token->second.renew_at = Clock::time_point::max();
+			ResumeAfterAuth();
+			return;
+		}
+		CallOutcome o = ConfigError("OAuth authorization failed: " + why);
+		std::vector<uint64_t> tags = std::exchange(auth_waiting_, {});
+		for (uint64_t tag : tags) {
+			auto it = calls_.find(tag);
+			if (it != calls_.end())
+				Finish(it->second.get(), o);
+		}
+		if (std::exchange(endpoint_after_auth_, false))
+			FailEndpoint(o);
+	}
+
+	/* The token is there: calls that met a 401 go again, the endpoint's set-up starts over. */
+	void ResumeAfterAuth()
+	{
+		std::vector<uint64_t> tags = std::exchange(auth_waiting_, {});
+		for (uint64_t tag : tags) {
+			auto it = calls_.find(tag);
+			if (it == calls_.end())
+				continue;
+			Call *c = it->second.get();
+			if (session_.phase != EndpointSession::Phase::Ready)
+				waiting_.push_back(c);
+			else if (c->task_id.empty())
+				StartToolCall(c);
+			else
+				StartTaskRequest(c, Purpose::TaskGet);
+		}
+		if (std::exchange(endpoint_after_auth_, false) || (!waiting_.empty() && !tags.empty()))
+			EnsureEndpoint();
 	}
 
 	/* ------------------------------------------------------------ calls */
@@ -1114,8 +1381,15 @@ private:
 		Pending p = std::move(it->second);
 		pending_.erase(it);
 		bool stale = p.generation != session_.generation;
+		if (p.purpose == Purpose::Auth) {
+			FeedAuth(x);
+			return;
+		}
+		if (Challenged(x, p) && OnChallenge(x, p, stale))
+			return;
 		switch (p.purpose) {
 		case Purpose::Fire:
+		case Purpose::Auth:
 			return;
 		case Purpose::Discover:
 		case Purpose::Initialize:
@@ -1158,6 +1432,9 @@ private:
 	void RunTimers()
 	{
 		Clock::time_point now = Clock::now();
+		if (const CachedToken *t = RenewableToken())
+			if (now >= t->renew_at)
+				StartAuth(BearerChallenge(), false); /* ahead of expiry, while calls go on with the current one */
 		std::vector<Call *> expired;
 		/* A copy: starting a request takes its call out of the set. */
 		std::vector<uint64_t> tags(between_exchanges_.begin(), between_exchanges_.end());
@@ -1200,6 +1477,20 @@ private:
 	EndpointSession session_;
 	EraCache era_cache_;
 	std::optional<EndpointInfo> failed_info_;
+
+	/* OAuth: tokens per origin, what discovery learned, the one flow in flight and who waits for it. */
+	std::map<std::string, CachedToken> tokens_;
+	OAuthDiscovery discovery_;
+	std::unique_ptr<OAuthFlow> auth_flow_;
+	OAuthSettings auth_settings_; /* what the flow in flight started from */
+	bool auth_renewal_ = false;
+	uint64_t auth_exchange_ = 0;
+	uint64_t auth_generation_ = 0; /* bumped with every new token */
+	int64_t oauth_tokens_ = 0;
+	std::vector<uint64_t> auth_waiting_;
+	bool endpoint_after_auth_ = false;
+	int endpoint_auth_retries_ = 0;
+	BearerChallenge pending_step_up_;
 	int probes_ = 0;
 	int list_pages_ = 0;
 	uint64_t ids_ = 0;

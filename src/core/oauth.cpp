@@ -4,7 +4,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <cerrno>
 #include <ctime>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
 #include <memory>
 #include <stdexcept>
 
@@ -365,8 +370,8 @@ QueryParameters(const std::string &url)
 	size_t q = url.find('?');
 	if (q == std::string::npos)
 		return out;
-	std::string query = url.substr(q + 1, url.find('#', q) == std::string::npos ? std::string::npos
-	                                                                             : url.find('#', q) - q - 1);
+	std::string query =
+	    url.substr(q + 1, url.find('#', q) == std::string::npos ? std::string::npos : url.find('#', q) - q - 1);
 	size_t i = 0;
 	while (i <= query.size()) {
 		size_t amp = query.find('&', i);
@@ -420,9 +425,8 @@ bool
 SignClientAssertion(const std::string &private_key_pem, const std::string &client_id, const std::string &audience,
                     std::string *jwt, std::string *error)
 {
-	std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(private_key_pem.data(),
-	                                                              static_cast<int>(private_key_pem.size())),
-	                                              BIO_free);
+	std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+	    BIO_new_mem_buf(private_key_pem.data(), static_cast<int>(private_key_pem.size())), BIO_free);
 	if (!bio)
 		throw std::bad_alloc();
 	std::unique_ptr<EVP_PKEY, PkeyFree> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
@@ -503,6 +507,70 @@ RenewalMarginMs(int64_t lifetime_ms)
 	if (lifetime_ms <= 0)
 		return 0;
 	return std::min<int64_t>(lifetime_ms / 5, 5 * 60 * 1000);
+}
+
+/* ------------------------------------------------------------ the login's store */
+
+bool
+LoadTokenStore(const std::string &path, OAuthSettings *settings, std::string *error)
+{
+	error->clear();
+	std::ifstream in(path);
+	if (!in)
+		return false;
+	std::stringstream text;
+	text << in.rdbuf();
+	if (text.str().size() > (64u << 10)) {
+		*error = "the OAuth login file " + path + " is too large";
+		return false;
+	}
+	rapidjson::Document doc;
+	if (!ParseObject(text.str(), doc, error)) {
+		*error = "the OAuth login file " + path + " is not JSON";
+		return false;
+	}
+	settings->refresh_token = StringMember(doc, "refresh_token");
+	settings->refresh_client_id = StringMember(doc, "client_id");
+	settings->refresh_client_secret = StringMember(doc, "client_secret");
+	settings->refresh_issuer = StringMember(doc, "issuer");
+	return !settings->refresh_token.empty();
+}
+
+bool
+SaveTokenStore(const std::string &path, const OAuthSettings &settings, std::string *error)
+{
+	rapidjson::StringBuffer body;
+	{
+		rapidjson::Writer<rapidjson::StringBuffer> w(body);
+		w.StartObject();
+		w.Key("issuer");
+		w.String(settings.refresh_issuer);
+		w.Key("client_id");
+		w.String(settings.refresh_client_id);
+		if (!settings.refresh_client_secret.empty()) {
+			w.Key("client_secret");
+			w.String(settings.refresh_client_secret);
+		}
+		w.Key("refresh_token");
+		w.String(settings.refresh_token);
+		w.EndObject();
+	}
+	std::string tmp = path + ".tmp";
+	unlink(tmp.c_str());
+	int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		*error = "could not create " + tmp + ": " + std::strerror(errno);
+		return false;
+	}
+	std::string text = std::string(body.GetString()) + "\n";
+	bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
+	ok = close(fd) == 0 && ok;
+	if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+		*error = "could not write " + path + ": " + std::strerror(errno);
+		unlink(tmp.c_str());
+		return false;
+	}
+	return true;
 }
 
 /* ------------------------------------------------------------ the flow */
@@ -716,7 +784,9 @@ std::string
 OAuthFlow::ChooseAuthMethod(bool has_secret) const
 {
 	const std::vector<std::string> &methods = discovery_.server.token_endpoint_auth_methods_supported;
-	auto offered = [&](const char *m) { return methods.empty() ? std::string(m) == "client_secret_basic" : Contains(methods, m); };
+	auto offered = [&](const char *m) {
+		return methods.empty() ? std::string(m) == "client_secret_basic" : Contains(methods, m);
+	};
 	if (has_secret && offered("client_secret_basic"))
 		return "client_secret_basic";
 	if (has_secret && offered("client_secret_post"))

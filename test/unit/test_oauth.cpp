@@ -119,8 +119,8 @@ FromBase64Url(std::string s)
 	while (s.size() % 4)
 		s += '=';
 	std::string out(s.size(), '\0');
-	int n = EVP_DecodeBlock(reinterpret_cast<unsigned char *>(&out[0]), reinterpret_cast<const unsigned char *>(s.data()),
-	                        static_cast<int>(s.size()));
+	int n = EVP_DecodeBlock(reinterpret_cast<unsigned char *>(&out[0]),
+	                        reinterpret_cast<const unsigned char *>(s.data()), static_cast<int>(s.size()));
 	out.resize(static_cast<size_t>(n));
 	while (!s.empty() && s.back() == '=') { /* DecodeBlock keeps the padding's zero bytes */
 		s.pop_back();
@@ -308,11 +308,9 @@ TEST(OAuthFlowTest, PathAwareFirstThenRootAndIssuerPaths)
 	Harness h;
 	h.server = [](const HttpRequest &r) -> Answer {
 		if (r.url == "https://mcp.example/.well-known/oauth-protected-resource")
-			return {200, R"({"resource":"https://mcp.example","authorization_servers":["https://as.example/t1"]})",
-			        ""};
+			return {200, R"({"resource":"https://mcp.example","authorization_servers":["https://as.example/t1"]})", ""};
 		if (r.url == "https://as.example/t1/.well-known/openid-configuration")
-			return {200,
-			        R"({"issuer":"https://as.example/t1","token_endpoint":"https://as.example/t1/token"})", ""};
+			return {200, R"({"issuer":"https://as.example/t1","token_endpoint":"https://as.example/t1/token"})", ""};
 		if (r.url == "https://as.example/t1/token")
 			return {200, kToken, ""};
 		return {404, "", ""};
@@ -336,7 +334,8 @@ TEST(OAuthFlowTest, RefusesAResourceOrIssuerThatDoesNotMatch)
 	Harness h;
 	h.server = [](const HttpRequest &r) -> Answer {
 		if (r.url == "https://mcp.example/.well-known/oauth-protected-resource/mcp")
-			return {200, R"({"resource":"https://evil.example.com/mcp","authorization_servers":["https://as.example"]})",
+			return {200,
+			        R"({"resource":"https://evil.example.com/mcp","authorization_servers":["https://as.example"]})",
 			        ""};
 		return Standard(r);
 	};
@@ -348,7 +347,8 @@ TEST(OAuthFlowTest, RefusesAResourceOrIssuerThatDoesNotMatch)
 	Harness h2;
 	h2.server = [](const HttpRequest &r) -> Answer {
 		if (r.url == "https://as.example/.well-known/oauth-authorization-server")
-			return {200, R"({"issuer":"https://attacker.example.com","token_endpoint":"https://attacker.example.com/t"})",
+			return {200,
+			        R"({"issuer":"https://attacker.example.com","token_endpoint":"https://attacker.example.com/t"})",
 			        ""};
 		return Standard(r);
 	};
@@ -394,15 +394,18 @@ namespace {
  * carries ("" none). */
 struct CodeServer {
 	std::string iss = "https://as.example";
-	std::string asm_extra = R"(,"authorization_response_iss_parameter_supported":true,"scopes_supported":["mcp:basic","offline_access"])";
+	std::string asm_extra =
+	    R"(,"authorization_response_iss_parameter_supported":true,"scopes_supported":["mcp:basic","offline_access"])";
 	std::map<std::string, std::string> authorize_query, token_form, registration;
 
 	Answer operator()(const HttpRequest &r)
 	{
 		if (r.url == "https://as.example/register") {
 			registration["body"] = r.body;
-			return {201, R"({"client_id":"dcr-1","client_secret":"dcr-secret","token_endpoint_auth_method":"client_secret_post"})",
-			        ""};
+			return {
+			    201,
+			    R"({"client_id":"dcr-1","client_secret":"dcr-secret","token_endpoint_auth_method":"client_secret_post"})",
+			    ""};
 		}
 		if (r.url.rfind("https://as.example/authorize?", 0) == 0) {
 			authorize_query = QueryParameters(r.url);

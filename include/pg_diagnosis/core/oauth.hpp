@@ -51,8 +51,8 @@ struct OAuthSettings {
 	/* Whether this client can get a token without a person: client credentials or a stored refresh token. */
 	bool CanAuthorize() const
 	{
-		return (!client_id.empty() && (!client_secret.empty() || !private_key_pem.empty())) ||
-		       !refresh_token.empty() || !redirect_uri.empty();
+		return (!client_id.empty() && (!client_secret.empty() || !private_key_pem.empty())) || !refresh_token.empty() ||
+		       !redirect_uri.empty();
 	}
 };
 
@@ -129,6 +129,12 @@ struct OAuthDiscovery {
 /* How long before expiry a token is renewed: a fifth of its life, at most five minutes, so a token of an hour is
  * renewed at 55 minutes and one of five seconds at four. */
 int64_t RenewalMarginMs(int64_t lifetime_ms);
+
+/* The operator's login (pg_diagnosis_mcp_check --login): a JSON file, mode 0600, with the issuer, client and
+ * refresh token. Load fills settings' refresh_* fields (a missing file is not an error: false, *error empty);
+ * Save writes a new file beside it and renames it over, so a reader never sees half a file. */
+bool LoadTokenStore(const std::string &path, OAuthSettings *settings, std::string *error);
+bool SaveTokenStore(const std::string &path, const OAuthSettings &settings, std::string *error);
 
 class OAuthFlow {
 public:
