@@ -25,6 +25,13 @@ extern int pgdiag_max_context_pack_bytes;
 extern int pgdiag_context_pack_timeout_ms;
 extern char *pgdiag_fhir_source; /* read by diagnosis.fhir_context_pack through current_setting() */
 extern char *pgdiag_worker_role;
+extern char *pgdiag_mcp_oauth_client_id;
+extern char *pgdiag_mcp_oauth_client_secret;
+extern char *pgdiag_mcp_oauth_private_key;
+extern char *pgdiag_mcp_oauth_scope;
+extern char *pgdiag_mcp_ca_file;
+extern char *pgdiag_mcp_client_cert;
+extern char *pgdiag_mcp_client_key;
 }
 
 namespace pgdiag {
