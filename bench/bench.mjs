@@ -13,6 +13,7 @@ import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
 import { startFastEndpoint, loadBenchPatients, PG_BINDIR, procStats, clusterCpu, openRuns, endToEnd } from './lib.mjs';
 import { latencyRegime, idleStates, fairness, graphileTask } from './latency.mjs';
+import { historyReads } from './history.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -225,6 +226,8 @@ async function main() {
     results.idle = await idleStates({ quick, row, settings: CLUSTER_SETTINGS });
     log('\n== fairness');
     results.fairness = await fairness({ backlog: quick ? 10000 : 100000, url: fast.url, row, settings: CLUSTER_SETTINGS });
+    log(`\n== reading runs at scale: ${MILLION.toLocaleString('en')} runs`);
+    await historyReads({ runs: MILLION, repeat: quick ? 50 : 200, row, settings: CLUSTER_SETTINGS });
   } finally {
     cluster.destroy();
     await fast.stop();

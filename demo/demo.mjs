@@ -73,6 +73,52 @@ async function showFhir(cluster, critical) {
     WHERE n.resource ? 'component' GROUP BY 1, 2 ORDER BY 1, 2;`);
 }
 
+/**
+ * The clinician's day (0.3.0): an assessment completed while the MCP endpoint is down (demo/recipe.sql keys its run
+ * on the assessment), so the keyed run fails and the key returns the failed run for ever; once the endpoint is
+ * back, the clinician re-runs it, and signs the new diagnosis off.
+ */
+async function showRerun(cluster, critical) {
+  const clinician = critical.clinician;
+  say(bold('\nA keyed run that failed while the MCP endpoint was down, re-run (demo/recipe.sql keys on the assessment)'));
+  await cluster.query(readFileSync(join(here, 'recipe.sql'), 'utf8'));
+  // No retries for this request, so it fails at once (a new connection sees the reloaded setting).
+  await cluster.reload({ 'diagnosis.max_retries': 0 });
+  await cluster.waitFor(async () => (await cluster.query(`SELECT current_setting('diagnosis.max_retries') AS v`)).rows[0].v === '0',
+    { what: 'the reload' });
+  const port = new URL(server.url).port;
+  await server.stop();
+  say(`  (the reference MCP server on port ${port} is stopped)`);
+  const assessment = (await cluster.query(`INSERT INTO app.assessments (patient_id, status) VALUES ($1, 'completed')
+                                           RETURNING id, diagnosis_run`, [critical.patient_id], clinician)).rows[0];
+  say(`  ${clinician}=> INSERT INTO app.assessments (patient_id, status) VALUES ('${critical.patient_id}', 'completed');`);
+  const failed = assessment.diagnosis_run;
+  await cluster.query(`SELECT diagnosis.wait_for_run($1, '60 s')`, [failed], clinician);
+  const key = `assessment:${assessment.id}`;
+  const again = (await cluster.query(`SELECT diagnosis.enqueue_diagnosis($1, $2, $3) AS id`,
+    [critical.patient_id, { assessment_id: Number(assessment.id), reason: 'assessment completed' }, key], clinician)).rows[0].id;
+  await show(cluster, `The run failed; enqueueing with its key again returns the failed run (${again === failed ? 'the same id' : 'UNEXPECTED: another run'})`, `
+    SELECT status, error_code, idempotency_key, left(error_message, 50) AS error_message
+    FROM diagnosis.runs WHERE id = '${failed}';`, clinician);
+
+  server = await startMcpServer(['--mode', 'stateful', '--reply', 'sse'], { PORT: port });
+  say(`  (the reference MCP server is back on port ${port})`);
+  await show(cluster, 'The clinician re-runs it: a new run of the same request, linked to the failed one, without the key', `
+    SELECT diagnosis.rerun_diagnosis('${failed}', 'MCP endpoint was down') AS rerun;`, clinician);
+  const rerun = (await cluster.query('SELECT id FROM diagnosis.runs WHERE rerun_of = $1', [failed])).rows[0].id;
+  await cluster.query(`SELECT diagnosis.wait_for_run($1, '60 s')`, [rerun], clinician);
+  await show(cluster, 'Both runs, and the re-run\'s audit trail (its reason in the ENQUEUED row)', `
+    SELECT id = '${rerun}' AS rerun, status, error_code, idempotency_key, rerun_of IS NOT NULL AS linked
+    FROM diagnosis.runs WHERE id IN ('${failed}', '${rerun}') ORDER BY created_at;`, clinician);
+  await show(cluster, 'The re-run\'s audit trail', `
+    SELECT event, actor, details ->> 'reason' AS reason FROM diagnosis.audit_log WHERE run_id = '${rerun}' ORDER BY id;`, clinician);
+  const inQueue = `SELECT count(*) AS in_review_queue FROM diagnosis.review_queue WHERE run_id = '${rerun}';`;
+  await show(cluster, 'The new diagnosis waits in the review queue', inQueue, clinician);
+  await show(cluster, 'The clinician signs it off (diagnosis.acknowledgements, an ACKNOWLEDGED audit row)', `
+    SELECT diagnosis.acknowledge_diagnosis('${rerun}', 'reviewed after the outage') AS acknowledgement;`, clinician);
+  await show(cluster, 'It has left the review queue', inQueue, clinician);
+}
+
 let server;
 let cluster;
 async function cleanUp() {
@@ -197,6 +243,8 @@ try {
     [critical.patient_id, `ward-round:${critical.patient_id}`], critical.clinician)).rows[0].id;
   say(`  ${critical.clinician}=> SELECT diagnosis.enqueue_diagnosis('${critical.patient_id}', '{"reason":"ward round"}', 'ward-round:${critical.patient_id}');`);
   say(`  -> ${again} (${again === critical.run_id ? 'the same run: a DEDUPLICATED audit row, no second diagnosis' : 'UNEXPECTED: a new run'})`);
+
+  await showRerun(cluster, critical);
 
   await show(cluster, 'Workers', 'SELECT pid, state, inflight, runs_done FROM diagnosis.worker_status();');
 

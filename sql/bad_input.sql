@@ -32,7 +32,22 @@ SELECT c AS "case", pgd_try(sql) AS result FROM (VALUES
     ('NULL patient (pack)',     $$SELECT diagnosis.build_context_pack(NULL)$$),
     ('unknown patient (pack)',  $$SELECT diagnosis.build_context_pack('00000000-0000-0000-0000-00000000ffff')$$),
     ('direct INSERT (outsider)', $$SET LOCAL ROLE pgd_outsider; INSERT INTO diagnosis.runs (patient_id, organization_id, inputs_hash, max_retries) VALUES ('00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-00000000000a', 'h', 0)$$),
-    ('internal impl (outsider)', $$SET LOCAL ROLE pgd_outsider; SELECT diagnosis._enqueue_diagnosis_impl('postgres', '00000000-0000-0000-0000-0000000000a1', '{}', NULL, 0, NULL, NULL)$$),
+    ('internal impl (outsider)', $$SET LOCAL ROLE pgd_outsider; SELECT diagnosis._enqueue_diagnosis_impl('postgres', '00000000-0000-0000-0000-0000000000a1', '{}', NULL, 0, NULL, NULL, NULL)$$),
+    ('unknown schema_version',  $$SELECT diagnosis.enqueue_diagnosis('00000000-0000-0000-0000-0000000000a1', '{}', schema_version => 'v9')$$),
+    ('empty schema_version',    $$SELECT diagnosis.enqueue_diagnosis('00000000-0000-0000-0000-0000000000a1', '{}', schema_version => '')$$),
+    ('unknown schema_version (batch)', $$SELECT diagnosis.enqueue_diagnoses(ARRAY['00000000-0000-0000-0000-0000000000a1']::uuid[], schema_version => 'v9')$$),
+    ('NULL run (rerun)',        $$SELECT diagnosis.rerun_diagnosis(NULL, 'reason')$$),
+    ('unknown run (rerun)',     $$SELECT diagnosis.rerun_diagnosis('00000000-0000-0000-0000-00000000ffff', 'reason')$$),
+    ('NULL reason (rerun)',     $$SELECT diagnosis.rerun_diagnosis('00000000-0000-0000-0000-00000000ffff', NULL)$$),
+    ('blank reason (rerun)',    $$SELECT diagnosis.rerun_diagnosis('00000000-0000-0000-0000-00000000ffff', '  ')$$),
+    ('huge reason (rerun)',     $$SELECT diagnosis.rerun_diagnosis('00000000-0000-0000-0000-00000000ffff', repeat('r', 1001))$$),
+    ('NULL run (acknowledge)',  $$SELECT diagnosis.acknowledge_diagnosis(NULL)$$),
+    ('unknown run (acknowledge)', $$SELECT diagnosis.acknowledge_diagnosis('00000000-0000-0000-0000-00000000ffff', 'note')$$),
+    ('huge note (acknowledge)', $$SELECT diagnosis.acknowledge_diagnosis('00000000-0000-0000-0000-00000000ffff', repeat('n', 4001))$$),
+    ('direct INSERT ack (outsider)', $$SET LOCAL ROLE pgd_outsider; INSERT INTO diagnosis.acknowledgements (run_id, organization_id) VALUES ('00000000-0000-0000-0000-00000000ffff', '00000000-0000-0000-0000-00000000000a')$$),
+    ('internal rerun (outsider)', $$SET LOCAL ROLE pgd_outsider; SELECT diagnosis._rerun_diagnosis_impl('postgres', '00000000-0000-0000-0000-00000000ffff', 'x')$$),
+    ('internal ack (outsider)', $$SET LOCAL ROLE pgd_outsider; SELECT diagnosis._acknowledge_diagnosis_impl('postgres', '00000000-0000-0000-0000-00000000ffff', NULL)$$),
+    ('huge timeout, unknown run (wait)', $$SELECT diagnosis.wait_for_run('00000000-0000-0000-0000-00000000ffff', '178000000 years')$$),
     ('begin purge (outsider)',  $$SET LOCAL ROLE pgd_outsider; SELECT diagnosis._begin_purge()$$)
 ) AS t(c, sql);
 RESET ROLE;

@@ -212,6 +212,88 @@ SELECT o.code, o.value, o.unit, o.observed_at, o.data ->> 'acvpu' AS acvpu, o.da
 FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000001') -> 'observations')
      AS o(code text, value numeric, unit text, observed_at timestamptz, data jsonb);
 SELECT jsonb_pretty(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000002') - 'observations') AS pack;
+-- Nothing dropped without a word: every resource read and not used is listed with its reason (the Condition and
+-- the other patient's observation are not this patient's Observations, so they are not read).
+SELECT u.reference, u.reason, u.code, u.observed_at, u.detail
+FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000001') -> 'not_used')
+     AS u(reference text, reason text, code text, observed_at timestamptz, detail text);
+
+-- Observations as national profiles publish them (UK Core lists SNOMED CT first): SNOMED-only codes, UCUM
+-- annotations ({Breaths}/min), room air and oxygen as findings without a value, kPa, effectiveInstant and
+-- effectiveTiming; and what cannot be read: a value as text, an ACVPU text nobody charts, a panel without its
+-- systolic component, a rate per hour.
+INSERT INTO fhir.observation (resource) VALUES
+($${"resourceType": "Observation", "id": "uk-rr", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86290005", "display": "Respiratory rate"},
+                      {"system": "http://loinc.org", "code": "9279-1"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T10:00:00Z",
+  "valueQuantity": {"value": 21, "unit": "Breaths / minute", "system": "http://unitsofmeasure.org", "code": "{Breaths}/min"}}$$),
+($${"resourceType": "Observation", "id": "uk-hr-snomed-only", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "78564009", "display": "Pulse rate"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveInstant": "2024-05-01T10:00:00.250Z",
+  "valueQuantity": {"value": 95, "system": "http://unitsofmeasure.org", "code": "{beats}/min"}}$$),
+($${"resourceType": "Observation", "id": "uk-room-air", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "722742002", "display": "Breathing room air"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T10:00:00Z"}$$),
+($${"resourceType": "Observation", "id": "uk-on-oxygen", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "371825009", "display": "Patient on oxygen"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:00:00Z",
+  "valueQuantity": {"value": 2, "unit": "litre per minute", "system": "http://unitsofmeasure.org", "code": "l/min"}}$$),
+($${"resourceType": "Observation", "id": "bp-kpa", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "75367002", "display": "Blood pressure"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveTiming": {"event": ["2024-05-01T09:55:00Z", "2024-05-01T09:58:00Z"]},
+  "component": [{"code": {"coding": [{"system": "http://snomed.info/sct", "code": "72313002"}]},
+                 "valueQuantity": {"value": 16, "unit": "kPa", "system": "http://unitsofmeasure.org", "code": "kPa"}}]}$$),
+($${"resourceType": "Observation", "id": "bp-no-systolic", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:50:00Z",
+  "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": 80, "code": "mm[Hg]"}}]}$$),
+($${"resourceType": "Observation", "id": "rr-as-text", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:40:00Z", "valueString": "twenty"}$$),
+($${"resourceType": "Observation", "id": "rr-per-hour", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:30:00Z", "valueQuantity": {"value": 1200, "code": "/h"}}$$),
+($${"resourceType": "Observation", "id": "acvpu-drowsy", "status": "final",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1104441000000107"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:20:00Z", "valueCodeableConcept": {"text": "drowsy"}}$$),
+($${"resourceType": "Observation", "id": "temp-period-start", "status": "preliminary",
+  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "276885007"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectivePeriod": {"start": "2024-05-01T09:10:00Z"},
+  "valueQuantity": {"value": 37.5, "code": "Cel"}}$$);
+SELECT o.code, o.value, o.unit, o.observed_at, o.data ->> 'fhir_reference' AS reference
+FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000003') -> 'observations')
+     AS o(code text, value numeric, unit text, observed_at timestamptz, data jsonb);
+SELECT u.reference, u.reason, u.code, u.observed_at, u.detail
+FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000003') -> 'not_used')
+     AS u(reference text, reason text, code text, observed_at timestamptz, detail text);
+-- More readings than a pack holds: the 500 newest make it, the older ones are listed as superseded.
+INSERT INTO fhir.observation (resource)
+SELECT jsonb_build_object('resourceType', 'Observation', 'id', 'hr-' || i, 'status', 'final',
+           'code', '{"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}'::jsonb,
+           'subject', '{"reference": "Patient/f0000000-0000-4000-8000-000000000004"}'::jsonb,
+           'effectiveDateTime', to_char((timestamptz '2024-01-01 00:00Z' + i * interval '1 minute') AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           'valueQuantity', jsonb_build_object('value', 60 + i % 30, 'code', '/min'))
+FROM generate_series(1, 502) i;
+SELECT jsonb_array_length(p -> 'observations') AS used, p -> 'observations' -> 0 -> 'data' AS newest,
+       jsonb_path_query_array(p, '$.not_used[*].reference') AS superseded,
+       jsonb_path_query_array(p, '$.not_used[*].reason') AS reasons
+FROM diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000000000004') p;
+
+-- The UCUM annotation rule on its own.
+SELECT u, diagnosis._fhir_unit(u) FROM unnest(ARRAY['{Breaths}/min', '{beats}/min', '1/min', '{score}', 'mm[Hg]', 'kPa']) u;
 
 -- The pack's query uses the index (index scans counted in this transaction).
 BEGIN;

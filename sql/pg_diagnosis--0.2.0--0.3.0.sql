@@ -20,15 +20,8 @@ BEGIN
 END;
 $$;
 
--- What the worker's statements need and nothing more: they move runs (claim, progress, tasks, finalize,
--- recovery: UPDATE runs) and append artifacts and audit rows. It reads no tenant's table: context packs are built
--- as the pack function's owner, the FHIR source is read as its owner. USAGE on the schema, SELECT on its tables
--- and EXECUTE on the public functions come with PUBLIC's.
-GRANT UPDATE ON diagnosis.runs TO diagnosis_worker;
-GRANT INSERT ON diagnosis.artifacts, diagnosis.audit_log TO diagnosis_worker;
-CREATE POLICY runs_worker ON diagnosis.runs TO diagnosis_worker USING (true) WITH CHECK (true);
-CREATE POLICY artifacts_worker ON diagnosis.artifacts TO diagnosis_worker USING (true) WITH CHECK (true);
-CREATE POLICY audit_log_worker ON diagnosis.audit_log TO diagnosis_worker USING (true) WITH CHECK (true);
+-- What the worker's statements need and nothing more: EXECUTE on the run's lifecycle functions, granted in the
+-- section of #26 below, once they exist. The role holds no table privilege and needs no policy of its own.
 
 -- No table lock for tenants (SPEC section 2): LOCK TABLE checks table privileges, not row-level security, and
 -- UPDATE, DELETE or TRUNCATE allow every lock mode. Applications keep INSERT (ROW EXCLUSIVE blocks no reader and
@@ -710,6 +703,11 @@ REVOKE ALL ON FUNCTION diagnosis._recover_runs(bigint[], bigint, boolean, int) F
 REVOKE ALL ON FUNCTION diagnosis._record_tasks(uuid[], int[], text[], bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._write_progress(uuid[], int[], real[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION diagnosis._runs_to_cancel(bigint) FROM PUBLIC;
+-- The worker's role (section of #25) may execute exactly these.
+GRANT EXECUTE ON FUNCTION diagnosis._result_schemas(), diagnosis._claim_runs(int, bigint, int, int, bigint),
+    diagnosis._next_due(), diagnosis._finalize_runs(diagnosis.finished_run[], float8, int),
+    diagnosis._recover_runs(bigint[], bigint, boolean, int), diagnosis._record_tasks(uuid[], int[], text[], bigint[]),
+    diagnosis._write_progress(uuid[], int[], real[], text[]), diagnosis._runs_to_cancel(bigint) TO diagnosis_worker;
 
 
 -- ===========================================================================================================
@@ -728,9 +726,852 @@ REVOKE ALL ON FUNCTION diagnosis._runs_to_cancel(bigint) FROM PUBLIC;
 -- Real FHIR data, nothing silently dropped (#29).
 -- ===========================================================================================================
 
+-- A UCUM unit by its meaning: annotations in curly braces are unity, so {beats}/min and {Breaths}/min are /min
+-- (and 1/min is /min), {score} is 1.
+CREATE FUNCTION diagnosis._fhir_unit(unit text) RETURNS text
+    LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN u = '' THEN '1' WHEN u ~ '^1/' THEN substr(u, 2) ELSE u END
+    FROM (SELECT btrim(regexp_replace($1, '\{[^{}]*\}', '', 'g')) AS u) x
+$$;
+COMMENT ON FUNCTION diagnosis._fhir_unit(text) IS
+    'A UCUM unit by its meaning: curly-brace annotations are unity ({beats}/min is /min).';
+
+-- The patient's FHIR Observations (a jsonb array of resources) read as NEWS2 vital signs: {"observations": the
+-- context-pack observations ({code, value, unit, observed_at, data}), newest first, at most 500; "not_used": every
+-- resource, or vital sign within one, that gave no observation, with its reason} (README, "FHIR"). A resource's
+-- vital sign is the first of its codings that the table below knows (LOINC or SNOMED CT, in any order); each of its
+-- components with a known coding is one too (a blood pressure panel's systolic, US Core's inspired oxygen). Units
+-- are compared by meaning and converted where the vital sign allows; a unit not understood is listed, never
+-- guessed. Set-based, one call per patient (a call per resource costs far more than the mapping), and PL/pgSQL,
+-- which keeps the plan for the session where an SQL function would plan it again at every call.
+CREATE OR REPLACE FUNCTION diagnosis._fhir_observations(resources jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    WITH vital (system, code, pack_code, kind) AS (
+        VALUES ('http://loinc.org', '9279-1', '9279-1', 'rate'),
+               ('http://snomed.info/sct', '86290005', '9279-1', 'rate'),
+               ('http://loinc.org', '8867-4', '8867-4', 'rate'),
+               ('http://snomed.info/sct', '364075005', '8867-4', 'rate'),
+               ('http://snomed.info/sct', '78564009', '8867-4', 'rate'),
+               ('http://snomed.info/sct', '444981005', '8867-4', 'rate'),
+               ('http://loinc.org', '8310-5', '8310-5', 'temperature'),
+               ('http://snomed.info/sct', '276885007', '8310-5', 'temperature'),
+               ('http://snomed.info/sct', '386725007', '8310-5', 'temperature'),
+               ('http://loinc.org', '59408-5', '59408-5', 'percent'),
+               ('http://loinc.org', '2708-6', '2708-6', 'percent'),
+               ('http://snomed.info/sct', '103228002', '59408-5', 'percent'),
+               ('http://snomed.info/sct', '431314004', '59408-5', 'percent'),
+               ('http://loinc.org', '8480-6', '8480-6', 'pressure'),
+               ('http://snomed.info/sct', '72313002', '8480-6', 'pressure'),
+               ('http://snomed.info/sct', '271649006', '8480-6', 'pressure'),
+               ('http://loinc.org', '85354-9', '8480-6', 'pressure_panel'),
+               ('http://loinc.org', '55284-4', '8480-6', 'pressure_panel'),
+               ('http://snomed.info/sct', '75367002', '8480-6', 'pressure_panel'),
+               ('http://loinc.org', '3151-8', '3151-8', 'flow'),
+               ('http://loinc.org', '3150-0', '3150-0', 'percent'),
+               ('http://snomed.info/sct', '250774007', '3150-0', 'percent'),
+               ('http://snomed.info/sct', '722742002', 'supplemental_oxygen', 'room_air'),
+               ('http://snomed.info/sct', '371825009', 'supplemental_oxygen', 'on_oxygen'),
+               ('http://loinc.org', '80288-4', '80288-4', 'acvpu'),
+               ('http://snomed.info/sct', '1104441000000107', '1104441000000107', 'acvpu')
+    ), unit (kind, unit_in, factor, offset_by, unit_out, is_default) AS (
+        -- UCUM codes (after _fhir_unit) first, then the display spellings read when a quantity has no code.
+        VALUES ('rate', '/min', 1.0, 0.0, '/min', true), ('rate', 'breaths/min', 1.0, 0.0, '/min', false),
+               ('rate', 'beats/min', 1.0, 0.0, '/min', false), ('rate', 'breaths/minute', 1.0, 0.0, '/min', false),
+               ('rate', 'beats/minute', 1.0, 0.0, '/min', false), ('rate', 'per minute', 1.0, 0.0, '/min', false),
+               ('rate', 'bpm', 1.0, 0.0, '/min', false),
+               ('temperature', 'Cel', 1.0, 0.0, 'Cel', true), ('temperature', '°C', 1.0, 0.0, 'Cel', false),
+               ('temperature', '[degF]', 5.0 / 9, -160.0 / 9, 'Cel', false),
+               ('temperature', '°F', 5.0 / 9, -160.0 / 9, 'Cel', false),
+               ('percent', '%', 1.0, 0.0, '%', true),
+               ('pressure', 'mm[Hg]', 1.0, 0.0, 'mm[Hg]', true), ('pressure', 'mmHg', 1.0, 0.0, 'mm[Hg]', false),
+               ('pressure', 'kPa', 7.500615, 0.0, 'mm[Hg]', false),
+               ('flow', 'L/min', 1.0, 0.0, 'L/min', true), ('flow', 'l/min', 1.0, 0.0, 'L/min', false),
+               ('flow', 'liter/min', 1.0, 0.0, 'L/min', false), ('flow', 'litre/min', 1.0, 0.0, 'L/min', false)
+    ), resource AS (
+        SELECT r.n, r.body, r.body ->> 'id' AS id, r.body ->> 'status' AS status,
+               -- effective[x] of every kind R4 allows: dateTime, Period (its end, else its start), instant,
+               -- Timing (its latest event).
+               coalesce(diagnosis._fhir_instant(coalesce(r.body ->> 'effectiveDateTime',
+                                                         r.body #>> '{effectivePeriod,end}',
+                                                         r.body #>> '{effectivePeriod,start}',
+                                                         r.body ->> 'effectiveInstant')),
+                        (SELECT max(diagnosis._fhir_instant(e.at))
+                         FROM jsonb_array_elements_text(CASE jsonb_typeof(r.body #> '{effectiveTiming,event}')
+                                                        WHEN 'array' THEN r.body #> '{effectiveTiming,event}'
+                                                        ELSE '[]' END) e(at))) AS at,
+               left(coalesce(r.body ->> 'effectiveDateTime', r.body ->> 'effectivePeriod', r.body ->> 'effectiveInstant',
+                             r.body ->> 'effectiveTiming'), 80) AS effective
+        FROM jsonb_array_elements(CASE jsonb_typeof($1) WHEN 'array' THEN $1 ELSE '[]' END) WITH ORDINALITY r(body, n)
+    ), coded AS (
+        SELECT DISTINCT ON (r.n) r.n, v.pack_code, v.kind
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body #> '{code,coding}')
+                                                WHEN 'array' THEN r.body #> '{code,coding}' ELSE '[]' END)
+             WITH ORDINALITY c(coding, ord)
+        JOIN vital v ON v.system = c.coding ->> 'system' AND v.code = c.coding ->> 'code'
+        ORDER BY r.n, c.ord
+    ), component AS (
+        SELECT DISTINCT ON (r.n, k.part) r.n, k.part, v.pack_code, v.kind, k.comp
+        FROM resource r
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(r.body -> 'component')
+                                                WHEN 'array' THEN r.body -> 'component' ELSE '[]' END)
+             WITH ORDINALITY k(comp, part)
+        CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(k.comp #> '{code,coding}')
+                                                WHEN 'array' THEN k.comp #> '{code,coding}' ELSE '[]' END)
+             WITH ORDINALITY c(coding, ord)
+        JOIN vital v ON v.system = c.coding ->> 'system' AND v.code = c.coding ->> 'code' AND v.kind <> 'pressure_panel'
+        ORDER BY r.n, k.part, c.ord
+    ), reading AS (
+        -- One per vital sign a resource holds (part 0 its own value, else the component's position): a panel is
+        -- read through its systolic component, and is a reading without a value when it has none.
+        SELECT c.n, 0::bigint AS part, c.pack_code, c.kind, r.body AS holder
+        FROM coded c JOIN resource r ON r.n = c.n
+        WHERE c.kind <> 'pressure_panel'
+        UNION ALL
+        SELECT c.n, 0, c.pack_code, 'pressure', NULL
+        FROM coded c
+        WHERE c.kind = 'pressure_panel' AND NOT EXISTS (SELECT 1 FROM component k WHERE k.n = c.n AND k.pack_code = '8480-6')
+        UNION ALL
+        SELECT k.n, k.part, k.pack_code, k.kind, k.comp
+        FROM component k
+        WHERE NOT EXISTS (SELECT 1 FROM coded c WHERE c.n = k.n AND c.pack_code = k.pack_code AND c.kind <> 'pressure_panel')
+    ), parsed AS MATERIALIZED (
+        -- Materialized so that each reading's functions run once, not once per use of their result.
+        SELECT g.n, g.part, g.pack_code, g.kind, g.holder, q.quantity, q.unit_text,
+               -- Only a unit with an annotation or a leading 1 needs the rule (a call costs more than the test).
+               CASE WHEN strpos(q.unit_text, '{') > 0 OR q.unit_text LIKE '1/%' THEN diagnosis._fhir_unit(q.unit_text)
+                    ELSE q.unit_text END AS unit_meant,
+               CASE WHEN g.kind = 'acvpu' AND jsonb_typeof(g.holder) = 'object' THEN diagnosis._fhir_acvpu(g.holder) END AS acvpu,
+               CASE WHEN jsonb_typeof(g.holder) IS DISTINCT FROM 'object' THEN false
+                    WHEN q.quantity IS NOT NULL THEN true
+                    ELSE EXISTS (SELECT 1 FROM jsonb_object_keys(g.holder) key WHERE key LIKE 'value%') END AS has_value
+        FROM reading g
+        CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(g.holder -> 'valueQuantity') = 'object'
+                                        THEN g.holder -> 'valueQuantity' END AS quantity,
+                                   coalesce(g.holder #>> '{valueQuantity,code}', g.holder #>> '{valueQuantity,unit}')
+                                       AS unit_text) q
+    ), valued AS (
+        SELECT p.*, u.factor, u.offset_by, u.unit_out
+        FROM parsed p
+        -- The UCUM code decides; a quantity without one is read by its display unit, and one with neither is
+        -- taken to be in the vital sign's UCUM unit.
+        LEFT JOIN unit u
+          ON u.kind = p.kind
+         AND CASE WHEN p.unit_text IS NULL THEN u.is_default ELSE u.unit_in = p.unit_meant END
+    ), outcome AS (
+        SELECT v.n, v.part, v.pack_code, v.acvpu,
+               CASE WHEN v.kind = 'room_air' THEN 0
+                    WHEN v.kind = 'on_oxygen' THEN 1
+                    WHEN v.kind = 'acvpu' OR v.factor IS NULL OR jsonb_typeof(v.quantity -> 'value') <> 'number' THEN NULL
+                    WHEN v.factor = 1 AND v.offset_by = 0 THEN (v.quantity ->> 'value')::numeric
+                    ELSE trim_scale(round((v.quantity ->> 'value')::numeric * v.factor + v.offset_by, 2)) END AS value,
+               CASE WHEN v.kind NOT IN ('room_air', 'on_oxygen', 'acvpu') THEN v.unit_out END AS unit,
+               CASE WHEN v.kind IN ('room_air', 'on_oxygen') THEN NULL
+                    WHEN v.kind = 'acvpu' THEN CASE WHEN v.acvpu IS NOT NULL THEN NULL
+                                                    WHEN v.has_value THEN 'value_not_understood' ELSE 'no_value' END
+                    WHEN v.quantity IS NULL THEN CASE WHEN v.has_value THEN 'value_not_understood' ELSE 'no_value' END
+                    WHEN v.quantity -> 'value' IS NULL THEN 'no_value'
+                    WHEN jsonb_typeof(v.quantity -> 'value') <> 'number' THEN 'value_not_understood'
+                    WHEN v.factor IS NULL THEN 'unit_not_understood' END AS problem,
+               CASE WHEN v.kind IN ('room_air', 'on_oxygen') THEN NULL
+                    WHEN v.kind <> 'acvpu' AND v.quantity IS NOT NULL AND v.factor IS NULL
+                    THEN 'unit ' || coalesce(v.unit_text, '')
+                    WHEN v.has_value AND v.acvpu IS NULL AND (v.kind = 'acvpu' OR v.quantity IS NULL)
+                    THEN (SELECT key || ' ' || left(v.holder ->> key, 80) FROM jsonb_object_keys(v.holder) key
+                          WHERE key LIKE 'value%' ORDER BY key LIMIT 1) END AS detail
+        FROM valued v
+    ), judged AS MATERIALIZED (
+        SELECT o.n, o.part, o.pack_code, o.acvpu, o.value, o.unit, r.at, r.id,
+               CASE WHEN r.status = 'entered-in-error' THEN 'entered_in_error'
+                    WHEN r.status = 'cancelled' THEN 'cancelled'
+                    WHEN o.problem IS NOT NULL THEN o.problem
+                    WHEN r.at IS NULL THEN 'time_not_understood' END AS reason,
+               CASE WHEN o.problem IS NULL AND r.at IS NULL THEN 'effective ' || coalesce(r.effective, 'missing')
+                    ELSE o.detail END AS detail
+        FROM outcome o JOIN resource r ON r.n = o.n
+    ), ranked AS (
+        -- The 500 newest readings make the pack (as build_context_pack does); older ones are superseded.
+        SELECT j.*, CASE WHEN j.reason IS NULL
+                         THEN row_number() OVER (PARTITION BY j.reason IS NULL ORDER BY j.at DESC, j.id, j.pack_code, j.part)
+                    END AS rank
+        FROM judged j
+    ), not_used AS (
+        SELECT k.at, k.id, k.pack_code AS code,
+               coalesce(k.reason, 'superseded') AS reason, k.detail
+        FROM ranked k
+        WHERE k.reason IS NOT NULL OR k.rank > 500
+        UNION ALL
+        -- A resource with no vital sign this table knows: listed with its first coding (or its text).
+        SELECT r.at, r.id, NULL,
+               CASE r.status WHEN 'entered-in-error' THEN 'entered_in_error' WHEN 'cancelled' THEN 'cancelled'
+                             ELSE 'unknown_code' END,
+               coalesce(nullif(concat_ws('|', r.body #>> '{code,coding,0,system}', r.body #>> '{code,coding,0,code}'), ''),
+                        r.body #>> '{code,text}')
+        FROM resource r
+        WHERE NOT EXISTS (SELECT 1 FROM reading g WHERE g.n = r.n)
+    )
+    SELECT jsonb_build_object(
+        'observations', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                              'code', k.pack_code, 'value', k.value, 'unit', k.unit, 'observed_at', k.at,
+                                              'data', jsonb_strip_nulls(jsonb_build_object(
+                                                  'acvpu', k.acvpu, 'fhir_reference', 'Observation/' || k.id)))
+                                          ORDER BY k.rank)
+                                  FROM ranked k WHERE k.rank <= 500), '[]'::jsonb),
+        'not_used', coalesce((SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                                          'reference', 'Observation/' || u.id, 'reason', u.reason, 'code', u.code,
+                                          'observed_at', u.at, 'detail', u.detail))
+                                      ORDER BY u.at DESC NULLS LAST, u.id, u.code)
+                              FROM not_used u), '[]'::jsonb)));
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._fhir_observations(jsonb) IS
+    'FHIR R4 Observations (a jsonb array) as {observations (context-pack observations, newest first), not_used '
+    '(every resource or vital sign not used, with its reason)} (README, FHIR).';
+
+CREATE OR REPLACE FUNCTION diagnosis.fhir_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_source     regclass;
+    v_patient    diagnosis.patients;
+    v_read       jsonb;
+BEGIN
+    IF fhir_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    v_source := diagnosis._fhir_source();
+    SELECT * INTO v_patient FROM diagnosis.patients p WHERE p.id = fhir_context_pack.patient_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'patient "%" does not exist', fhir_context_pack.patient_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The raw read, one statement, as the source's owner (diagnosis._fhir_source_resources): the patient's newest
+    -- 2000 Observation resources by effective time, of every status (the reading lists the ones it does not use,
+    -- with the reason), so the index README documents serves it as one ordered index scan.
+    v_read := diagnosis._fhir_observations(
+        diagnosis._fhir_source_resources('Patient/' || fhir_context_pack.patient_id::text, 2000));
+    RETURN jsonb_build_object(
+        'schema', 'pg_diagnosis.context_pack.v1',
+        'source', 'fhir:' || v_source::text,
+        'patient', jsonb_build_object('id', v_patient.id, 'organization_id', v_patient.organization_id,
+                                      'display_name', v_patient.display_name, 'data', v_patient.data),
+        'observations', v_read -> 'observations',
+        'not_used', v_read -> 'not_used',
+        'inputs', '{}'::jsonb);
+END;
+$$;
+
+-- A diagnosis as a FHIR R4 Observation in UK Core's NEWS2 shape: the aggregate under SNOMED CT 1104051000000101,
+-- one component per sub-score with UK Core's SNOMED CT codes (SpO2 under the scale scored), derivedFrom the FHIR
+-- observations scored. The scores come from the result's news2 property (the reference server's); a result without
+-- it keeps the risk as interpretation and says the value is unknown. A parameter the result lists as not recorded
+-- or not understood is a component without a value, its dataAbsentReason saying which (not-performed, unsupported).
+CREATE OR REPLACE FUNCTION diagnosis._news2_fhir_resource(run_id uuid, patient_id uuid, risk_level text, result jsonb,
+                                               diagnosed_at timestamptz) RETURNS jsonb
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH component_code AS (
+        SELECT c.parameter, c.code, c.display
+        FROM (VALUES ('respiration_rate', NULL, '1104301000000104', 'respiration rate score'),
+                     ('spo2', 1, '1104311000000102', 'oxygen saturation scale 1 score'),
+                     ('spo2', 2, '1104321000000108', 'oxygen saturation scale 2 score'),
+                     ('air_or_oxygen', NULL, '1104331000000105', 'air or oxygen score'),
+                     ('systolic_bp', NULL, '1104341000000101', 'systolic blood pressure score'),
+                     ('pulse', NULL, '1104351000000103', 'pulse score'),
+                     ('consciousness', NULL, '1104361000000100', 'consciousness score'),
+                     ('temperature', NULL, '1104371000000107', 'temperature score'))
+             c(parameter, scale, code, display)
+        WHERE c.scale IS NULL OR c.scale = CASE WHEN $4 #> '{news2,spo2_scale}' = '2' THEN 2 ELSE 1 END
+    ), sub AS (
+        SELECT s.entry, s.ord, c.code, c.display
+        FROM jsonb_array_elements(CASE jsonb_typeof($4 #> '{news2,subscores}')
+                                  WHEN 'array' THEN $4 #> '{news2,subscores}' ELSE '[]' END)
+             WITH ORDINALITY s(entry, ord)
+        JOIN component_code c ON c.parameter = s.entry ->> 'parameter'
+        WHERE jsonb_typeof(s.entry -> 'score') = 'number'
+    ), absent AS (
+        SELECT DISTINCT ON (a.parameter) a.parameter, a.ord, a.reason, a.text, c.code, c.display
+        FROM (SELECT p.value #>> '{}' AS parameter, p.ord, 'not-performed' AS reason, 'Not recorded' AS text
+              FROM jsonb_array_elements(CASE jsonb_typeof($4 #> '{news2,not_recorded}')
+                                        WHEN 'array' THEN $4 #> '{news2,not_recorded}' ELSE '[]' END)
+                   WITH ORDINALITY p(value, ord)
+              WHERE jsonb_typeof(p.value) = 'string'
+              UNION ALL
+              SELECT p.value ->> 'parameter', 1000 + p.ord, 'unsupported', 'Recorded, not understood'
+              FROM jsonb_array_elements(CASE jsonb_typeof($4 #> '{news2,not_understood}')
+                                        WHEN 'array' THEN $4 #> '{news2,not_understood}' ELSE '[]' END)
+                   WITH ORDINALITY p(value, ord)
+              WHERE jsonb_typeof(p.value) = 'object') a
+        JOIN component_code c ON c.parameter = a.parameter
+        WHERE NOT EXISTS (SELECT 1 FROM sub WHERE sub.code = c.code)
+        ORDER BY a.parameter, a.ord DESC
+    ), score AS (SELECT jsonb_build_object('system', 'http://unitsofmeasure.org', 'code', '{score}', 'unit', 'score') AS q)
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'resourceType', 'Observation',
+        'id', $1,
+        'identifier', jsonb_build_array(jsonb_build_object('system', 'urn:ietf:rfc:3986', 'value', 'urn:uuid:' || $1)),
+        'status', 'final',
+        'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+            'system', 'http://terminology.hl7.org/CodeSystem/observation-category', 'code', 'survey',
+            'display', 'Survey')))),
+        'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+            'system', 'http://snomed.info/sct', 'code', '1104051000000101',
+            'display', 'Royal College of Physicians NEWS2 (National Early Warning Score 2) total score'))),
+        'subject', jsonb_build_object('reference', 'Patient/' || $2),
+        'effectiveDateTime', diagnosis._fhir_datetime(coalesce(
+            (SELECT max(diagnosis._fhir_instant(sub.entry ->> 'observed_at')) FROM sub), $5)),
+        'issued', diagnosis._fhir_datetime($5),
+        'valueQuantity', CASE WHEN jsonb_typeof($4 #> '{news2,aggregate}') = 'number'
+                              THEN (SELECT q FROM score) || jsonb_build_object('value', $4 #> '{news2,aggregate}') END,
+        'dataAbsentReason', CASE WHEN jsonb_typeof($4 #> '{news2,aggregate}') IS DISTINCT FROM 'number'
+                                 THEN jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                                     'system', 'http://terminology.hl7.org/CodeSystem/data-absent-reason',
+                                     'code', 'unknown', 'display', 'Unknown'))) END,
+        'interpretation', jsonb_build_array(jsonb_build_object(
+            'coding', jsonb_build_array(jsonb_build_object(
+                'system', 'http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation',
+                'code', CASE $3 WHEN 'low' THEN 'N' WHEN 'medium' THEN 'H' ELSE 'HH' END,
+                'display', CASE $3 WHEN 'low' THEN 'Normal' WHEN 'medium' THEN 'High' ELSE 'Critical high' END)),
+            'text', 'NEWS2 ' || $3 || ' clinical risk'
+                    || CASE WHEN $3 = 'critical' THEN ' (high and worsening)' ELSE '' END)),
+        'note', CASE WHEN $4 ->> 'summary' IS NOT NULL
+                     THEN jsonb_build_array(jsonb_build_object('text', $4 ->> 'summary')) END,
+        'derivedFrom', (SELECT jsonb_agg(jsonb_build_object('reference', ref) ORDER BY first_ord)
+                        FROM (SELECT sub.entry ->> 'source' AS ref, min(sub.ord) AS first_ord FROM sub
+                              WHERE jsonb_typeof(sub.entry -> 'source') = 'string' GROUP BY 1) d),
+        'component', (SELECT jsonb_agg(c.component ORDER BY c.ord)
+                      FROM (SELECT sub.ord, jsonb_build_object(
+                                       'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                                           'system', 'http://snomed.info/sct', 'code', sub.code,
+                                           'display', 'Royal College of Physicians NEWS2 (National Early Warning Score 2) - '
+                                                      || sub.display))),
+                                       'valueQuantity', (SELECT q FROM score) || jsonb_build_object('value', sub.entry -> 'score'))
+                                   AS component
+                            FROM sub
+                            UNION ALL
+                            SELECT 100000 + absent.ord, jsonb_build_object(
+                                       'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                                           'system', 'http://snomed.info/sct', 'code', absent.code,
+                                           'display', 'Royal College of Physicians NEWS2 (National Early Warning Score 2) - '
+                                                      || absent.display))),
+                                       'dataAbsentReason', jsonb_build_object(
+                                           'coding', jsonb_build_array(jsonb_build_object(
+                                               'system', 'http://terminology.hl7.org/CodeSystem/data-absent-reason',
+                                               'code', absent.reason,
+                                               'display', CASE absent.reason WHEN 'unsupported' THEN 'Unsupported'
+                                                                              ELSE 'Not Performed' END)),
+                                           'text', absent.text))
+                            FROM absent) c)))
+$$;
+
 
 
 -- ===========================================================================================================
 -- The clinician's day (#29): re-runs, sign-off, schema versions, reading runs at scale.
 -- ===========================================================================================================
+
+-- Runs: the re-run link, schema versions in in-flight coalescing, one re-run in flight per run, and the indexes
+-- for a patient's history and a requester's runs.
+ALTER TABLE diagnosis.runs ADD COLUMN rerun_of uuid;
+DROP INDEX diagnosis.runs_inflight_inputs_idx;
+
+CREATE UNIQUE INDEX runs_inflight_inputs_idx ON diagnosis.runs (patient_id, inputs_hash, schema_version)
+    WHERE idempotency_key IS NULL AND status IN ('queued', 'running');
+-- One re-run of a run in flight at a time (rerun_diagnosis returns it to a second caller).
+CREATE UNIQUE INDEX runs_rerun_inflight_idx ON diagnosis.runs (rerun_of)
+    WHERE rerun_of IS NOT NULL AND status IN ('queued', 'running');
+
+CREATE INDEX runs_patient_history_idx ON diagnosis.runs (patient_id, created_at DESC);
+CREATE INDEX runs_requester_idx ON diagnosis.runs (requested_by, created_at DESC);
+
+
+-- Sign-off.
+ALTER TABLE diagnosis.audit_log DROP CONSTRAINT audit_log_event_check;
+ALTER TABLE diagnosis.audit_log ADD CONSTRAINT audit_log_event_check
+    CHECK (event IN ('ENQUEUED', 'DEDUPLICATED', 'LOCKED', 'RETRY_SCHEDULED', 'RECOVERED', 'COMPLETED', 'FAILED',
+                     'CANCELLED', 'PURGED', 'ACKNOWLEDGED'));
+
+
+CREATE TABLE diagnosis.acknowledgements (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id           uuid NOT NULL REFERENCES diagnosis.runs (id) ON DELETE CASCADE,
+    organization_id  uuid NOT NULL,
+    acknowledged_by  name NOT NULL DEFAULT current_user,
+    note             text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT acknowledgements_once UNIQUE (run_id, acknowledged_by)
+);
+CREATE INDEX acknowledgements_organization_idx ON diagnosis.acknowledgements (organization_id);
+COMMENT ON TABLE diagnosis.acknowledgements IS
+    'Insert-only: clinicians'' sign-offs of completed diagnoses, written by diagnosis.acknowledge_diagnosis().';
+
+CREATE TRIGGER acknowledgements_append_only BEFORE UPDATE OR DELETE ON diagnosis.acknowledgements
+    FOR EACH ROW EXECUTE FUNCTION diagnosis._append_only_guard();
+CREATE TRIGGER acknowledgements_no_truncate BEFORE TRUNCATE ON diagnosis.acknowledgements
+    FOR EACH STATEMENT EXECUTE FUNCTION diagnosis._append_only_guard();
+
+ALTER TABLE diagnosis.acknowledgements ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY acknowledgements_read ON diagnosis.acknowledgements FOR SELECT
+    USING (organization_id IN (SELECT unnest(diagnosis._member_orgs('admin')))
+           OR run_id IN (SELECT r.id FROM diagnosis.runs r
+                         WHERE r.patient_id IN (SELECT unnest(diagnosis._assigned_patients()))));
+
+-- Read for everyone, as every table (row-level security decides the rows); rows enter through the function only.
+GRANT SELECT ON diagnosis.acknowledgements TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.acknowledgements', '');
+SELECT pg_catalog.pg_extension_config_dump('diagnosis.acknowledgements_id_seq', '');
+
+-- Schema versions at enqueue: new signatures (a trailing schema_version), so the old functions go.
+DROP FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int);
+DROP FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int);
+DROP FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int);
+DROP FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int);
+
+
+-- The schema version a run is validated against: the one asked for, or diagnosis.default_schema_version; one that
+-- result_schemas does not hold is bad input (the foreign key would say so with 23503, after the work).
+CREATE FUNCTION diagnosis._schema_version(wanted text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_version  text := coalesce(wanted, current_setting('diagnosis.default_schema_version', true), 'v1');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM diagnosis.result_schemas s WHERE s.version = v_version) THEN
+        RAISE EXCEPTION 'schema_version "%" is not in diagnosis.result_schemas%',
+            CASE WHEN length(v_version) > 64 THEN left(v_version, 64) || '...' ELSE v_version END,
+            CASE WHEN wanted IS NULL THEN ' (diagnosis.default_schema_version)' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A superuser adds a version with INSERT INTO diagnosis.result_schemas (version, schema).';
+    END IF;
+    RETURN v_version;
+END;
+$$;
+
+CREATE FUNCTION diagnosis._enqueue_diagnosis_impl(caller name, p_patient_id uuid, p_inputs jsonb,
+        p_idempotency_key text, p_priority int, p_run_after timestamptz, p_max_retries int,
+        p_schema_version text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_org          uuid;
+    v_visible      boolean;
+    v_hash         text;
+    v_text         text;
+    v_max_retries  int;
+    v_version      text;
+    v_run          diagnosis.runs;
+    v_id           uuid;
+BEGIN
+    IF p_patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_inputs IS NULL THEN
+        RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass ''{}'' for a run without inputs.';
+    END IF;
+    IF jsonb_typeof(p_inputs) <> 'object' THEN
+        RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(p_inputs)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_text := p_inputs::text;
+    IF octet_length(v_text) > pg_size_bytes(current_setting('diagnosis.max_inputs_bytes')) THEN
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            octet_length(v_text), current_setting('diagnosis.max_inputs_bytes')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_idempotency_key IS NOT NULL AND (length(p_idempotency_key) = 0 OR length(p_idempotency_key) > 200) THEN
+        RAISE EXCEPTION 'idempotency_key must be 1 to 200 characters' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_version := diagnosis._schema_version(p_schema_version);
+
+    -- An unknown patient and one the caller may not see take the same path and get the same error: nothing leaks,
+    -- not even through timing (the access check runs either way).
+    SELECT p.organization_id, diagnosis._role_sees_patient(caller, coalesce(p.id, p_patient_id))
+      INTO v_org, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.patients p ON p.id = p_patient_id;
+    IF v_org IS NULL OR NOT v_visible THEN
+        RAISE EXCEPTION 'patient "%" does not exist', p_patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_hash := encode(sha256(convert_to(v_text, 'UTF8')), 'hex');
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
+
+    LOOP
+        IF p_idempotency_key IS NOT NULL THEN
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, idempotency_key,
+                                        schema_version, priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, p_idempotency_key, v_version, p_priority,
+                    coalesce(p_run_after, now()), v_max_retries)
+            ON CONFLICT (patient_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id INTO v_id;
+        ELSE
+            INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash,
+                                        schema_version, priority, run_after, max_retries)
+            VALUES (p_patient_id, v_org, caller, p_inputs, v_hash, v_version, p_priority, coalesce(p_run_after, now()),
+                    v_max_retries)
+            ON CONFLICT (patient_id, inputs_hash, schema_version)
+                WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+            DO NOTHING
+            RETURNING id INTO v_id;
+        END IF;
+
+        IF v_id IS NOT NULL THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_id, v_org, 'ENQUEUED', NULL, 'queued', 0, caller,
+                    jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key,
+                                                         'priority', p_priority, 'inputs_hash', v_hash)));
+            PERFORM diagnosis._wake_at_commit();
+            RETURN v_id;
+        END IF;
+
+        -- Somebody else's run already holds this key or these inputs: return it. The keyless lookup compares what
+        -- runs_inflight_inputs_idx does, or a conflict it cannot find would send this loop round for ever.
+        IF p_idempotency_key IS NOT NULL THEN
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND idempotency_key = p_idempotency_key;
+        ELSE
+            SELECT * INTO v_run FROM diagnosis.runs
+            WHERE patient_id = p_patient_id AND inputs_hash = v_hash AND schema_version = v_version
+              AND idempotency_key IS NULL AND status IN ('queued', 'running');
+        END IF;
+        IF FOUND AND v_run.organization_id <> v_org THEN
+            -- The patient moved here from another organization, whose run this is: never name or touch it.
+            RAISE EXCEPTION 'the patient''s earlier organization holds a run for this %',
+                CASE WHEN p_idempotency_key IS NULL THEN 'request' ELSE 'idempotency_key' END
+                USING ERRCODE = CASE WHEN p_idempotency_key IS NULL THEN 'object_not_in_prerequisite_state'
+                                     ELSE 'invalid_parameter_value' END,
+                      HINT = CASE WHEN p_idempotency_key IS NULL THEN 'Try again when that run has finished.'
+                                  ELSE 'Use a new idempotency key.' END;
+        END IF;
+        IF FOUND AND p_idempotency_key IS NOT NULL AND v_run.inputs_hash <> v_hash THEN
+            RAISE EXCEPTION 'idempotency_key "%" was used for run % with different inputs',
+                p_idempotency_key, v_run.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a new idempotency key for different inputs.';
+        END IF;
+        IF FOUND AND p_idempotency_key IS NOT NULL AND v_run.schema_version <> v_version THEN
+            RAISE EXCEPTION 'idempotency_key "%" was used for run % with schema version %, not %',
+                p_idempotency_key, v_run.id, v_run.schema_version, v_version
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a new idempotency key for another schema version.';
+        END IF;
+        IF FOUND THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_run.id, v_run.organization_id, 'DEDUPLICATED', v_run.status, v_run.status, v_run.attempt,
+                    caller, jsonb_strip_nulls(jsonb_build_object('idempotency_key', p_idempotency_key)));
+            RETURN v_run.id;
+        END IF;
+        -- The run that conflicted finished (or was purged) between our insert and our read: try again.
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnosis(patient_id uuid, inputs jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
+        priority int DEFAULT 0, run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL,
+        schema_version text DEFAULT NULL) RETURNS uuid
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnosis(uuid, jsonb, text, int, timestamptz, int, text) IS
+    'Queues a diagnosis run for a patient the caller may see; idempotent by key, or by inputs and schema version '
+    'while a run is in flight.';
+
+-- ===========================================================================================================
+-- Set-based enqueue (issue 17): many keyless runs in one statement, at what its SQL costs
+-- ===========================================================================================================
+
+-- The same checks, errors, coalescing and audit rows as enqueue_diagnosis, per element, with one INSERT for the
+-- runs and one for their ENQUEUED rows instead of a function call and five statements per run (whose executor
+-- start-up, CHECK constraints and foreign-key triggers are most of what a one-run enqueue costs). Elements whose
+-- inputs are already in flight (in the table or earlier in the same array) take the one-run path, which returns
+-- the run they coalesce with and writes its DEDUPLICATED row.
+CREATE FUNCTION diagnosis._enqueue_diagnoses_impl(caller name, p_patient_ids uuid[], p_inputs jsonb[],
+        p_priority int, p_run_after timestamptz, p_max_retries int, p_schema_version text) RETURNS uuid[]
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_n            int := coalesce(cardinality(p_patient_ids), 0);
+    v_limit        bigint := pg_size_bytes(current_setting('diagnosis.max_inputs_bytes'));
+    v_max_retries  int;
+    v_version      text;
+    v_bad          record;
+    v_ids          uuid[];
+BEGIN
+    IF p_patient_ids IS NULL THEN
+        RAISE EXCEPTION 'patient_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Subscripts from 1 whatever bounds (or dimensions) the caller's arrays had: elements are found by position.
+    p_patient_ids := ARRAY(SELECT unnest(p_patient_ids));
+    p_inputs := CASE WHEN p_inputs IS NOT NULL THEN ARRAY(SELECT unnest(p_inputs)) END;
+    IF p_inputs IS NOT NULL AND coalesce(cardinality(p_inputs), 0) <> v_n THEN
+        RAISE EXCEPTION 'inputs has % elements, patient_ids %: one inputs object per patient',
+            coalesce(cardinality(p_inputs), 0), v_n USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_retries < 0 OR p_max_retries > 100 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 100, not %', p_max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_priority IS NULL THEN
+        RAISE EXCEPTION 'priority must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_priority < -100 OR p_priority > 100 THEN
+        RAISE EXCEPTION 'priority must be between -100 and 100, not %', p_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_version := diagnosis._schema_version(p_schema_version);
+    IF v_n = 0 THEN
+        RETURN '{}';
+    END IF;
+
+    -- The first offending element raises what enqueue_diagnosis would raise for it.
+    SELECT x.ord, x.patient_id, x.inputs, octet_length(x.inputs::text) AS bytes INTO v_bad
+      FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS x(patient_id, inputs, ord)
+     WHERE x.patient_id IS NULL OR (p_inputs IS NOT NULL AND (x.inputs IS NULL OR jsonb_typeof(x.inputs) <> 'object'
+                                                              OR octet_length(x.inputs::text) > v_limit))
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        IF v_bad.patient_id IS NULL THEN
+            RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+        ELSIF v_bad.inputs IS NULL THEN
+            RAISE EXCEPTION 'inputs must not be null' USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'Pass ''{}'' for a run without inputs.';
+        ELSIF jsonb_typeof(v_bad.inputs) <> 'object' THEN
+            RAISE EXCEPTION 'inputs must be a JSON object, not %', jsonb_typeof(v_bad.inputs)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'inputs are % bytes, more than diagnosis.max_inputs_bytes (%)',
+            v_bad.bytes, current_setting('diagnosis.max_inputs_bytes') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Unknown and invisible patients: the same check for each distinct patient, the same error.
+    SELECT x.patient_id INTO v_bad
+      FROM (SELECT DISTINCT patient_id FROM unnest(p_patient_ids) AS u(patient_id)) x
+      LEFT JOIN diagnosis.patients p ON p.id = x.patient_id
+     WHERE NOT diagnosis._role_sees_patient(caller, x.patient_id) OR p.id IS NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'patient "%" does not exist', v_bad.patient_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_max_retries := coalesce(p_max_retries, least(current_setting('diagnosis.max_retries')::int, 100));
+    WITH x AS (
+        SELECT e.ord, e.patient_id, e.inputs, e.inputs_hash, p.organization_id,
+               row_number() OVER (PARTITION BY e.patient_id, e.inputs_hash ORDER BY e.ord) = 1 AS first
+          FROM (SELECT u.ord, u.patient_id, coalesce(u.inputs, '{}') AS inputs,
+                       encode(sha256(convert_to(coalesce(u.inputs, '{}')::text, 'UTF8')), 'hex') AS inputs_hash
+                  FROM unnest(p_patient_ids, p_inputs) WITH ORDINALITY AS u(patient_id, inputs, ord)) e
+          JOIN diagnosis.patients p ON p.id = e.patient_id
+    ), ins AS (
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, schema_version,
+                                    priority, run_after, max_retries)
+        SELECT x.patient_id, x.organization_id, caller, x.inputs, x.inputs_hash, v_version, p_priority,
+               coalesce(p_run_after, now()), v_max_retries
+          FROM x WHERE x.first ORDER BY x.ord
+        ON CONFLICT (patient_id, inputs_hash, schema_version)
+            WHERE idempotency_key IS NULL AND status IN ('queued', 'running')
+        DO NOTHING
+        RETURNING id, patient_id, organization_id, inputs_hash
+    ), audit AS (
+        INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, details)
+        SELECT id, organization_id, 'ENQUEUED', NULL, 'queued', 0, caller,
+               jsonb_build_object('priority', p_priority, 'inputs_hash', inputs_hash)
+          FROM ins
+    )
+    SELECT array_agg(ins.id ORDER BY x.ord) INTO v_ids
+      FROM x LEFT JOIN ins ON x.first AND ins.patient_id = x.patient_id AND ins.inputs_hash = x.inputs_hash;
+
+    -- Coalesced elements: the one-run path finds their run (and the moved-patient cases) exactly as it would alone.
+    FOR i IN 1 .. v_n LOOP
+        IF v_ids[i] IS NULL THEN
+            v_ids[i] := diagnosis._enqueue_diagnosis_impl(caller, p_patient_ids[i], coalesce(p_inputs[i], '{}'), NULL,
+                                                          p_priority, p_run_after, p_max_retries, v_version);
+        END IF;
+    END LOOP;
+    PERFORM diagnosis._wake_at_commit();
+    RETURN v_ids;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.enqueue_diagnoses(patient_ids uuid[], inputs jsonb[] DEFAULT NULL, priority int DEFAULT 0,
+        run_after timestamptz DEFAULT NULL, max_retries int DEFAULT NULL, schema_version text DEFAULT NULL) RETURNS uuid[]
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.enqueue_diagnoses(uuid[], jsonb[], int, timestamptz, int, text) IS
+    'Queues one keyless run per element (inputs: one object per patient, default {}); returns their ids in order. '
+    'Same checks, coalescing and audit rows as enqueue_diagnosis, one statement per batch.';
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnoses_impl(name, uuid[], jsonb[], int, timestamptz, int, text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION diagnosis._schema_version(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._enqueue_diagnosis_impl(name, uuid, jsonb, text, int, timestamptz, int, text) FROM PUBLIC;
+
+
+-- A re-run (0.3.0): a new run of a terminal run with the same request (patient, inputs, schema version, priority,
+-- max_retries) and no idempotency key, so a keyed request whose run failed can be run again; the worker builds a
+-- fresh context pack. Visibility as cancel_diagnosis: an invisible run is reported as an unknown one. A second
+-- call while a re-run of the same run is in flight returns it (runs_rerun_inflight_idx); so does a call while a
+-- keyless run of the same request is in flight (in-flight coalescing, as enqueue_diagnosis): either way a
+-- DEDUPLICATED row records the reason.
+CREATE FUNCTION diagnosis._rerun_diagnosis_impl(caller name, p_run_id uuid, p_reason text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_exists   boolean;
+    v_visible  boolean;
+    v_run      diagnosis.runs;
+    v_found    diagnosis.runs;
+    v_org      uuid;
+    v_id       uuid;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_reason IS NULL THEN
+        RAISE EXCEPTION 'reason must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Say why the run is repeated: its ENQUEUED audit row keeps the reason.';
+    END IF;
+    IF length(btrim(p_reason)) = 0 OR length(p_reason) > 1000 THEN
+        RAISE EXCEPTION 'reason must be 1 to 1000 characters and not blank' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'run % is %: only a completed, failed or cancelled run can be re-run', p_run_id, v_run.status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    SELECT p.organization_id INTO v_org FROM diagnosis.patients p WHERE p.id = v_run.patient_id;
+    IF v_org IS DISTINCT FROM v_run.organization_id THEN
+        -- The patient moved: the old organization's request is not the new one's to repeat.
+        RAISE EXCEPTION 'run % belongs to the patient''s earlier organization', p_run_id
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enqueue a new run.';
+    END IF;
+
+    LOOP
+        INSERT INTO diagnosis.runs (patient_id, organization_id, requested_by, inputs, inputs_hash, schema_version,
+                                    priority, run_after, max_retries, rerun_of)
+        VALUES (v_run.patient_id, v_org, caller, v_run.inputs, v_run.inputs_hash, v_run.schema_version,
+                v_run.priority, now(), v_run.max_retries, v_run.id)
+        ON CONFLICT DO NOTHING
+        RETURNING id INTO v_id;
+        IF v_id IS NOT NULL THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_id, v_org, 'ENQUEUED', NULL, 'queued', 0, caller,
+                    jsonb_build_object('rerun_of', v_run.id, 'reason', p_reason, 'priority', v_run.priority,
+                                       'inputs_hash', v_run.inputs_hash));
+            PERFORM diagnosis._wake_at_commit();
+            RETURN v_id;
+        END IF;
+        -- The two unique indexes a re-run can meet: a re-run of this run in flight, or this request in flight.
+        SELECT * INTO v_found FROM diagnosis.runs
+         WHERE rerun_of = v_run.id AND status IN ('queued', 'running');
+        IF NOT FOUND THEN
+            SELECT * INTO v_found FROM diagnosis.runs
+             WHERE patient_id = v_run.patient_id AND inputs_hash = v_run.inputs_hash
+               AND schema_version = v_run.schema_version AND idempotency_key IS NULL
+               AND status IN ('queued', 'running');
+        END IF;
+        IF FOUND THEN
+            INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor,
+                                             details)
+            VALUES (v_found.id, v_found.organization_id, 'DEDUPLICATED', v_found.status, v_found.status,
+                    v_found.attempt, caller, jsonb_build_object('rerun_of', v_run.id, 'reason', p_reason));
+            RETURN v_found.id;
+        END IF;
+        -- The run that conflicted finished between our insert and our read: try again.
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.rerun_diagnosis(run_id uuid, reason text) RETURNS uuid
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.rerun_diagnosis(uuid, text) IS
+    'Queues a new run of a completed, failed or cancelled run (same patient, inputs, schema version, priority; no '
+    'idempotency key; rerun_of set); returns the re-run already in flight, if any.';
+
+-- A clinician's sign-off (0.3.0): one row per role and completed run; a second call returns the first row's id.
+CREATE FUNCTION diagnosis._acknowledge_diagnosis_impl(caller name, p_run_id uuid, p_note text) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_exists   boolean;
+    v_visible  boolean;
+    v_run      diagnosis.runs;
+    v_id       bigint;
+BEGIN
+    IF p_run_id IS NULL THEN
+        RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF length(p_note) > 4000 THEN
+        RAISE EXCEPTION 'note must be at most 4000 characters, not %', length(p_note)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT r.id IS NOT NULL, diagnosis._role_sees_patient(caller, coalesce(r.patient_id, p_run_id))
+      INTO v_exists, v_visible
+      FROM (SELECT 1) AS one LEFT JOIN diagnosis.runs r ON r.id = p_run_id;
+    IF v_exists AND v_visible THEN
+        SELECT * INTO v_run FROM diagnosis.runs WHERE id = p_run_id;
+    END IF;
+    IF NOT v_exists OR NOT v_visible OR v_run.id IS NULL THEN
+        RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_run.status <> 'completed' THEN
+        RAISE EXCEPTION 'run % is %: only a completed run has a diagnosis to acknowledge', p_run_id, v_run.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    INSERT INTO diagnosis.acknowledgements (run_id, organization_id, acknowledged_by, note)
+    VALUES (v_run.id, v_run.organization_id, caller, p_note)
+    ON CONFLICT (run_id, acknowledged_by) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT k.id INTO v_id FROM diagnosis.acknowledgements k WHERE k.run_id = v_run.id AND k.acknowledged_by = caller;
+        IF v_id IS NULL THEN
+            -- Purged between the insert and the read.
+            RAISE EXCEPTION 'run "%" does not exist', p_run_id USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RETURN v_id;
+    END IF;
+    INSERT INTO diagnosis.audit_log (run_id, organization_id, event, status_from, status_to, attempt, actor, details)
+    VALUES (v_run.id, v_run.organization_id, 'ACKNOWLEDGED', 'completed', 'completed', v_run.attempt, caller,
+            jsonb_build_object('acknowledgement_id', v_id));
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION diagnosis.acknowledge_diagnosis(run_id uuid, note text DEFAULT NULL) RETURNS bigint
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'pgdiag_call_as_owner';
+COMMENT ON FUNCTION diagnosis.acknowledge_diagnosis(uuid, text) IS
+    'Signs off a completed run''s diagnosis as the calling role (once per role and run: a second call returns the '
+    'first acknowledgement''s id); acknowledged runs leave review_queue.';
+
+REVOKE ALL ON FUNCTION diagnosis._rerun_diagnosis_impl(name, uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION diagnosis._acknowledge_diagnosis_impl(name, uuid, text) FROM PUBLIC;
+
+
+-- Urgency first (0.2): critical, high, medium, then the low-risk diagnoses that need review for low confidence;
+-- newest first within each. urgency (1-4) lets a caller that filters or pages the view keep that order.
+CREATE OR REPLACE VIEW diagnosis.review_queue WITH (security_invoker = true) AS
+SELECT l.*,
+       CASE l.risk_level WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END AS urgency
+FROM diagnosis.latest_diagnosis l
+WHERE (l.needs_review OR l.risk_level IN ('medium', 'high', 'critical'))
+  AND NOT EXISTS (SELECT 1 FROM diagnosis.acknowledgements k WHERE k.run_id = l.run_id)
+ORDER BY urgency, l.diagnosed_at DESC, l.patient_id;
+COMMENT ON VIEW diagnosis.review_queue IS
+    'Latest diagnoses that need a clinician and nobody has acknowledged yet, most urgent first: critical, high, '
+    'medium risk, then low confidence (needs_review); newest first within each (ORDER BY urgency, diagnosed_at DESC).';
 

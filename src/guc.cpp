@@ -37,6 +37,7 @@ int pgdiag_max_inflight_per_organization = 0;
 int pgdiag_max_context_pack_bytes = 1024 * 1024;
 int pgdiag_context_pack_timeout_ms = 5000;
 char *pgdiag_fhir_source = nullptr;
+char *pgdiag_default_schema_version = nullptr;
 char *pgdiag_worker_role = nullptr;
 
 char *pgdiag_mcp_oauth_client_id = nullptr;
@@ -137,6 +138,10 @@ pgdiag::InitGucs()
 	                                        "diagnosis.fhir_context_pack."),
 	                           gettext_noop("A schema-qualified name; the relation has a jsonb column \"resource\"."),
 	                           &pgdiag_fhir_source, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("diagnosis.default_schema_version",
+	                           gettext_noop("Result schema version of runs enqueued without one."),
+	                           gettext_noop("A version in diagnosis.result_schemas; checked at each enqueue."),
+	                           &pgdiag_default_schema_version, "v1", PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("diagnosis.worker_role",
 	                           gettext_noop("Role the pg_diagnosis workers act as; neither a superuser nor a member of "
 	                                        "one."),
@@ -162,8 +167,8 @@ pgdiag::InitGucs()
 	DefineConnectionString("diagnosis.mcp_ca_file",
 	                       gettext_noop("CA bundle (PEM) that verifies the MCP and authorization servers."),
 	                       gettext_noop("Empty means the system's CA bundle."), &pgdiag_mcp_ca_file, 0, NULL);
-	DefineConnectionString("diagnosis.mcp_client_cert", gettext_noop("Client certificate (PEM) for mutual TLS."),
-	                       NULL, &pgdiag_mcp_client_cert, 0, NULL);
+	DefineConnectionString("diagnosis.mcp_client_cert", gettext_noop("Client certificate (PEM) for mutual TLS."), NULL,
+	                       &pgdiag_mcp_client_cert, 0, NULL);
 	DefineConnectionString("diagnosis.mcp_client_key", gettext_noop("Private key (PEM) of the client certificate."),
 	                       NULL, &pgdiag_mcp_client_key, GUC_SUPERUSER_ONLY, NULL);
 	MarkGUCPrefixReserved("diagnosis");

@@ -227,6 +227,9 @@ IsTerminalStatus(const char *status)
 	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
 }
 
+/* The longest wait_for_run waits: a century, so that now() plus it stays a valid timestamp. */
+static const int64 kMaxWaitUs = (int64) 100 * 366 * USECS_PER_DAY;
+
 /*
  * wait_for_run sleeps on the condition variable that every finalize broadcasts, re-reading the run's status
  * (as the caller, under row-level security) after each wake-up. The sleep is capped at a second because a
@@ -251,10 +254,12 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 		timeout_us = 30 * USECS_PER_SEC;
 	else {
 		Interval *timeout = PG_GETARG_INTERVAL_P(1);
-		timeout_us = timeout->time + ((int64) timeout->day * USECS_PER_DAY) +
-		             ((int64) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY);
-		if (timeout_us < 0)
+		/* In 128 bits: '178000000 years' overflows int64 microseconds (and a wrapped sum could look negative). */
+		int128 us = (int128) timeout->time + (int128) timeout->day * USECS_PER_DAY +
+		            (int128) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+		if (us < 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("timeout must not be negative")));
+		timeout_us = (int64) Min(us, (int128) kMaxWaitUs);
 	}
 	deadline = GetCurrentTimestamp() + timeout_us;
 

@@ -505,8 +505,7 @@ ApplySettings(void)
 	s.tool = pgdiag_mcp_tool;
 	s.auth_token = AuthToken();
 	s.oauth_client_id = pgdiag_mcp_oauth_client_id;
-	s.oauth_client_secret =
-	    SecretSetting(pgdiag_mcp_oauth_client_secret, "diagnosis.mcp_oauth_client_secret", true);
+	s.oauth_client_secret = SecretSetting(pgdiag_mcp_oauth_client_secret, "diagnosis.mcp_oauth_client_secret", true);
 	s.oauth_private_key_pem = SecretSetting(pgdiag_mcp_oauth_private_key, "diagnosis.mcp_oauth_private_key", false);
 	s.oauth_scope = pgdiag_mcp_oauth_scope;
 	s.oauth_store = psprintf("%s/pg_diagnosis_oauth.json", DataDir);

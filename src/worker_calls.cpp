@@ -7,8 +7,9 @@
  *-------------------------------------------------------------------------
  */
 #include <algorithm>
-#include <cstdio>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -47,10 +48,12 @@ struct InflightRun {
 	std::string context_pack_json;
 	Clock::time_point claimed_at;
 	bool cancel_sent = false;
-	/* Progress: the newest reported, and what was last handed to the worker for writing. */
+	/* Progress: the newest reported, and what was last handed to the worker for writing (written only when one of
+	 * them changed). */
 	double reported = -1;
 	std::string reported_message;
 	double written = -1;
+	std::string written_message;
 	Clock::time_point written_at;
 };
 
@@ -153,6 +156,7 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 	f.mcp_response = outcome.response_json;
 	f.mcp_run_id = outcome.mcp_run_id;
 	f.task_lost = outcome.task_lost;
+	f.ignored_server_requests = outcome.ignored_server_requests;
 	if (outcome.code == ErrorCode::None && !outcome.cancelled) {
 		f.outcome = "completed";
 		f.diagnosis = outcome.result_json;
@@ -300,11 +304,14 @@ Drive()
 			if (it == state->inflight.end())
 				continue;
 			double fraction = p.total > 0 ? p.progress / p.total : p.progress;
-			if (fraction < 0 || fraction > 1)
-				continue; /* without a total the value is not a fraction */
-			if (fraction >= it->second.reported) {
-				it->second.reported = fraction;
-				it->second.reported_message = p.message;
+			if (!(fraction >= 0 && fraction <= 1))
+				continue; /* without a total the value is not a fraction (NaN included) */
+			/* At the precision it is written with: a change below it is no change. */
+			fraction = std::round(fraction * 1e6) / 1e6;
+			InflightRun &r = it->second;
+			if (fraction > r.reported || (fraction == r.reported && p.message != r.reported_message)) {
+				r.reported = fraction;
+				r.reported_message = std::move(p.message);
 				state->progress_unwritten.insert(p.tag);
 			}
 		}
@@ -370,7 +377,8 @@ CollectProgress(int *count)
 		*count = 0;
 		for (auto tag = state->progress_unwritten.begin(); tag != state->progress_unwritten.end();) {
 			auto it = state->inflight.find(*tag);
-			if (it == state->inflight.end() || it->second.reported <= it->second.written) {
+			if (it == state->inflight.end() || (it->second.reported == it->second.written &&
+			                                    it->second.reported_message == it->second.written_message)) {
 				tag = state->progress_unwritten.erase(tag);
 				continue;
 			}
@@ -380,6 +388,7 @@ CollectProgress(int *count)
 				continue;
 			}
 			r.written = r.reported;
+			r.written_message = r.reported_message;
 			r.written_at = now;
 			state->progress.push_back(ProgressRow{r.run_id, r.reported_message, r.attempt, r.reported});
 			tag = state->progress_unwritten.erase(tag);

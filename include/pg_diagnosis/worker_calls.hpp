@@ -62,7 +62,7 @@ struct Finished {
 	long retry_delay_ms;             /* for "queued" */
 	bool refund_attempt;             /* "queued" for a reason not the run's (a setting, no descriptor, no memory) */
 	bool task_lost;                  /* the run's task is unknown or expired on the server: forget it */
-	int ignored_server_requests = 0; /* server-to-client requests of the call that were counted, not answered */
+	int ignored_server_requests = 0; /* server requests of the call that were not answered (client side) */
 };
 
 /* A task the server created for a call, to be committed with the run so a restart resumes polling it. */

@@ -226,6 +226,45 @@ export function recommendations(total, anySingleThree) {
 
 export const CONFIDENCE_FLOOR = 0.05;
 
+/** The reasons, in a FHIR pack's not_used, for a recorded reading that could not be read: such a reading may
+ * change the score, so the diagnosis needs a clinician's review. */
+export const NOT_UNDERSTOOD = new Set(['unit_not_understood', 'value_not_understood', 'time_not_understood']);
+
+/** The readings of NEWS2 parameters that the pack lists as recorded but not understood (pg_diagnosis's FHIR pack,
+ * not_used), and that could change the score: of a parameter without a reading, or not older than the reading
+ * scored (a reading whose time is not understood always counts). */
+export function notUnderstood(notUsed, readings) {
+  const found = [];
+  for (const entry of Array.isArray(notUsed) ? notUsed : []) {
+    if (!entry || typeof entry !== 'object' || !NOT_UNDERSTOOD.has(entry.reason)) continue;
+    const parameter = codeToParameter.get(String(entry.code ?? '').trim());
+    if (!parameter) continue;
+    const scored = readings[parameter][0];
+    const at = Date.parse(entry.observed_at ?? '');
+    const scoredAt = Date.parse(scored?.obs.observed_at ?? '');
+    if (scored && !Number.isNaN(at) && !Number.isNaN(scoredAt) && at < scoredAt) continue;
+    const item = { parameter, reason: entry.reason };
+    if (typeof entry.reference === 'string') item.source = entry.reference;
+    if (typeof entry.detail === 'string') item.detail = entry.detail;
+    found.push(item);
+  }
+  return found;
+}
+
+/** "2 unknown code, 1 entered in error": what the pack read and did not use, by reason. */
+function notUsedCounts(notUsed) {
+  const counts = new Map();
+  for (const entry of Array.isArray(notUsed) ? notUsed : []) {
+    if (entry && typeof entry.reason === 'string') counts.set(entry.reason, (counts.get(entry.reason) ?? 0) + 1);
+  }
+  return [...counts].map(([reason, n]) => `${n} ${reason.replaceAll('_', ' ')}`).join(', ');
+}
+
+function describeNotUnderstood({ parameter, reason, source, detail }) {
+  const what = [source, reason.replaceAll('_', ' '), detail].filter(Boolean).join(': ');
+  return `${LABELS[parameter][0]} recorded but not understood (${what})`;
+}
+
 /** Confidence falls by 0.12 for each of the seven parameters not recorded, from 0.95 (0.11 with all seven
  * missing); a pack with no vital sign at all gets the floor, 0.05. */
 export function confidence(missingCount) {
@@ -240,14 +279,26 @@ export function diagnose(contextPack) {
   const values = Object.fromEntries(PARAMETERS.map((p) => [p, readings[p].map((r) => r.value)]));
   const present = PARAMETERS.filter((p) => values[p].length > 0);
   const missing = PARAMETERS.filter((p) => values[p].length === 0);
+  // A parameter is missing because it was not recorded or because what was recorded was not understood; anything
+  // not understood that could change the score sends the diagnosis to review (confidence at the floor, below any
+  // diagnosis.min_confidence above it).
+  const unread = notUnderstood(contextPack?.not_used, readings);
+  const notRecorded = missing.filter((p) => !unread.some((u) => u.parameter === p));
+  const unreadFindings = unread.map(describeNotUnderstood);
+  const notUsed = notUsedCounts(contextPack?.not_used);
+  if (notUsed) unreadFindings.push(`Read from the record and not used: ${notUsed}`);
+  const review = unread.length > 0
+    ? `; ${new Set(unread.map((u) => u.parameter)).size} parameter(s) recorded but not understood: review the record` : '';
 
   if (present.length === 0) {
     return {
       risk_level: 'low',
       confidence_score: CONFIDENCE_FLOOR, /* nothing to score at all */
-      summary: 'No vital signs recorded: NEWS2 cannot be scored. Record a full set of observations.',
-      primary_findings: ['No vital signs recorded'],
+      summary: `No vital signs ${unread.length ? 'understood' : 'recorded'}: NEWS2 cannot be scored${review}. ` +
+        'Record a full set of observations.',
+      primary_findings: [unread.length ? 'No vital sign understood' : 'No vital signs recorded', ...unreadFindings],
       recommendations: [{ text: 'Record a full set of vital signs to calculate NEWS2', priority: 'soon' }],
+      news2: { spo2_scale: scale, subscores: [], not_recorded: notRecorded, not_understood: unread },
     };
   }
 
@@ -263,7 +314,8 @@ export function diagnose(contextPack) {
   findings.push(`NEWS2 aggregate score ${total}` + (hasPrevious ? ` (previous ${previousTotal})` : ''));
   findings.push(scale === 2 ? 'SpO2 scored on scale 2 (hypercapnic respiratory failure, target 88-92 %)'
     : 'SpO2 scored on scale 1');
-  for (const p of missing) findings.push(`${LABELS[p][0]} not recorded`);
+  for (const p of notRecorded) findings.push(`${LABELS[p][0]} not recorded`);
+  findings.push(...unreadFindings);
 
   const differential = [];
   if ((scores.temperature ?? 0) >= 1 && (scores.pulse ?? 0) >= 1 && (scores.respiration_rate ?? 0) >= 2) {
@@ -275,14 +327,18 @@ export function diagnose(contextPack) {
 
   const result = {
     risk_level: risk,
-    confidence_score: confidence(missing.length),
+    confidence_score: unread.length ? CONFIDENCE_FLOOR : confidence(missing.length),
     summary: `NEWS2 aggregate score ${total}: ${risk} clinical risk` +
       (anySingleThree && total < 5 ? ' (a single parameter scores 3)' : '') +
       (worsening ? `, worsening from ${previousTotal}` : '') +
-      (missing.length ? `; ${missing.length} of 7 parameters not recorded` : '') + '.',
+      (notRecorded.length ? `; ${notRecorded.length} of 7 parameters not recorded` : '') + review + '.',
     primary_findings: findings,
     recommendations: recommendations(total, anySingleThree),
-    news2: news2Detail(total, scale, present.map((p) => ({ parameter: p, score: scores[p], reading: readings[p][0] }))),
+    news2: {
+      ...news2Detail(total, scale, present.map((p) => ({ parameter: p, score: scores[p], reading: readings[p][0] }))),
+      not_recorded: notRecorded,
+      not_understood: unread,
+    },
   };
   if (differential.length) result.differential = differential;
   return result;
@@ -290,7 +346,8 @@ export function diagnose(contextPack) {
 
 /** The scores behind the result, for consumers that render NEWS2 itself (pg_diagnosis's news2_fhir view): an extra
  * property, which result schema v1 allows. `source` is the FHIR reference of the observation scored, when the pack
- * came from FHIR (its data.fhir_reference). */
+ * came from FHIR (its data.fhir_reference). diagnose adds not_recorded (parameters) and not_understood
+ * ({parameter, reason, source, detail}). */
 function news2Detail(total, scale, scored) {
   return {
     aggregate: total,

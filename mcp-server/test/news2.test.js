@@ -179,7 +179,78 @@ test('news2: the aggregate and one sub-score per recorded parameter, with the FH
       { parameter: 'pulse', score: 2, value: 112, observed_at: at(0) },
       { parameter: 'consciousness', score: 0, value: 'A', observed_at: at(0) },
     ],
+    not_recorded: ['air_or_oxygen', 'systolic_bp', 'temperature'],
+    not_understood: [],
   });
   const sumOfScores = d.news2.subscores.reduce((s, x) => s + x.score, 0);
   assert.ok(d.primary_findings.includes(`NEWS2 aggregate score ${sumOfScores} (previous 3)`));
+});
+
+// A FHIR pack (diagnosis.fhir_context_pack) lists what it read and did not use: not_used [{reference, reason, code,
+// observed_at, detail}]. The diagnosis tells "not recorded" from "recorded but not understood".
+const unused = (reference, reason, code, hoursAgo, detail) =>
+  ({ reference, reason, ...(code ? { code } : {}), observed_at: at(hoursAgo), ...(detail ? { detail } : {}) });
+
+test('not understood: a parameter recorded in a unit not understood is not "not recorded", and sends the diagnosis to review', () => {
+  const full = [obs('9279-1', 18), obs('59408-5', 97), obs('supplemental_oxygen', 0), obs('8480-6', 120), obs('8867-4', 70),
+    obs('1104441000000107', null, 0, { acvpu: 'A' }), obs('8310-5', 37)];
+  const clean = diagnose(pack(full));
+  assert.equal(clean.confidence_score, 0.95);
+  assert.deepEqual(clean.news2.not_understood, []);
+  const withTemperatureInKelvin = {
+    ...pack(full.filter((o) => o.code !== '8310-5')),
+    not_used: [unused('Observation/t', 'unit_not_understood', '8310-5', 0, 'unit K'),
+      unused('Observation/glucose', 'unknown_code', null, 1, 'http://loinc.org|15074-8'),
+      unused('Observation/hr-err', 'entered_in_error', '8867-4', 0)],
+  };
+  const d = diagnose(withTemperatureInKelvin);
+  assert.deepEqual(d.news2.not_recorded, []);
+  assert.deepEqual(d.news2.not_understood,
+    [{ parameter: 'temperature', reason: 'unit_not_understood', source: 'Observation/t', detail: 'unit K' }]);
+  assert.equal(d.confidence_score, 0.05, 'below any min_confidence above the floor: needs review');
+  assert.ok(d.primary_findings.includes('Temperature recorded but not understood (Observation/t: unit not understood: unit K)'));
+  assert.ok(!d.primary_findings.includes('Temperature not recorded'));
+  assert.ok(d.primary_findings.includes('Read from the record and not used: 1 unit not understood, 1 unknown code, 1 entered in error'));
+  assert.match(d.summary, /1 parameter\(s\) recorded but not understood: review the record/);
+  assert.doesNotMatch(d.summary, /not recorded/);
+  // The same pack without the temperature at all: not recorded, a lower confidence but not review.
+  const missing = diagnose(pack(full.filter((o) => o.code !== '8310-5')));
+  assert.deepEqual(missing.news2.not_recorded, ['temperature']);
+  assert.equal(missing.confidence_score, 0.83);
+  assert.ok(missing.primary_findings.includes('Temperature not recorded'));
+});
+
+test('not understood: only what could change the score counts; entered in error, unknown codes, superseded do not', () => {
+  const base = [obs('9279-1', 18, 1)];
+  // Older than the reading scored: it cannot change the score.
+  assert.deepEqual(diagnose({ ...pack(base), not_used: [unused('Observation/old', 'unit_not_understood', '9279-1', 3)] })
+    .news2.not_understood, []);
+  // Newer than the reading scored: it might.
+  assert.equal(diagnose({ ...pack(base), not_used: [unused('Observation/new', 'value_not_understood', '9279-1', 0)] })
+    .news2.not_understood.length, 1);
+  // A time not understood cannot be placed: it counts.
+  assert.equal(diagnose({ ...pack(base), not_used: [{ reference: 'Observation/x', reason: 'time_not_understood', code: '9279-1' }] })
+    .confidence_score, 0.05);
+  for (const reason of ['entered_in_error', 'cancelled', 'superseded', 'no_value', 'unknown_code']) {
+    const d = diagnose({ ...pack(base), not_used: [unused('Observation/y', reason, '9279-1', 0)] });
+    assert.deepEqual(d.news2.not_understood, [], reason);
+    assert.equal(d.confidence_score, 0.23, reason); // six parameters not recorded
+  }
+  // Malformed lists are ignored, never a crash.
+  for (const notUsed of [null, 'x', [null, 7, { reason: 'unit_not_understood' }, { reason: 'unit_not_understood', code: 'mood' }]]) {
+    assert.deepEqual(diagnose({ ...pack(base), not_used: notUsed }).news2.not_understood, []);
+  }
+});
+
+test('room air and supplemental oxygen as findings (the FHIR pack\'s supplemental_oxygen 0 or 1)', () => {
+  assert.equal(diagnose(pack([obs('supplemental_oxygen', 0)])).news2.subscores[0].score, 0);
+  assert.equal(diagnose(pack([obs('supplemental_oxygen', 1)])).news2.subscores[0].score, 2);
+});
+
+test('nothing scored but something not understood: says so, not "no vital signs recorded"', () => {
+  const d = diagnose({ ...pack([]), not_used: [unused('Observation/rr', 'unit_not_understood', '9279-1', 0, 'unit /h')] });
+  assert.equal(d.confidence_score, 0.05);
+  assert.deepEqual(d.primary_findings.slice(0, 2),
+    ['No vital sign understood', 'Respiration rate recorded but not understood (Observation/rr: unit not understood: unit /h)']);
+  assert.deepEqual(d.news2.not_recorded, ['spo2', 'air_or_oxygen', 'systolic_bp', 'pulse', 'consciousness', 'temperature']);
 });

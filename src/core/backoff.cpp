@@ -29,8 +29,9 @@ RetryDelayMs(int attempt, int64_t base_ms, int64_t cap_ms, int64_t retry_after_m
 	int64_t delay = static_cast<int64_t>(std::floor(static_cast<double>(ceiling) * jitter));
 	if (delay >= ceiling && ceiling > 0)
 		delay = ceiling - 1; /* jitter is in [0, 1) */
+	/* The server's Retry-After is honoured up to the same cap: a date in 2058 must not park a run for decades. */
 	if (retry_after_ms >= 0)
-		delay = std::max(delay, retry_after_ms);
+		delay = std::max(delay, std::min(retry_after_ms, cap_ms));
 	return delay;
 }
 

@@ -186,6 +186,11 @@ HttpTransport::HeaderCallback(char *buffer, size_t size, size_t nitems, void *us
 	size_t n = size * nitems;
 	try {
 		x->last_byte = Clock::now();
+		x->header_bytes += n;
+		if (x->header_bytes > kMaxHeaderBytes) {
+			x->headers_too_big = true;
+			return 0;
+		}
 		std::string line(buffer, n);
 		if (line.rfind("HTTP/", 0) == 0) { /* a new header block (e.g. after 100 Continue) */
 			x->content_type.clear();
@@ -237,10 +242,8 @@ HttpTransport::WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdat
 			x->body.append(ptr, n);
 			return n;
 		}
-		if (!x->sse.Feed(ptr, n, x->events)) {
-			x->sse_failed = true;
+		if (!x->AcceptSse(ptr, n))
 			return 0;
-		}
 		if (!x->events.empty() && !x->touched) {
 			x->touched = true;
 			x->transport->touched_.push_back(x->id);
@@ -268,6 +271,32 @@ HttpTransport::OpenSocketCallback(void *clientp, int, struct curl_sockaddr *addr
 }
 
 /* ------------------------------------------------------------ exchanges */
+
+size_t
+HttpExchange::HeldBytes() const
+{
+	return body.capacity() + sse.HeldBytes() + events_held + (events.capacity() - events.size()) * sizeof(SseEvent);
+}
+
+bool
+HttpExchange::AcceptSse(const char *bytes, size_t length)
+{
+	size_t before = events.size();
+	bool parsed = sse.Feed(bytes, length, events);
+	for (size_t i = before; i < events.size(); i++)
+		events_held += SseEventBytes(events[i]);
+	if (!parsed) {
+		sse_failed = true;
+		return false;
+	}
+	size_t budget = request.max_held_bytes ? request.max_held_bytes : HttpTransport::MaxHeldBytes(request.max_bytes);
+	if (HeldBytes() > budget) {
+		/* The owner takes events between reads; a peer faster than that cannot pile them up. */
+		held_too_much = true;
+		return false;
+	}
+	return true;
+}
 
 HttpExchange *
 HttpTransport::Start(HttpRequest request)

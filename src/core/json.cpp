@@ -61,4 +61,16 @@ ToJson(const rapidjson::Value &value)
 	return std::string(buffer.GetString(), buffer.GetSize());
 }
 
+std::string
+Utf8Prefix(const std::string &text, size_t max_chars)
+{
+	size_t chars = 0;
+	for (size_t i = 0; i < text.size(); i++) {
+		/* A character starts at every byte that is not a continuation byte (10xxxxxx). */
+		if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80 && chars++ == max_chars)
+			return text.substr(0, i);
+	}
+	return text;
+}
+
 } // namespace pgdiag

@@ -31,10 +31,19 @@ namespace {
  * the owner spin). */
 constexpr int64_t kDefaultPollMs = 1000;
 constexpr int64_t kMinPollMs = 10;
+/* ... and the ceiling: a pollInterval of 10^18 ms must not overflow the clock (the call's deadline ends it anyway). */
+constexpr int64_t kMaxPollMs = 3600 * 1000;
 /* SEP-1699: the reconnection delay when a closed stream sent no retry: field. */
 constexpr long kDefaultRetryMs = 1000;
 /* Resumptions in a row that brought no new event before the stream counts as broken. */
 constexpr int kMaxIdleResumes = 5;
+/* Server requests answered per call (on its own tools/call stream); the rest are ignored and counted. */
+constexpr int kMaxServerRequestsPerCall = 4;
+/* What a resumption costs the call's response budget besides the bytes it brings: its round trip. */
+constexpr size_t kResumeCostBytes = 4096;
+/* Our answer to a server request: nothing useful comes back, so little is read and little is waited for. */
+constexpr long kReplyTimeoutMs = 5000;
+constexpr size_t kReplyMaxBytes = 64u << 10;
 
 int64_t
 MillisUntil(Clock::time_point t, Clock::time_point now)
@@ -92,6 +101,14 @@ struct Call {
 	bool resume_due = false;
 	Clock::time_point resume_at;
 	int idle_resumes = 0;
+	/* The call's response budget (max_response_bytes) is shared by its stream and every resumption of it. */
+	size_t response_bytes = 0;
+	int resumes = 0;
+	bool response_budget_spent = false;
+
+	/* Server requests on the call's stream: answered (at most kMaxServerRequestsPerCall) and ignored. */
+	int server_requests_answered = 0;
+	int ignored_server_requests = 0;
 
 	/* Task-backed calls. */
 	std::string task_id;
@@ -885,6 +902,9 @@ private:
 		c->last_event_id.clear();
 		c->retry_ms = -1;
 		c->idle_resumes = 0;
+		c->response_bytes = 0;
+		c->resumes = 0;
+		c->response_budget_spent = false;
 		SetExchange(c, Send(std::move(req), std::move(p)));
 	}
 
@@ -892,7 +912,9 @@ private:
 	void StartResume(Call *c)
 	{
 		c->resume_due = false;
+		c->resumes++;
 		HttpRequest r = BaseRequest(HttpMethod::Get, RemainingMs(c));
+		r.max_bytes = config_.max_response_bytes - c->response_bytes; /* what is left of the call's budget */
 		for (std::string &h : session_.Headers("GET", ""))
 			r.headers.push_back(std::move(h));
 		r.headers.push_back("Last-Event-ID: " + c->last_event_id);
@@ -947,13 +969,33 @@ private:
 		     Pending());
 	}
 
+	/* A server request is answered only on the stream of a call's own tools/call, before the call's response, at
+	 * most kMaxServerRequestsPerCall times per call; any other (on the streams of our own answers, of set-up or
+	 * task requests, or past the limit) is ignored and counted for the call it came with. 0.2.0 answered them all:
+	 * a storm of answers to answers that outlived the run. */
+	void OnServerRequest(const Pending &p, const RpcMessage &m)
+	{
+		Call *c = p.purpose == Purpose::ToolCall || p.purpose == Purpose::TaskGet || p.purpose == Purpose::TaskResult
+		              ? CallOf(p)
+		              : nullptr;
+		if (!c)
+			return; /* not a call's exchange, or the call has ended */
+		if (p.purpose != Purpose::ToolCall || p.response || c->server_requests_answered >= kMaxServerRequestsPerCall) {
+			c->ignored_server_requests++;
+			return;
+		}
+		c->server_requests_answered++;
+		AnswerServerRequest(m);
+	}
+
 	void AnswerServerRequest(const RpcMessage &m)
 	{
 		/* Modern servers send no requests, and modern clients send no responses. */
 		if (session_.era != Era::Legacy)
 			return;
 		std::string body = m.method == "ping" ? BuildEmptyResult(m.id) : BuildMethodNotFound(m.id, m.method);
-		HttpRequest r = BaseRequest(HttpMethod::Post, config_.request_timeout_ms);
+		HttpRequest r = BaseRequest(HttpMethod::Post, kReplyTimeoutMs);
+		r.max_bytes = kReplyMaxBytes;
 		for (std::string &h : session_.Headers("", ""))
 			r.headers.push_back(std::move(h));
 		r.body = std::move(body);
@@ -997,6 +1039,7 @@ private:
 	{
 		outcome.tag = c->request.tag;
 		outcome.elapsed_ms = std::max<int64_t>(0, -MillisUntil(c->submitted, Clock::now()));
+		outcome.ignored_server_requests = c->ignored_server_requests;
 		if (outcome.task_id.empty())
 			outcome.task_id = c->task_id;
 		AbortExchange(c);
@@ -1088,8 +1131,19 @@ private:
 			                                                "server does not resume streams (HTTP 405 to GET)"));
 			return;
 		}
+		if (!answered && p.resumption && x.too_big) {
+			c->response_bytes += x.bytes;
+			c->response_budget_spent = true; /* the resumed stream was cut at what was left of the budget */
+		}
 		if (!answered && ResumeIfPossible(c, x, p))
 			return;
+		if (c->response_budget_spent) {
+			Finish(c, ErrorOutcome(ErrorCode::McpError, "the response exceeds diagnosis.max_response_bytes (" +
+			                                                std::to_string(config_.max_response_bytes) +
+			                                                " bytes) across its stream and " +
+			                                                std::to_string(c->resumes) + " resumption(s) of it"));
+			return;
+		}
 
 		CallOutcome o = TransportOutcome(x, answered);
 		if (o.code != ErrorCode::None) {
@@ -1118,8 +1172,8 @@ private:
 	 * server's retry interval, within the same call. */
 	bool ResumeIfPossible(Call *c, const HttpExchange &x, const Pending &p)
 	{
-		if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || !x.callback_error.empty() ||
-		    x.timed_out || x.local_failure)
+		if (c->era != Era::Legacy || !x.is_sse || x.too_big || x.sse_failed || x.held_too_much || x.headers_too_big ||
+		    !x.callback_error.empty() || x.timed_out || x.local_failure)
 			return false;
 		if (!x.sse.LastEventId().empty())
 			c->last_event_id = x.sse.LastEventId();
@@ -1127,6 +1181,11 @@ private:
 			c->retry_ms = x.sse.RetryMs();
 		if (c->last_event_id.empty())
 			return false;
+		c->response_bytes += x.bytes + kResumeCostBytes;
+		if (c->response_bytes >= config_.max_response_bytes) {
+			c->response_budget_spent = true; /* a resumption does not grant a fresh budget */
+			return false;
+		}
 		c->idle_resumes = p.events_seen > 0 ? 0 : c->idle_resumes + 1;
 		if (c->idle_resumes > kMaxIdleResumes)
 			return false;
@@ -1155,7 +1214,9 @@ private:
 				TaskCreated(c, task);
 				return;
 			case TaskParse::Invalid: {
-				CallOutcome o = ErrorOutcome(ErrorCode::McpError, "malformed task in the tools/call result");
+				CallOutcome o = ErrorOutcome(ErrorCode::McpError, "malformed task in the tools/call result (a taskId "
+				                                                  "and a status are required, the taskId at most " +
+				                                                      std::to_string(kMaxTaskIdBytes) + " bytes)");
 				o.response_json = response.result;
 				Finish(c, std::move(o));
 				return;
@@ -1193,7 +1254,7 @@ private:
 		t.ttl_ms = task.ttl_ms;
 		tasks_.push_back(std::move(t));
 		if (task.poll_ms >= 0)
-			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+			c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 		SchedulePoll(c, c->poll_ms);
 	}
 
@@ -1250,7 +1311,7 @@ private:
 			return;
 		}
 		if (task.poll_ms >= 0)
-			c->poll_ms = std::max(kMinPollMs, task.poll_ms);
+			c->poll_ms = std::clamp(task.poll_ms, kMinPollMs, kMaxPollMs);
 		if (task.status == "working") {
 			SchedulePoll(c, c->poll_ms);
 			return;
@@ -1327,11 +1388,11 @@ private:
 	{
 		auto it = pending_.find(x->id);
 		if (it == pending_.end()) {
-			x->events.clear();
+			x->TakeEvents();
 			return;
 		}
 		Pending &p = it->second;
-		std::vector<SseEvent> events = std::exchange(x->events, {});
+		std::vector<SseEvent> events = x->TakeEvents();
 		p.events_seen += events.size();
 		for (const SseEvent &e : events)
 			Messages(p, e.data);
@@ -1358,7 +1419,7 @@ private:
 					p.foreign_response = true;
 				break;
 			case RpcMessage::Kind::Request:
-				AnswerServerRequest(m);
+				OnServerRequest(p, m);
 				break;
 			case RpcMessage::Kind::Notification: {
 				CallProgress progress;

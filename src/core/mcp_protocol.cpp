@@ -482,7 +482,7 @@ ProgressOf(const RpcMessage &m, const std::string &token, CallProgress *p)
 	p->progress = progress->GetDouble();
 	const rapidjson::Value *total = Member(doc, "total");
 	p->total = total && total->IsNumber() ? total->GetDouble() : -1;
-	p->message = StringMember(doc, "message");
+	p->message = Utf8Prefix(StringMember(doc, "message"), kMaxProgressMessageChars);
 	return true;
 }
 
@@ -539,7 +539,15 @@ TransportOutcome(const HttpExchange &x, bool answered)
 			return fail(ErrorCode::McpError, "response exceeds diagnosis.max_response_bytes (" +
 			                                     std::to_string(x.request.max_bytes) + " bytes)");
 		if (x.sse_failed)
-			return fail(ErrorCode::McpError, "an SSE event exceeds diagnosis.max_response_bytes");
+			return fail(ErrorCode::McpError, "malformed SSE stream: " + x.sse.FailureReason() +
+			                                     " (diagnosis.max_response_bytes bounds an event)");
+		if (x.held_too_much)
+			return fail(ErrorCode::McpError,
+			            "the SSE events of one response held more than twice diagnosis.max_response_bytes (" +
+			                std::to_string(x.request.max_bytes) + " bytes) before they were read");
+		if (x.headers_too_big)
+			return fail(ErrorCode::McpError,
+			            "the response headers exceed " + std::to_string(HttpTransport::kMaxHeaderBytes) + " bytes");
 		if (!x.callback_error.empty())
 			return fail(ErrorCode::UnknownError, "reading the response failed: " + x.callback_error);
 		if (x.inactive)
@@ -829,7 +837,7 @@ ReadTask(const rapidjson::Value &t, Era era, TaskInfo *task)
 		task->result = ToJson(*r);
 	if (const rapidjson::Value *e = Member(t, "error"))
 		task->error = ToJson(*e);
-	return !task->task_id.empty() && !task->status.empty();
+	return !task->task_id.empty() && task->task_id.size() <= kMaxTaskIdBytes && !task->status.empty();
 }
 
 } // namespace

@@ -48,6 +48,8 @@ before(async () => {
   done.push(await enqueue(source, a.patients[8], { fault: 'is_error' }));
   done.push(await enqueue(source, a.patients[9], { fault: 'invalid_result' }));
   await waitTerminal(source, done);
+  // A sign-off (0.3.0): acknowledgements and their identity sequence travel with the dump too.
+  await source.query(`SELECT diagnosis.acknowledge_diagnosis($1, 'seen')`, [done[0]], 'pgd_bk_admin');
   const later = await enqueue(source, a.patients[10], {}, { runAfter: new Date(Date.now() + 86400e3) });
   const cancelled = await enqueue(source, a.patients[11], {}, { runAfter: new Date(Date.now() + 86400e3) });
   await source.query('SELECT diagnosis.cancel_diagnosis($1)', [cancelled]);
@@ -164,10 +166,10 @@ test('pg_dump --inserts is refused at the artifacts (README "Backup and restore"
 test('the dump carries every data table of the diagnosis schema', async () => {
   const toc = pgTool(source, 'pg_restore', ['-l', dumpFile]);
   for (const t of ['organizations', 'members', 'patients', 'patient_assignments', 'observations', 'result_schemas',
-    'runs', 'artifacts', 'audit_log']) {
+    'runs', 'artifacts', 'audit_log', 'acknowledgements']) {
     assert.match(toc, new RegExp(`TABLE DATA diagnosis ${t} `), `no TABLE DATA for diagnosis.${t}`);
   }
-  for (const s of ['observations_id_seq', 'audit_log_id_seq']) {
+  for (const s of ['observations_id_seq', 'audit_log_id_seq', 'acknowledgements_id_seq']) {
     assert.match(toc, new RegExp(`SEQUENCE SET diagnosis ${s} `), `no SEQUENCE SET for diagnosis.${s}`);
   }
 });

@@ -112,7 +112,7 @@ async function diagnosis(name) {
 }
 const subscores = (result) => Object.fromEntries(result.news2.subscores.map((s) => [s.parameter, s.score]));
 
-test('the worker builds the pack from FHIR: every shape mapped, entered-in-error and cancelled ignored', async () => {
+test('the worker builds the pack from FHIR: every shape mapped, entered-in-error and cancelled listed as not used', async () => {
   const { context_pack: pack } = await diagnosis('airScale1');
   assert.equal(pack.source, 'fhir:fhir.observation');
   assert.deepEqual(pack.inputs, { reason: 'fhir' });
@@ -126,6 +126,16 @@ test('the worker builds the pack from FHIR: every shape mapped, entered-in-error
   assert.equal(byCode['1104441000000107'].data.acvpu, 'A');
   assert.equal(byCode['9279-1'].data.fhir_reference, 'Observation/a1-rr');
   assert.equal(pack.observations.length, 6);
+  assert.deepEqual(pack.not_used.map((u) => [u.reference, u.reason, u.code]),
+    [['Observation/a1-hr-cancelled', 'cancelled', '8867-4'], ['Observation/a1-hr-error', 'entered_in_error', '8867-4']]);
+  // Listed, not understood-and-missing: the diagnosis is not sent to review for them; air or oxygen was not recorded.
+  const { diagnosis_json: result } = await diagnosis('airScale1');
+  assert.deepEqual(result.news2.not_recorded, ['air_or_oxygen']);
+  assert.deepEqual(result.news2.not_understood, []);
+  const air = (await cluster.query('SELECT resource FROM diagnosis.news2_fhir WHERE run_id = $1', [runs.airScale1])).rows[0]
+    .resource.component.find((c) => c.code.coding[0].code === '1104331000000105');
+  assert.deepEqual(air.dataAbsentReason.coding.map((c) => c.code), ['not-performed']);
+  assert.equal(air.dataAbsentReason.text, 'Not recorded');
 });
 
 test('SpO2 scale 1 and scale 2 on air: 89 % scores 3 on scale 1, 0 on scale 2', async () => {

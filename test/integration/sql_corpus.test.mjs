@@ -10,6 +10,7 @@ import { createOrganization } from '../lib/fixtures.mjs';
 
 let cluster;
 let patient;
+let cancelled; // a terminal run: re-run and acknowledge take it
 const ALLOWED = /^(22|42|54|55)/;
 
 before(async () => {
@@ -18,6 +19,8 @@ before(async () => {
   await cluster.query('CREATE ROLE pgd_corpus_clin LOGIN');
   await cluster.query(`INSERT INTO diagnosis.members SELECT 'pgd_corpus_clin', organization_id, 'clinician' FROM diagnosis.patients WHERE id = $1`, [patient]);
   await cluster.query(`INSERT INTO diagnosis.patient_assignments VALUES ($1, 'pgd_corpus_clin')`, [patient]);
+  cancelled = (await cluster.query(`SELECT diagnosis.enqueue_diagnosis($1, '{"corpus":"terminal"}') AS id`, [patient])).rows[0].id;
+  await cluster.query('SELECT diagnosis.cancel_diagnosis($1)', [cancelled]);
 });
 after(() => cluster?.destroy());
 
@@ -31,7 +34,8 @@ const JSONS = ['{}', '[]', '"x"', '1', 'null', 'true', '{"a":', '{oops}', '', ' 
   Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]).toString('latin1')];
 const UUIDS = [null, 'not-a-uuid', '', '00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
   "00000000-0000-0000-0000-00000000000'", ...INJECTIONS.slice(0, 4)];
-const INTERVALS = [null, '-1 second', '1 ms', 'garbage', '1000000000 years', '-infinity', '0', '1 day', ...INJECTIONS.slice(0, 3)];
+const INTERVALS = [null, '-1 second', '1 ms', 'garbage', '1000000000 years', '178000000 years', '-infinity', '0', '1 day',
+  ...INJECTIONS.slice(0, 3)];
 
 /** [function, sql, params] for every case. */
 function corpus() {
@@ -44,6 +48,14 @@ function corpus() {
   for (const t of ['infinity', '-infinity', 'yesterday', 'not a date', '294277-01-01', INJECTIONS[3]]) cases.push(['enqueue_diagnosis', enq, [patient, '{"t":1}', null, '0', t, null]]);
   for (const m of ['-1', '0', '2147483647', 'many', null]) cases.push(['enqueue_diagnosis', enq, [patient, '{"m":1}', null, '0', null, m]]);
   cases.push(['enqueue_diagnosis', 'SELECT diagnosis.enqueue_diagnosis(42)', []]);
+  for (const v of [null, '', 'v9', 'v1', 'V1', 'v1 ', 'x'.repeat(10000), ...INJECTIONS]) {
+    cases.push(['enqueue_diagnosis', 'SELECT diagnosis.enqueue_diagnosis($1::uuid, $2::jsonb, schema_version => $3)', [patient, '{"sv":1}', v]]);
+    cases.push(['enqueue_diagnoses', 'SELECT diagnosis.enqueue_diagnoses(ARRAY[$1::uuid], schema_version => $2)', [patient, v]]);
+  }
+  for (const u of UUIDS) cases.push(['rerun_diagnosis', `SELECT diagnosis.rerun_diagnosis($1::uuid, 'corpus')`, [u]]);
+  for (const r of [null, '', ' ', 'r'.repeat(1001), ...INJECTIONS]) cases.push(['rerun_diagnosis', 'SELECT diagnosis.rerun_diagnosis($1::uuid, $2)', [cancelled, r]]);
+  for (const u of UUIDS) cases.push(['acknowledge_diagnosis', 'SELECT diagnosis.acknowledge_diagnosis($1::uuid)', [u]]);
+  for (const n of [null, '', 'n'.repeat(4001), ...INJECTIONS]) cases.push(['acknowledge_diagnosis', 'SELECT diagnosis.acknowledge_diagnosis($1::uuid, $2)', [cancelled, n]]);
   cases.push(['enqueue_diagnosis', 'SELECT diagnosis.enqueue_diagnosis($1::uuid, $2::jsonb)', [patient, JSON.stringify({ a: 'x'.repeat(1000) })]]);
   for (const u of UUIDS) cases.push(['cancel_diagnosis', 'SELECT diagnosis.cancel_diagnosis($1::uuid)', [u]]);
   for (const u of UUIDS) cases.push(['wait_for_run', `SELECT diagnosis.wait_for_run($1::uuid, '10 ms')`, [u]]);

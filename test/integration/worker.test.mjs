@@ -164,7 +164,10 @@ test('cancel: a queued run is cancelled and never called; paused workers claim n
   assert.equal((await cluster.query('SELECT diagnosis.cancel_diagnosis($1) AS c', [id])).rows[0].c, true);
   assert.equal((await cluster.query('SELECT diagnosis.cancel_diagnosis($1) AS c', [id])).rows[0].c, false);
   await cluster.reload({ 'diagnosis.enabled': 'on' });
-  await new Promise((r) => setTimeout(r, 500));
+  await cluster.waitFor(async () => (await cluster.query('SELECT state FROM diagnosis.worker_status()')).rows[0]?.state !== 'paused',
+    { what: 'the worker to resume' });
+  // A whole claim later (another run claimed and done), the cancelled run was never claimed.
+  await waitTerminal(cluster, [await enqueue(cluster, patient(), { after_cancel: 1 })]);
   assert.equal((await run(cluster, id)).status, 'cancelled');
   assert.deepEqual(await chain(cluster, id), ['ENQUEUED', 'CANCELLED']);
   assert.equal((await server.stats()).calls[id], undefined);
@@ -172,7 +175,9 @@ test('cancel: a queued run is cancelled and never called; paused workers claim n
 
 test('priority: with one slot, higher priority runs are claimed first', async () => {
   await cluster.reload({ 'diagnosis.enabled': 'off', 'diagnosis.max_inflight': 1 });
-  await new Promise((r) => setTimeout(r, 300));
+  // Paused: the worker has applied this reload (both settings), whatever the machine's speed.
+  await cluster.waitFor(async () => (await cluster.query('SELECT state FROM diagnosis.worker_status()')).rows[0]?.state === 'paused',
+    { what: 'the worker to pause' });
   const low = await enqueue(cluster, patient(), { p: 'low' }, { priority: 0 });
   const mid = await enqueue(cluster, patient(), { p: 'mid' }, { priority: 5 });
   const high = await enqueue(cluster, patient(), { p: 'high' }, { priority: 10 });

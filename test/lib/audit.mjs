@@ -17,7 +17,9 @@ WITH ev AS (
                          ('LOCKED', 'queued', 'running'), ('RETRY_SCHEDULED', 'running', 'queued'),
                          ('RECOVERED', 'running', 'queued'), ('COMPLETED', 'running', 'completed'),
                          ('FAILED', 'running', 'failed'), ('CANCELLED', 'queued', 'cancelled'),
-                         ('CANCELLED', 'running', 'cancelled'))))
+                         ('CANCELLED', 'running', 'cancelled'),
+                         -- a sign-off (0.3.0) follows a completion and changes no status
+                         ('ACKNOWLEDGED', 'completed', 'completed'))))
 ), last_event AS (
   SELECT DISTINCT ON (run_id) run_id, status_to FROM ev ORDER BY run_id, id DESC
 )

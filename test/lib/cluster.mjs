@@ -2,7 +2,7 @@
 // listening on 127.0.0.1 on a free port, with pg_diagnosis preloaded. Every cluster started here is stopped when
 // the process exits, even after a failure.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, appendFileSync, readFileSync, rmSync, chownSync, existsSync } from 'node:fs';
+import { mkdtempSync, appendFileSync, readFileSync, rmSync, chownSync, existsSync, openSync, readSync, closeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import os from 'node:os';
@@ -49,11 +49,28 @@ function settingLine(key, value) {
   return `${key} = '${String(value).replace(/'/g, "''")}'\n`;
 }
 
+/**
+ * True when `bindir`'s postgres is scripts/sanitize.sh's wrapper (the server with ASan preloaded): ASan reserves
+ * terabytes of address space for its shadow memory, so an address-space limit cannot apply there.
+ */
+export function isSanitizedServer(bindir = BINDIR) {
+  const fd = openSync(join(bindir, 'postgres'), 'r');
+  try {
+    const head = Buffer.alloc(2);
+    readSync(fd, head, 0, 2, 0);
+    return head.toString() === '#!';
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export class Cluster {
-  constructor(dir, port, bindir = BINDIR) {
+  /** addressSpaceKb: the postmaster (and so every backend and worker) starts under `ulimit -v` of this many KiB. */
+  constructor(dir, port, bindir = BINDIR, { addressSpaceKb = 0 } = {}) {
     this.dir = dir;
     this.port = port;
     this.bindir = bindir;
+    this.addressSpaceKb = addressSpaceKb;
     this.data = join(dir, 'data');
     this.logFile = join(dir, 'postgres.log');
   }
@@ -89,7 +106,13 @@ export class Cluster {
   }
 
   start() {
-    asPostgres([join(this.bindir, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start']);
+    const start = [join(this.bindir, 'pg_ctl'), '-D', this.data, '-l', this.logFile, '-w', '-t', '60', 'start'];
+    if (this.addressSpaceKb > 0) {
+      // pg_ctl passes the limit on to the postmaster, whose children inherit it.
+      asPostgres(['sh', '-c', `ulimit -v ${Number(this.addressSpaceKb)} && exec "$@"`, 'sh', ...start]);
+    } else {
+      asPostgres(start);
+    }
     live.add(this);
   }
 
@@ -150,12 +173,13 @@ export class Cluster {
 /**
  * Starts a cluster with pg_diagnosis preloaded and the extension created in `postgres`.
  * settings: extra postgresql.conf lines (e.g. {'diagnosis.mcp_url': url}); bindir: another installation (the
- * upgrade test starts a released version's, then the same data directory with this one: cluster.bindir = ...).
+ * upgrade test starts a released version's, then the same data directory with this one: cluster.bindir = ...);
+ * addressSpaceKb: start the postmaster under `ulimit -v` (see Cluster).
  */
-export async function startCluster({ settings = {}, createExtension = true, bindir = BINDIR } = {}) {
+export async function startCluster({ settings = {}, createExtension = true, bindir = BINDIR, addressSpaceKb = 0 } = {}) {
   const dir = mkdtempSync(join(os.tmpdir(), 'pgdiag-cluster-'));
   chownSync(dir, pgUid(), pgUid());
-  const cluster = new Cluster(dir, await freePort(), bindir);
+  const cluster = new Cluster(dir, await freePort(), bindir, { addressSpaceKb });
   asPostgres([join(bindir, 'initdb'), '-D', cluster.data, '-U', 'postgres', '--auth=trust', '--no-sync',
     '-E', 'UTF8', '--locale=C']);
   cluster.setSettings({

@@ -16,8 +16,10 @@ export function pgTool(cluster, program, args, { input } = {}) {
 
 /** Every table that holds data, and how to order its rows. */
 export const DATA_TABLES = ['organizations', 'members', 'patients', 'patient_assignments', 'observations',
-  'result_schemas', 'runs', 'artifacts', 'audit_log'];
-export const SEQUENCES = ['observations_id_seq', 'audit_log_id_seq'];
+  'result_schemas', 'runs', 'artifacts', 'audit_log', 'acknowledgements'];
+export const SEQUENCES = ['observations_id_seq', 'audit_log_id_seq', 'acknowledgements_id_seq'];
+// Added after the first release: a database from before it has none (dataColumns leaves them out).
+const SINCE = { acknowledgements: '0.3.0' };
 
 /**
  * Every row of every data table (in the record's text form, sorted) and the identity sequences' positions, read
@@ -26,12 +28,16 @@ export const SEQUENCES = ['observations_id_seq', 'audit_log_id_seq'];
  */
 export async function snapshotData(client, columns = {}) {
   const tables = {};
+  // Read with another database's columns: only the tables it had.
+  const only = Object.keys(columns).length > 0;
   for (const t of DATA_TABLES) {
+    if (only && !columns[t]) continue;
     const row = columns[t] ? `ROW(${columns[t].map((c) => `t."${c}"`).join(', ')})::text` : 't::text';
     const r = await client.query(`SELECT ${row} AS row FROM diagnosis.${t} t ORDER BY 1`);
     tables[t] = r.rows.map((x) => x.row);
   }
   for (const s of SEQUENCES) {
+    if (only && !columns[s.replace(/_id_seq$/, '')]) continue;
     const r = await client.query(`SELECT last_value, is_called FROM diagnosis.${s}`);
     tables[s] = [`${r.rows[0].last_value} ${r.rows[0].is_called}`];
   }
@@ -42,9 +48,9 @@ export async function snapshotData(client, columns = {}) {
 export async function dataColumns(client) {
   const columns = {};
   for (const t of DATA_TABLES) {
-    const r = await client.query(`SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0
+    const r = await client.query(`SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0
       AND NOT attisdropped ORDER BY attnum`, [`diagnosis.${t}`]);
-    columns[t] = r.rows.map((x) => x.attname);
+    if (r.rows.length > 0 || !SINCE[t]) columns[t] = r.rows.map((x) => x.attname);
   }
   return columns;
 }

@@ -30,6 +30,17 @@ TEST(Backoff, NeverSoonerThanRetryAfter)
 	EXPECT_EQ(RetryDelayMs(1, 0, 0, 0, 0.3), 0);
 }
 
+// Issue 27: runs were parked until 2058 and 9999-12-31 by a Retry-After the worker honoured without a cap.
+TEST(Backoff, RetryAfterIsCappedLikeTheBackoff)
+{
+	const int64_t cap = 15 * 60 * 1000;
+	EXPECT_EQ(RetryDelayMs(1, 5000, cap, ParseRetryAfterMs("999999999999", 0), 0.5), cap);
+	std::time_t now = 1788000000; // 2026
+	EXPECT_EQ(RetryDelayMs(1, 5000, cap, ParseRetryAfterMs("Fri, 31 Dec 9999 23:59:59 GMT", now), 0.5), cap);
+	EXPECT_EQ(RetryDelayMs(1, 5000, cap, ParseRetryAfterMs("Mon, 01 Jan 2058 00:00:00 GMT", now), 0.5), cap);
+	EXPECT_EQ(RetryDelayMs(1, 5000, cap, 60000, 0.5), 60000); // within the cap it still holds
+}
+
 TEST(RetryAfter, DeltaSeconds)
 {
 	EXPECT_EQ(ParseRetryAfterMs("120", 0), 120000);

@@ -15,7 +15,8 @@ constexpr int64_t kMaxRetryDelayMs = 15 * 60 * 1000;
 /*
  * Delay before the next attempt after `attempt` claims (attempt >= 1) have failed transiently.
  * The ceiling is min(cap_ms, base_ms * 2^(attempt-1)); the delay is ceiling * jitter with jitter in [0, 1)
- * (full jitter, so a burst of failures spreads out); and never less than retry_after_ms when that is >= 0.
+ * (full jitter, so a burst of failures spreads out); and never less than retry_after_ms when that is >= 0, which
+ * is itself capped at cap_ms (the server's wish does not outrank the promised 15 minutes).
  */
 int64_t RetryDelayMs(int attempt, int64_t base_ms, int64_t cap_ms, int64_t retry_after_ms, double jitter);
 

@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "pg_diagnosis/core/sse_parser.hpp"
@@ -40,9 +41,11 @@ struct HttpRequest {
 	long connect_timeout_ms = 10000;
 	long inactivity_ms = 0;      /* no byte for this long ends the exchange; 0 = no limit */
 	size_t max_bytes = 8u << 20; /* response body cap, enforced in the write callback */
-	std::string ca_file;         /* "" = the system's CA bundle */
-	std::string client_cert;     /* PEM certificate for mutual TLS, "" = none */
-	std::string client_key;      /* its PEM private key, "" = in client_cert's file */
+	/* The SSE events not yet taken and the parser's buffers may hold at most this (0: MaxHeldBytes(max_bytes)). */
+	size_t max_held_bytes = 0;
+	std::string ca_file;     /* "" = the system's CA bundle */
+	std::string client_cert; /* PEM certificate for mutual TLS, "" = none */
+	std::string client_key;  /* its PEM private key, "" = in client_cert's file */
 	std::string user_agent = "pg_diagnosis";
 };
 
@@ -62,24 +65,28 @@ struct HttpExchange {
 	std::string location;         /* Location (an authorization redirect; redirects are never followed) */
 	bool is_sse = false;          /* a 2xx text/event-stream */
 	std::string body;             /* every non-SSE body, error bodies included */
-	std::vector<SseEvent> events; /* SSE events not yet taken by the owner */
+	std::vector<SseEvent> events; /* SSE events not yet taken by the owner (TakeEvents) */
 	SseParser sse;
-	size_t bytes = 0;
+	size_t bytes = 0;        /* body bytes received */
+	size_t header_bytes = 0; /* header bytes received, every header block counted */
+	size_t events_held = 0;  /* what `events` holds (SseEventBytes of each), until taken */
 	Clock::time_point last_byte;
 	bool touched = false; /* events arrived since the owner last took Touched() */
 	HttpTransport *transport = nullptr;
 
 	/* How it ended (valid once finished). */
 	bool finished = false;
-	int curl_code = 0;          /* CURLcode; 0 = the transfer completed */
-	long os_errno = 0;          /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
-	int socket_errno = 0;       /* errno of a failed socket() (the open-socket callback) */
-	std::string error;          /* libcurl's message for curl_code, "" when 0 */
-	bool timed_out = false;     /* the total or connect timeout */
-	bool inactive = false;      /* ended by the transport's inactivity limit */
-	bool too_big = false;       /* max_bytes exceeded */
-	bool sse_failed = false;    /* an SSE event exceeded max_bytes */
-	bool local_failure = false; /* this process ran out of descriptors or memory: not the peer's fault */
+	int curl_code = 0;            /* CURLcode; 0 = the transfer completed */
+	long os_errno = 0;            /* CURLINFO_OS_ERRNO of a failed connect, or why socket() failed */
+	int socket_errno = 0;         /* errno of a failed socket() (the open-socket callback) */
+	std::string error;            /* libcurl's message for curl_code, "" when 0 */
+	bool timed_out = false;       /* the total or connect timeout */
+	bool inactive = false;        /* ended by the transport's inactivity limit */
+	bool too_big = false;         /* max_bytes exceeded */
+	bool sse_failed = false;      /* the SSE stream broke a limit of the parser: sse.FailureReason() */
+	bool held_too_much = false;   /* the SSE events not yet taken held more than the exchange's budget */
+	bool headers_too_big = false; /* the response headers exceeded kMaxHeaderBytes */
+	bool local_failure = false;   /* this process ran out of descriptors or memory: not the peer's fault */
 	std::string callback_error;
 
 	/* libcurl's handle and header list: owned by the transport. */
@@ -87,6 +94,19 @@ struct HttpExchange {
 	size_t pool = 0; /* the transport's pool the handle was added to */
 	void *header_list = nullptr;
 	char errbuf[256] = {0};
+
+	/* The SSE events received since the last call; their bytes no longer count against the exchange. */
+	std::vector<SseEvent> TakeEvents()
+	{
+		events_held = 0;
+		return std::exchange(events, {});
+	}
+	/* What the exchange holds of its response now: body or events not yet taken, and the parser's buffers. */
+	size_t HeldBytes() const;
+	/* The write callback's SSE path: parses body bytes into `events`, counting what they hold against the
+	 * exchange's budget. False (with sse_failed or held_too_much) when the stream must end. On its own so the
+	 * fuzzer drives exactly what the transport runs. */
+	bool AcceptSse(const char *bytes, size_t length);
 };
 
 class HttpTransport {
@@ -129,6 +149,12 @@ public:
 	/* Performs due socket I/O and timers without blocking; finished exchanges move to TakeFinished(). */
 	void Drive();
 	std::vector<std::unique_ptr<HttpExchange>> TakeFinished();
+
+	/* The budget of what an exchange may hold of its response at once: a small multiple of the wire cap, so that
+	 * a stream framed to multiply (many tiny events, each with its own overhead) fails instead of growing. */
+	static size_t MaxHeldBytes(size_t max_bytes) { return 2 * max_bytes + (64u << 10); }
+	/* Response headers of one exchange, every header block included: no server needs more. */
+	static constexpr size_t kMaxHeaderBytes = 64u << 10;
 
 	static constexpr long kConnectionsPerPool = 256;
 	static constexpr size_t kMaxPools = 64;

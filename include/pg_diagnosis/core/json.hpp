@@ -40,6 +40,9 @@ constexpr unsigned kMaxJsonDepth = 128;
 /* Parses `text` (validating UTF-8, iteratively, depth-limited) into `doc`. False and *error on failure. */
 bool ParseJson(const char *text, size_t length, rapidjson::Document &doc, std::string *error);
 
+/* The first `max_chars` characters (code points) of valid UTF-8 text, never cutting one in half. */
+std::string Utf8Prefix(const std::string &text, size_t max_chars);
+
 /* Compact JSON text of a value. */
 std::string ToJson(const rapidjson::Value &value);
 

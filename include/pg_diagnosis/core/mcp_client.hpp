@@ -104,6 +104,9 @@ struct CallOutcome {
 	/* ended by Cancel(); code is McpError, result_json is "", response_json holds any result that still arrived */
 	bool cancelled = false;
 	std::string task_id; /* the task that backed this call, "" if none */
+	/* server requests that came with the call and were not answered (past the few answered on its own stream,
+	 * or on another stream of it) */
+	int ignored_server_requests = 0;
 };
 
 /* A task the server created for a call: the worker commits it so that a restart resumes polling it. */

@@ -91,7 +91,13 @@ struct RpcMessage {
  * (and *error) when the text is not JSON. */
 bool ParseMessages(const std::string &text, std::vector<RpcMessage> *out, std::string *error);
 
-/* A notifications/progress for `token` (JSON text) becomes a CallProgress; false for anything else. */
+/* The longest progress message kept (characters): a peer's flood of long messages is not stored whole. */
+constexpr size_t kMaxProgressMessageChars = 1000;
+/* The longest task id accepted: it is committed with the run and sent back with every poll. */
+constexpr size_t kMaxTaskIdBytes = 1024;
+
+/* A notifications/progress for `token` (JSON text) becomes a CallProgress, its message cut to
+ * kMaxProgressMessageChars; false for anything else. */
 bool ProgressOf(const RpcMessage &message, const std::string &token, CallProgress *progress);
 
 /* Outcome building blocks. */

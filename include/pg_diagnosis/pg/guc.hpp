@@ -24,6 +24,8 @@ extern int pgdiag_max_inflight_per_organization;
 extern int pgdiag_max_context_pack_bytes;
 extern int pgdiag_context_pack_timeout_ms;
 extern char *pgdiag_fhir_source; /* read by diagnosis.fhir_context_pack through current_setting() */
+/* Read by the enqueue functions through current_setting(). */
+extern char *pgdiag_default_schema_version;
 extern char *pgdiag_worker_role;
 extern char *pgdiag_mcp_oauth_client_id;
 extern char *pgdiag_mcp_oauth_client_secret;
