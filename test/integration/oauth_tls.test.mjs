@@ -38,7 +38,7 @@ async function completedOnce(cluster, ids) {
   return r.rows.filter((row) => row.completed !== 1).map((row) => row.id);
 }
 
-test('HTTPS with a private CA and mutual TLS, OAuth client credentials (secret, then JWT), tokens of 3 s', { timeout: 120000 }, async () => {
+test('HTTPS with a private CA and mutual TLS, OAuth client credentials (secret, then JWT), tokens of 3 s', { timeout: 120000 }, async (t) => {
   const pgUid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
   const pki = makePki(pgUid);
   cleanups.push(() => pki.destroy());
@@ -101,6 +101,8 @@ test('HTTPS with a private CA and mutual TLS, OAuth client credentials (secret, 
   assert.deepEqual(await statuses(cluster, secretRuns), { completed: secretRuns.length });
   assert.deepEqual(await completedOnce(cluster, [...first, ...secretRuns]), []);
   const fetched = as.stats.issued - issuedBefore;
+  t.diagnostic(`client_secret_basic: ${secretRuns.length} runs in ${elapsedS.toFixed(1)} s, ${fetched} tokens of ${LIFETIME_S} s, ` +
+    `${mcp.stats.unauthorized} 401s in all so far, ${mcp.stats.used.size} distinct tokens used`);
   // Renewed at 4/5 of the 3 s life: about one token per 2.4 s, never one per call.
   assert.ok(fetched >= 1, 'tokens were renewed while runs were in flight');
   assert.ok(fetched <= Math.ceil(elapsedS / (LIFETIME_S * 0.8)) + 2,
