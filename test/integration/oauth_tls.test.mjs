@@ -9,7 +9,10 @@
 //     non-superuser, in worker_status(), in audit rows or in artifacts.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startCluster } from '../lib/cluster.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
 import { createOrganization, enqueue, waitTerminal } from '../lib/fixtures.mjs';
@@ -151,4 +154,59 @@ test('HTTPS with a private CA and mutual TLS, OAuth client credentials (secret, 
   // The upstream MCP server never received a token: the front strips it, and the worker sends it only to the MCP
   // origin (the authorization server, another origin, never saw a bearer token: it got client credentials).
   assert.equal(mcp.stats.unauthorized >= 1, true);
+});
+
+/** pg_diagnosis_mcp_check of the core's CMake build (build/ at the top of the checkout, or PGDIAG_MCP_CHECK). */
+const MCP_CHECK = process.env.PGDIAG_MCP_CHECK ??
+  fileURLToPath(new URL('../../build/pg_diagnosis_mcp_check', import.meta.url));
+
+test('authorization code: an operator logs in once with the CLI, the workers refresh from the stored token and keep it rotated', { timeout: 120000 }, async (t) => {
+  const pgUid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
+  const pki = makePki(pgUid);
+  cleanups.push(() => pki.destroy());
+  const upstream = await startMcpServer(['--latency-ms', '200']);
+  cleanups.push(() => upstream.stop());
+  const as = await startAuthServer(pki, { clientId: CLIENT_ID, lifetimeS: LIFETIME_S });
+  cleanups.push(() => as.stop());
+  const mcp = await startProtectedMcp(pki, as, upstream.url);
+  cleanups.push(() => mcp.stop());
+  const tls = { 'diagnosis.mcp_ca_file': pki.file('ca.pem'), 'diagnosis.mcp_client_cert': pki.file('client.pem'),
+    'diagnosis.mcp_client_key': pki.file('client.key') };
+  const cluster = await startCluster({ settings: { 'diagnosis.mcp_url': mcp.url, ...tls, 'diagnosis.retry_base_delay_ms': 100 } });
+  cleanups.push(async () => cluster.destroy());
+  const store = join(cluster.data, 'pg_diagnosis_oauth.json');
+
+  // The login step, as the README tells the operator: as postgres, into the data directory.
+  const login = spawnSync('runuser', ['-u', 'postgres', '--', MCP_CHECK, '--login', '--oauth-headless',
+    '--oauth-client-id', CLIENT_ID, '--oauth-store', store, '--ca-file', pki.file('ca.pem'),
+    '--client-cert', pki.file('client.pem'), '--client-key', pki.file('client.key'), mcp.url], { encoding: 'utf8', timeout: 30000 });
+  assert.equal(login.status, 0, `${login.stdout}\n${login.stderr}`);
+  assert.equal(as.stats.code, 1);
+  const st = statSync(store);
+  assert.equal(st.mode & 0o777, 0o600);
+  assert.equal(st.uid, pgUid);
+  const loggedIn = JSON.parse(readFileSync(store, 'utf8'));
+  assert.equal(loggedIn.client_id, CLIENT_ID);
+  assert.equal(loggedIn.issuer, as.issuer);
+  assert.ok(!login.stdout.includes(loggedIn.refresh_token), 'the CLI does not print the refresh token');
+
+  // The workers: no client credentials at all, only the stored login. Runs over several token lifetimes.
+  const { patients } = await createOrganization(cluster, { patients: 12 });
+  const ids = [];
+  for (const p of patients) {
+    ids.push(await enqueue(cluster, p));
+    await new Promise((r) => setTimeout(r, 400));
+  }
+  await waitTerminal(cluster, ids, 60000);
+  assert.deepEqual(await statuses(cluster, ids), { completed: ids.length });
+  assert.deepEqual(await completedOnce(cluster, ids), []);
+  t.diagnostic(`refresh grants: ${as.stats.refresh}, refused: ${as.stats.refused}`);
+  assert.ok(as.stats.refresh >= 2, 'the workers refreshed, more than once');
+  assert.equal(as.stats.refused, 0, 'every refresh used the live (rotated) refresh token');
+  const rotated = JSON.parse(readFileSync(store, 'utf8'));
+  assert.notEqual(rotated.refresh_token, loggedIn.refresh_token, 'the store holds the rotated refresh token');
+  assert.equal(statSync(store).mode & 0o777, 0o600);
+  const surfaces = [cluster.log(), JSON.stringify((await cluster.query('SELECT * FROM diagnosis.audit_log')).rows),
+    JSON.stringify((await cluster.query('SELECT * FROM diagnosis.worker_status()')).rows)].join('\n');
+  for (const secret of as.tokens.keys()) assert.ok(!surfaces.includes(secret), 'a token or refresh token leaked');
 });

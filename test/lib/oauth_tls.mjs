@@ -4,7 +4,7 @@
 // bearer token (RFC 9728 metadata, a 401 with WWW-Authenticate otherwise) and passes the request on to it. Both listen
 // on 127.0.0.1 on ports of their own, so they are two origins. Everything they issue and see is counted.
 import { execFileSync } from 'node:child_process';
-import { createPublicKey, createVerify, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, createVerify, randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -81,8 +81,10 @@ function verifyAssertion(jwt, publicKey, audience, clientId) {
  */
 export async function startAuthServer(pki, { clientId, lifetimeS = 3 }) {
   const publicKey = createPublicKey(pki.jwtKeyPem);
-  const stats = { issued: 0, basic: 0, jwt: 0, refused: 0, requests: [] };
+  const stats = { issued: 0, basic: 0, jwt: 0, refused: 0, code: 0, refresh: 0, requests: [] };
   const tokens = new Map();
+  const codes = new Map(); // code -> { challenge, redirect }
+  const refreshTokens = new Set(); // live ones: each is good once (rotation)
   let issuer = '';
   const server = https.createServer({ key: pki.key, cert: pki.cert }, async (req, res) => {
     const json = (status, obj) => {
@@ -92,12 +94,60 @@ export async function startAuthServer(pki, { clientId, lifetimeS = 3 }) {
     stats.requests.push(`${req.method} ${req.url}`);
     if (req.method === 'GET' && req.url === '/.well-known/oauth-authorization-server')
       return json(200, {
-        issuer, token_endpoint: `${issuer}/token`, grant_types_supported: ['client_credentials'],
-        token_endpoint_auth_methods_supported: ['client_secret_basic', 'private_key_jwt'],
-        token_endpoint_auth_signing_alg_values_supported: ['ES256'],
+        issuer, token_endpoint: `${issuer}/token`, authorization_endpoint: `${issuer}/authorize`,
+        grant_types_supported: ['client_credentials', 'authorization_code', 'refresh_token'],
+        token_endpoint_auth_methods_supported: ['client_secret_basic', 'private_key_jwt', 'none'],
+        token_endpoint_auth_signing_alg_values_supported: ['ES256'], code_challenge_methods_supported: ['S256'],
+        scopes_supported: ['mcp', 'offline_access'], authorization_response_iss_parameter_supported: true,
       });
+    const issue = (resource, withRefresh) => {
+      stats.issued++;
+      const token = `at-${b64url(randomBytes(18))}`;
+      tokens.set(token, { expires: Date.now() + lifetimeS * 1000, resource });
+      const answer = { access_token: token, token_type: 'Bearer', expires_in: lifetimeS };
+      if (withRefresh) {
+        answer.refresh_token = `rt-${b64url(randomBytes(18))}`;
+        refreshTokens.add(answer.refresh_token);
+        tokens.set(answer.refresh_token, { expires: 0, resource: null }); // listed so the secrets grep sees it
+      }
+      return json(200, answer);
+    };
+    if (req.method === 'GET' && req.url.startsWith('/authorize?')) {
+      // A headless login: the "person" approves at once (the test drives mcp_check --login --oauth-headless).
+      const q = new URL(req.url, issuer).searchParams;
+      if (q.get('client_id') !== clientId || q.get('code_challenge_method') !== 'S256') return json(400, { error: 'invalid_request' });
+      const code = b64url(randomBytes(12));
+      codes.set(code, { challenge: q.get('code_challenge'), redirect: q.get('redirect_uri'), resource: q.get('resource') });
+      const to = new URL(q.get('redirect_uri'));
+      to.searchParams.set('code', code);
+      to.searchParams.set('state', q.get('state'));
+      to.searchParams.set('iss', issuer);
+      res.writeHead(302, { location: to.toString() });
+      return res.end();
+    }
     if (req.method !== 'POST' || req.url !== '/token') return json(404, { error: 'not_found' });
     const form = new URLSearchParams(await body(req));
+    if (form.get('grant_type') === 'authorization_code') {
+      const c = codes.get(form.get('code'));
+      codes.delete(form.get('code'));
+      const verifier = form.get('code_verifier') ?? '';
+      if (!c || form.get('client_id') !== clientId || c.redirect !== form.get('redirect_uri') ||
+          createHash('sha256').update(verifier).digest('base64url') !== c.challenge) {
+        stats.refused++;
+        return json(400, { error: 'invalid_grant' });
+      }
+      stats.code++;
+      return issue(form.get('resource'), true);
+    }
+    if (form.get('grant_type') === 'refresh_token') {
+      const rt = form.get('refresh_token');
+      if (!refreshTokens.delete(rt) || form.get('client_id') !== clientId) {
+        stats.refused++;
+        return json(400, { error: 'invalid_grant' });
+      }
+      stats.refresh++;
+      return issue(form.get('resource'), true); // rotated: the old refresh token is spent
+    }
     if (form.get('grant_type') !== 'client_credentials') return json(400, { error: 'unsupported_grant_type' });
     let method = null;
     const auth = req.headers.authorization ?? '';
@@ -112,10 +162,7 @@ export async function startAuthServer(pki, { clientId, lifetimeS = 3 }) {
       return json(401, { error: 'invalid_client' });
     }
     stats[method]++;
-    stats.issued++;
-    const token = `at-${b64url(randomBytes(18))}`;
-    tokens.set(token, { expires: Date.now() + lifetimeS * 1000, resource: form.get('resource') });
-    return json(200, { access_token: token, token_type: 'Bearer', expires_in: lifetimeS });
+    return issue(form.get('resource'), false);
   });
   const port = await listen(server);
   issuer = `https://127.0.0.1:${port}`;
