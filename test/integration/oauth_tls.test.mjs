@@ -9,7 +9,7 @@
 //     non-superuser, in worker_status(), in audit rows or in artifacts.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -177,9 +177,13 @@ test('authorization code: an operator logs in once with the CLI, the workers ref
   const store = join(cluster.data, 'pg_diagnosis_oauth.json');
 
   // The login step, as the README tells the operator: as postgres, into the data directory.
-  const login = spawnSync('runuser', ['-u', 'postgres', '--', MCP_CHECK, '--login', '--oauth-headless',
+  // Asynchronously: the authorization server and the MCP front run in this process and must answer meanwhile.
+  const login = await new Promise((resolve) => {
+    execFile('runuser', ['-u', 'postgres', '--', MCP_CHECK, '--login', '--oauth-headless',
     '--oauth-client-id', CLIENT_ID, '--oauth-store', store, '--ca-file', pki.file('ca.pem'),
-    '--client-cert', pki.file('client.pem'), '--client-key', pki.file('client.key'), mcp.url], { encoding: 'utf8', timeout: 30000 });
+    '--client-cert', pki.file('client.pem'), '--client-key', pki.file('client.key'), mcp.url], { encoding: 'utf8', timeout: 30000 },
+      (error, stdout, stderr) => resolve({ status: error ? (error.code ?? 1) : 0, stdout, stderr }));
+  });
   assert.equal(login.status, 0, `${login.stdout}\n${login.stderr}`);
   assert.equal(as.stats.code, 1);
   const st = statSync(store);
