@@ -579,11 +579,13 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		return fail(x.status == 408 ? ErrorCode::TimeoutError : ErrorCode::NetworkError,
 		            "MCP server answered HTTP " + std::to_string(x.status), status_details);
 	if (x.status == 401 || x.status == 403) {
-		CallOutcome e = fail(ErrorCode::McpError,
-		                     "MCP server answered HTTP " + std::to_string(x.status) +
-		                         (x.status == 401 ? ": diagnosis.mcp_auth_token is missing or not accepted"
-		                                          : ": the credentials are not allowed to call this server"),
-		                     status_details);
+		CallOutcome e = fail(
+		    ErrorCode::McpError,
+		    "MCP server answered HTTP " + std::to_string(x.status) +
+		        (x.status == 401
+		             ? ": no token it accepts (diagnosis.mcp_auth_token, or the OAuth settings diagnosis.mcp_oauth_*)"
+		             : ": the credentials are not allowed to call this server"),
+		    status_details);
 		e.config_error = true;
 		return e;
 	}
