@@ -214,7 +214,6 @@ Login(const ClientConfig &config, const std::string &store, bool headless, long 
 	s.client_key = config.client_key;
 	s.user_agent = config.user_agent;
 	s.refresh_token.clear(); /* a login asks anew */
-	s.client_secret = s.client_secret.empty() ? "" : s.client_secret;
 	OAuthFlow flow(s, config.url, BearerChallenge(), OAuthDiscovery(), "", true);
 	HttpTransport transport;
 	for (;;) {
