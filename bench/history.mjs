@@ -32,7 +32,7 @@ export async function historyReads({ runs = 1_000_000, repeat = 200, row, settin
   const patientCount = Math.max(1, Math.round(runs / 100));
   const cluster = await startCluster({ settings: { ...settings, 'diagnosis.workers': 0, max_wal_size: '4GB' } });
   try {
-    const insertMs = await fillRuns(cluster, { runs, patients: patientCount });
+    const { ms: insertMs } = await fillRuns(cluster, { runs, patients: patientCount });
     const patients = (await cluster.query('SELECT id FROM diagnosis.patients ORDER BY random()')).rows.map((r) => r.id);
     await cluster.query('CREATE ROLE pgd_scale_clin_0 LOGIN');
     await cluster.query(`INSERT INTO diagnosis.members VALUES ('pgd_scale_clin_0', $1, 'clinician')`, [SCALE_ORG]);

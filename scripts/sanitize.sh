@@ -127,7 +127,7 @@ export PGDIAG_PG_BINDIR=$BINDIR
 # cancels, hostile input, FHIR packs, dump and restore, chaos). The high-availability, upgrade and demo suites run
 # in the plain stage only: under the sanitizers they would re-run pg_auto_failover, a build of 0.1.0 from history and
 # the demo cohort for minutes without reaching code the others do not.
-SANITIZED_SUITES=(worker worker_crash security sql_corpus hostile durable liveness fhir backup chaos_short)
+SANITIZED_SUITES=(worker worker_crash security sql_corpus hostile durable liveness fhir backup workflow chaos_short)
 [ -f test/package.json ] && node_suite "integration and chaos (asan)" test \
   node --test --test-reporter=tap --test-concurrency=1 $(printf "integration/%s.test.mjs " "${SANITIZED_SUITES[@]}")
 

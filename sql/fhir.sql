@@ -220,8 +220,8 @@ FROM jsonb_to_recordset(diagnosis.fhir_context_pack('f0000000-0000-4000-8000-000
 
 -- Observations as national profiles publish them (UK Core lists SNOMED CT first): SNOMED-only codes, UCUM
 -- annotations ({Breaths}/min), room air and oxygen as findings without a value, kPa, effectiveInstant and
--- effectiveTiming; and what cannot be read: a value as text, an ACVPU text nobody charts, a panel without its
--- systolic component, a rate per hour.
+-- effectiveTiming; and what cannot be read: a value as text, a bound (> 40), an ACVPU text nobody charts, a panel
+-- without its systolic component, a rate per hour.
 INSERT INTO fhir.observation (resource) VALUES
 ($${"resourceType": "Observation", "id": "uk-rr", "status": "final",
   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86290005", "display": "Respiratory rate"},
@@ -263,6 +263,10 @@ INSERT INTO fhir.observation (resource) VALUES
   "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
   "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
   "effectiveDateTime": "2024-05-01T09:30:00Z", "valueQuantity": {"value": 1200, "code": "/h"}}$$),
+($${"resourceType": "Observation", "id": "rr-above", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
+  "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
+  "effectiveDateTime": "2024-05-01T09:25:00Z", "valueQuantity": {"value": 40, "comparator": ">", "code": "/min"}}$$),
 ($${"resourceType": "Observation", "id": "acvpu-drowsy", "status": "final",
   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1104441000000107"}]},
   "subject": {"reference": "Patient/f0000000-0000-4000-8000-000000000003"},
@@ -398,7 +402,11 @@ JOIN (VALUES
     ('02', false, $${"risk_level": "medium", "confidence_score": 0.83, "summary": "s", "primary_findings": [], "recommendations": [],
        "news2": {"aggregate": 5, "spo2_scale": 2, "subscores": [{"parameter": "respiration_rate", "score": 0, "value": 16},
                                                                {"parameter": "spo2", "score": 3, "value": 97},
-                                                               {"parameter": "air_or_oxygen", "score": 2, "value": true}]}}$$),
+                                                               {"parameter": "air_or_oxygen", "score": 2, "value": true}],
+                 "not_recorded": ["systolic_bp", "pulse", 7, "mood"],
+                 "not_understood": [{"parameter": "temperature", "reason": "unit_not_understood", "source": "Observation/t"},
+                                    {"parameter": "pulse", "reason": "value_not_understood"},
+                                    {"parameter": "spo2", "reason": "unit_not_understood"}, "x", null]}}$$),
     ('03', false, $${"risk_level": "high", "confidence_score": 0.9, "summary": "s", "primary_findings": [], "recommendations": []}$$),
     ('04', true, $${"risk_level": "low", "confidence_score": 0.35, "summary": "s", "primary_findings": [], "recommendations": []}$$),
     ('05', false, $${"risk_level": "critical", "confidence_score": 0.95, "summary": "s", "primary_findings": [], "recommendations": []}$$),
@@ -414,8 +422,11 @@ RESET session_replication_role;
 -- The NEWS2 Observation of a FHIR-sourced diagnosis: aggregate, one component per sub-score, derivedFrom, subject,
 -- effectiveDateTime (the newest input), interpretation.
 SELECT jsonb_pretty(resource) FROM diagnosis.news2_fhir WHERE patient_id = 'f0000000-0000-4000-8000-000000000001';
--- SpO2 scale 2 under its own code; a result without scores says its value is unknown.
-SELECT c -> 'code' -> 'coding' -> 0 ->> 'code' AS component, c -> 'valueQuantity' ->> 'value' AS score
+-- SpO2 scale 2 under its own code; a parameter not recorded or not understood is a component without a value
+-- that says which (not understood wins; a parameter scored, an unknown one or a malformed entry adds none); a
+-- result without scores says its value is unknown.
+SELECT c -> 'code' -> 'coding' -> 0 ->> 'code' AS component, c -> 'valueQuantity' ->> 'value' AS score,
+       c -> 'dataAbsentReason' -> 'coding' -> 0 ->> 'code' AS absent, c -> 'dataAbsentReason' ->> 'text' AS why
 FROM diagnosis.news2_fhir, jsonb_array_elements(resource -> 'component') c
 WHERE patient_id = 'f0000000-0000-4000-8000-000000000002';
 SELECT resource -> 'dataAbsentReason' -> 'coding' -> 0 ->> 'code' AS absent, resource ? 'component' AS has_components,

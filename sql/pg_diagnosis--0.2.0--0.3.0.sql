@@ -20,6 +20,10 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION diagnosis._is_worker() IS
+    'True only in a pg_diagnosis background worker''s own statements, acting as diagnosis.worker_role (never in code '
+    'run under SECURITY_RESTRICTED_OPERATION): the state machine lets only workers move runs out of running.';
+
 -- What the worker's statements need and nothing more: EXECUTE on the run's lifecycle functions, granted in the
 -- section of #26 below, once they exist. The role holds no table privilege and needs no policy of its own.
 
@@ -322,7 +326,7 @@ $$;
 -- ===========================================================================================================
 
 ALTER TABLE diagnosis.runs
-    ADD COLUMN ignored_server_requests int NOT NULL DEFAULT 0 CHECK (ignored_server_requests >= 0);
+    ADD COLUMN ignored_server_requests int CHECK (ignored_server_requests >= 0);
 
 -- The worker calls each of these in one line and touches the tables in no other way. They are SECURITY DEFINER
 -- (the extension's owner) with search_path pinned, so the worker's role needs EXECUTE on them and no table
@@ -531,7 +535,7 @@ BEGIN
             mcp_task_expires_at = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_expires_at END,
             processing_time_ms = i.processing_ms,
             progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,
-            ignored_server_requests = r.ignored_server_requests + coalesce(i.ignored_server_requests, 0),
+            ignored_server_requests = coalesce(r.ignored_server_requests, 0) + coalesce(i.ignored_server_requests, 0),
             updated_at = now()
         FROM slim i JOIN target t ON t.id = i.id
         WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id
@@ -874,8 +878,12 @@ BEGIN
                     WHEN v.quantity IS NULL THEN CASE WHEN v.has_value THEN 'value_not_understood' ELSE 'no_value' END
                     WHEN v.quantity -> 'value' IS NULL THEN 'no_value'
                     WHEN jsonb_typeof(v.quantity -> 'value') <> 'number' THEN 'value_not_understood'
+                    -- A bound (">40", "<8") is no reading to score.
+                    WHEN v.quantity ? 'comparator' THEN 'value_not_understood'
                     WHEN v.factor IS NULL THEN 'unit_not_understood' END AS problem,
                CASE WHEN v.kind IN ('room_air', 'on_oxygen') THEN NULL
+                    WHEN v.kind <> 'acvpu' AND v.quantity ? 'comparator'
+                    THEN 'value ' || left(v.quantity ->> 'comparator', 2) || ' ' || left(v.quantity ->> 'value', 40)
                     WHEN v.kind <> 'acvpu' AND v.quantity IS NOT NULL AND v.factor IS NULL
                     THEN 'unit ' || coalesce(v.unit_text, '')
                     WHEN v.has_value AND v.acvpu IS NULL AND (v.kind = 'acvpu' OR v.quantity IS NULL)

@@ -8,7 +8,8 @@
 CREATE FUNCTION diagnosis._is_worker() RETURNS boolean
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'pgdiag_is_worker';
 COMMENT ON FUNCTION diagnosis._is_worker() IS
-    'True only inside a pg_diagnosis background worker: the state machine lets only workers move runs out of running.';
+    'True only in a pg_diagnosis background worker''s own statements, acting as diagnosis.worker_role (never in code '
+    'run under SECURITY_RESTRICTED_OPERATION): the state machine lets only workers move runs out of running.';
 
 CREATE FUNCTION diagnosis._wake_at_commit() RETURNS void
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'pgdiag_wake_at_commit';
@@ -139,8 +140,9 @@ CREATE TABLE diagnosis.runs (
     cancel_requested_at timestamptz,
     cancel_requested_by name,
     -- 0.3.0 (appended, as the update script adds them):
-    -- server-to-client requests of the run's calls that were ignored and counted instead of answered.
-    ignored_server_requests int NOT NULL DEFAULT 0 CHECK (ignored_server_requests >= 0),
+    -- server-to-client requests of the run's calls that were ignored and counted instead of answered (NULL until
+    -- a call of the run finished; no default, which the update script's ADD COLUMN would store as a missing value).
+    ignored_server_requests int CHECK (ignored_server_requests >= 0),
     -- the run this run re-runs (rerun_diagnosis). No foreign key: retention may purge the original first, and
     -- a re-run is never updated once terminal (ON DELETE SET NULL would be refused by the state machine).
     rerun_of            uuid,
@@ -504,7 +506,7 @@ BEGIN
             mcp_task_expires_at = CASE WHEN i.task_lost THEN NULL ELSE r.mcp_task_expires_at END,
             processing_time_ms = i.processing_ms,
             progress = CASE WHEN t.outcome = 'completed' THEN 1 ELSE r.progress END,
-            ignored_server_requests = r.ignored_server_requests + coalesce(i.ignored_server_requests, 0),
+            ignored_server_requests = coalesce(r.ignored_server_requests, 0) + coalesce(i.ignored_server_requests, 0),
             updated_at = now()
         FROM slim i JOIN target t ON t.id = i.id
         WHERE r.ctid = ANY (ARRAY(SELECT row_id FROM target)) AND r.id = t.id
@@ -1966,8 +1968,12 @@ BEGIN
                     WHEN v.quantity IS NULL THEN CASE WHEN v.has_value THEN 'value_not_understood' ELSE 'no_value' END
                     WHEN v.quantity -> 'value' IS NULL THEN 'no_value'
                     WHEN jsonb_typeof(v.quantity -> 'value') <> 'number' THEN 'value_not_understood'
+                    -- A bound (">40", "<8") is no reading to score.
+                    WHEN v.quantity ? 'comparator' THEN 'value_not_understood'
                     WHEN v.factor IS NULL THEN 'unit_not_understood' END AS problem,
                CASE WHEN v.kind IN ('room_air', 'on_oxygen') THEN NULL
+                    WHEN v.kind <> 'acvpu' AND v.quantity ? 'comparator'
+                    THEN 'value ' || left(v.quantity ->> 'comparator', 2) || ' ' || left(v.quantity ->> 'value', 40)
                     WHEN v.kind <> 'acvpu' AND v.quantity IS NOT NULL AND v.factor IS NULL
                     THEN 'unit ' || coalesce(v.unit_text, '')
                     WHEN v.has_value AND v.acvpu IS NULL AND (v.kind = 'acvpu' OR v.quantity IS NULL)

@@ -2,7 +2,8 @@
  * guc.cpp
  *		The diagnosis.* settings: contexts, units and ranges of SPEC section 7.
  *
- * database and workers shape the set of background workers, so they are PGC_POSTMASTER; everything the worker
+ * database and workers shape the set of background workers, and worker_role is who they are once for their
+ * life, so these are PGC_POSTMASTER; everything the worker
  * reads while running is PGC_SIGHUP and takes effect at the next reload; max_inputs_bytes bounds what callers
  * may enqueue, so only a superuser may change it in a session (PGC_SUSET).
  *-------------------------------------------------------------------------

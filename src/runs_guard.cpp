@@ -27,6 +27,7 @@ PG_FUNCTION_INFO_V1(pgdiag_runs_guard);
 
 #include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/xact.hpp"
+#include "pg_diagnosis/core/run_status.hpp"
 
 namespace {
 
@@ -163,12 +164,6 @@ StatusText(Value status)
 	return status.isnull ? "<NULL>" : TextDatumGetCString(status.datum);
 }
 
-bool
-IsTerminal(const char *status)
-{
-	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
-}
-
 char *
 RunId(HeapTuple tuple, TupleDesc desc)
 {
@@ -210,7 +205,7 @@ GuardDelete(TriggerData *trigger, TupleDesc desc)
 	HeapTuple old_row = trigger->tg_trigtuple;
 	Value status = Get(old_row, desc, column_numbers[COL_STATUS]);
 
-	if (pgdiag::Purging() && !status.isnull && IsTerminal(StatusText(status)))
+	if (pgdiag::Purging() && !status.isnull && pgdiag::IsTerminalStatusName(StatusText(status)))
 		return PointerGetDatum(old_row);
 	ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 	                errmsg("run %s cannot be deleted", RunId(old_row, desc)),
@@ -228,7 +223,7 @@ GuardUpdate(TriggerData *trigger, TupleDesc desc)
 	const char *from = StatusText(old_status_value);
 	const char *to = StatusText(new_status_value);
 
-	if (!old_status_value.isnull && IsTerminal(from))
+	if (!old_status_value.isnull && pgdiag::IsTerminalStatusName(from))
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 		                errmsg("run %s is %s: a terminal run cannot change", RunId(old_row, desc), from)));
 	for (Column c : kIdentity)
@@ -249,7 +244,8 @@ GuardUpdate(TriggerData *trigger, TupleDesc desc)
 		return PointerGetDatum(new_row);
 	}
 	if ((strcmp(from, "queued") == 0 && strcmp(to, "running") == 0) ||
-	    (strcmp(from, "running") == 0 && !new_status_value.isnull && (IsTerminal(to) || strcmp(to, "queued") == 0))) {
+	    (strcmp(from, "running") == 0 && !new_status_value.isnull &&
+	     (pgdiag::IsTerminalStatusName(to) || strcmp(to, "queued") == 0))) {
 		if (!pgdiag::ActsAsWorker())
 			RefuseTransition("only a pg_diagnosis worker may move run %s from %s to %s", old_row, desc, from, to);
 		return PointerGetDatum(new_row);

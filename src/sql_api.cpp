@@ -13,6 +13,7 @@
 #include "pg_diagnosis/pg/shmem.hpp"
 #include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/xact.hpp"
+#include "pg_diagnosis/core/run_status.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -221,12 +222,6 @@ pgdiag_purging(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(pgdiag::Purging());
 }
 
-static bool
-IsTerminalStatus(const char *status)
-{
-	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
-}
-
 /* The longest wait_for_run waits: a century, so that now() plus it stays a valid timestamp. */
 static const int64 kMaxWaitUs = (int64) 100 * 366 * USECS_PER_DAY;
 
@@ -285,7 +280,7 @@ pgdiag_wait_for_run(PG_FUNCTION_ARGS)
 			                       DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(run_id))))));
 		status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		now = GetCurrentTimestamp();
-		if (IsTerminalStatus(status) || now >= deadline)
+		if (pgdiag::IsTerminalStatusName(status) || now >= deadline)
 			break;
 		remaining_ms = (long) Min((deadline - now + 999) / 1000, 1000);
 		if (shared)

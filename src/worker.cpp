@@ -241,11 +241,6 @@ HandleInterruptsBeforeLoop(void)
 	}
 }
 
-/*
- * The last start of this slot died while connecting: diagnosis.database is missing (dropped, or not created
- * yet). Rather than a FATAL every second, wait connected to no database (shared catalogs only), look for it
- * every poll interval, say so once, and exit for a restart that connects when it is back.
- */
 /* Whether a database of that name exists, read the way autovacuum's launcher lists databases: a process connected
  * to no database has the shared catalogs but not their indexes (get_database_oid would need one). */
 static bool
@@ -268,6 +263,11 @@ DatabaseExists(const char *name)
 	return found;
 }
 
+/*
+ * The last start of this slot died while connecting: diagnosis.database is missing (dropped, or not created
+ * yet). Rather than a FATAL every second, wait connected to no database (shared catalogs only), look for it
+ * with a backoff, say so once, and exit for a restart that connects when it is back.
+ */
 static void
 WaitForDatabase(pgdiag::WorkerSlot *slot)
 {

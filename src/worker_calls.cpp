@@ -23,6 +23,7 @@
 #include "pg_diagnosis/core/error_code.hpp"
 #include "pg_diagnosis/core/mcp_client.hpp"
 #include "pg_diagnosis/core/result.hpp"
+#include "pg_diagnosis/core/run_status.hpp"
 #include "pg_diagnosis/cpp_guard.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
 
@@ -133,10 +134,9 @@ ScheduleRetry(const InflightRun &run, const CallOutcome &outcome, FinishedRun &f
 {
 	std::uniform_real_distribution<double> jitter(0.0, 1.0);
 
-	/* attempt counts claims; a run gets at most 1 + max_retries of them. */
-	if (!IsTransient(outcome.code) || run.attempt >= 1 + run.max_retries)
+	if (!IsTransient(outcome.code) || AttemptsSpent(run.attempt, run.max_retries))
 		return false;
-	f.outcome = "queued";
+	f.outcome = RunStatusName(RunStatus::Queued);
 	f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms, kMaxRetryDelayMs,
 	                                                  outcome.retry_after_ms, jitter(state->rng)));
 	return true;
@@ -158,7 +158,7 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 	f.task_lost = outcome.task_lost;
 	f.ignored_server_requests = outcome.ignored_server_requests;
 	if (outcome.code == ErrorCode::None && !outcome.cancelled) {
-		f.outcome = "completed";
+		f.outcome = RunStatusName(RunStatus::Completed);
 		f.diagnosis = outcome.result_json;
 		state->finished.push_back(std::move(f));
 		return;
@@ -167,17 +167,17 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 	f.error_message = outcome.message.empty() ? f.error_code : outcome.message;
 	f.error_details = outcome.details_json;
 	if (outcome.config_error || outcome.local_failure) {
-		f.outcome = "queued";
+		f.outcome = RunStatusName(RunStatus::Queued);
 		f.refund_attempt = true;
 		f.retry_delay_ms = kLocalRetryDelayMs;
 		if (outcome.config_error)
 			state->config_error = f.error_message;
-	} else if (outcome.task_lost && !outcome.cancelled && run.attempt < 1 + run.max_retries) {
+	} else if (outcome.task_lost && !outcome.cancelled && !AttemptsSpent(run.attempt, run.max_retries)) {
 		/* The server no longer knows the task (expired, or lost with its store): a new attempt calls again. */
-		f.outcome = "queued";
+		f.outcome = RunStatusName(RunStatus::Queued);
 		f.retry_delay_ms = 0;
 	} else if (outcome.cancelled || !ScheduleRetry(run, outcome, f))
-		f.outcome = "failed";
+		f.outcome = RunStatusName(RunStatus::Failed);
 	state->finished.push_back(std::move(f));
 }
 

@@ -128,7 +128,7 @@ Work(const char *activity, void (*body)(void *), void *arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		RESUME_INTERRUPTS();
 		if (!said_locked)
-			ereport(LOG, (errmsg("pg_diagnosis: %s: %s; tried again later", activity, edata->message)));
+			ereport(LOG, (errmsg("%s: %s; tried again later", activity, edata->message)));
 		said_locked = true;
 		FreeErrorData(edata);
 	}
@@ -1001,8 +1001,11 @@ BuildPacksSafely(PackJob *job, bool *transient, Size *budget_left)
 	int sqlstate = 0;
 	char *error = InSubtransaction(BuildPacks, job, true, &sqlstate);
 
-	/* Whatever happened, no timeout may fire later in the claim. */
+	/* Whatever happened, no timeout may fire later in the claim, nor one that fired after the statement's last
+	 * interrupt check cancel the claim's next statement. */
 	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		QueryCancelPending = false;
 	if (error == NULL) {
 		TakePacks(job, budget_left);
 		return NULL;

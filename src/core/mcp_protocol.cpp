@@ -290,6 +290,14 @@ BuildToolCall(const std::string &id, const RequestContext &ctx, const ToolCallPa
 		w.StartObject();
 		w.EndObject();
 	}
+	if (!p.input_responses_json.empty()) {
+		w.Key("inputResponses");
+		w.RawValue(p.input_responses_json.data(), p.input_responses_json.size(), rapidjson::kObjectType);
+	}
+	if (p.has_request_state) {
+		w.Key("requestState");
+		Str(w, p.request_state);
+	}
 	w.Key("_meta");
 	w.StartObject();
 	w.Key("progressToken");
@@ -609,7 +617,7 @@ ToolResultOutcome(const std::string &result_json, const std::string &schema_vers
 }
 
 bool
-IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
+ErrorBodyOf(const HttpExchange &x, RpcMessage *error)
 {
 	if (x.status < 400 || x.status >= 500 || x.body.empty())
 		return false;
@@ -617,10 +625,18 @@ IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
 	std::string parse_error;
 	if (!ParseMessages(x.body, &messages, &parse_error) || messages.size() != 1 || !messages[0].is_error)
 		return false;
-	if (!IsModernCode(messages[0].error_code_int, x.status))
+	*error = std::move(messages[0]);
+	return true;
+}
+
+bool
+IsModernErrorBody(const HttpExchange &x, RpcMessage *error)
+{
+	RpcMessage parsed;
+	if (!ErrorBodyOf(x, &parsed) || !IsModernCode(parsed.error_code_int, x.status))
 		return false;
 	if (error)
-		*error = messages[0];
+		*error = std::move(parsed);
 	return true;
 }
 
@@ -820,6 +836,74 @@ ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntr
 	}
 	*next_cursor = StringMember(doc, "nextCursor");
 	return true;
+}
+
+/* ------------------------------------------------------------ MRTR */
+
+bool
+ParseInputRequired(const std::string &result_json, InputRequired *out)
+{
+	rapidjson::Document doc;
+	std::string error;
+	if (!ParseObject(result_json, doc, &error) || StringMember(doc, "resultType") != "input_required")
+		return false;
+	*out = InputRequired();
+	if (const rapidjson::Value *requests = Member(doc, "inputRequests"); requests && requests->IsObject())
+		for (auto &m : requests->GetObject()) {
+			InputRequest r;
+			r.key.assign(m.name.GetString(), m.name.GetStringLength());
+			r.method = StringMember(m.value, "method");
+			if (const rapidjson::Value *params = Member(m.value, "params"))
+				r.message = StringMember(*params, "message");
+			out->requests.push_back(std::move(r));
+		}
+	if (const rapidjson::Value *state = Member(doc, "requestState"); state && state->IsString()) {
+		out->has_request_state = true;
+		out->request_state.assign(state->GetString(), state->GetStringLength());
+	}
+	return true;
+}
+
+bool
+BuildInputResponses(const InputRequired &input, std::string *responses_json, std::string *refused)
+{
+	responses_json->clear();
+	if (input.requests.empty())
+		return true;
+	rapidjson::StringBuffer b;
+	Writer w(b);
+	w.StartObject();
+	for (const InputRequest &r : input.requests) {
+		w.Key(r.key.c_str(), static_cast<rapidjson::SizeType>(r.key.size()));
+		w.StartObject();
+		if (r.method == "elicitation/create") {
+			w.Key("action");
+			w.String("decline");
+		} else if (r.method == "roots/list") {
+			w.Key("roots");
+			w.StartArray();
+			w.EndArray();
+		} else {
+			*refused = r.method.empty() ? "an input request without a method (" + r.key + ")" : r.method;
+			return false;
+		}
+		w.EndObject();
+	}
+	w.EndObject();
+	*responses_json = Text(b);
+	return true;
+}
+
+std::string
+DescribeInputRequests(const InputRequired &input)
+{
+	std::string out;
+	for (const InputRequest &r : input.requests) {
+		std::string what = r.method.empty() ? "?" : r.method;
+		what += r.message.empty() ? " (" + r.key + ")" : " \"" + r.message.substr(0, 200) + "\"";
+		out += (out.empty() ? "" : ", ") + what;
+	}
+	return out.empty() ? "nothing but its requestState back" : out;
 }
 
 /* ------------------------------------------------------------ tasks */

@@ -3,6 +3,7 @@
  */
 #include <algorithm>
 
+#include "mcp_client_impl.hpp"
 #include "pg_diagnosis/core/mcp_session.hpp"
 
 #include "pg_diagnosis/core/cpp_only.hpp" // Must be last include.
@@ -219,4 +220,246 @@ EndpointSession::Headers(const std::string &method, const std::string &name) con
 	return h;
 }
 
+/* ------------------------------------------------------------ the client's endpoint set-up */
+
+namespace client_detail {
+
+/* DELETE of the legacy session, if there is one: the server may free it at once (a 405 is fine too). */
+void
+Client::EndSession()
+{
+	if (session_.era != Era::Legacy || session_.session_id.empty())
+		return;
+	HttpRequest r = BaseRequest(HttpMethod::Delete, std::max(1L, config_.shutdown_timeout_ms));
+	for (std::string &h : session_.Headers("DELETE", ""))
+		r.headers.push_back(std::move(h));
+	Send(std::move(r), Pending());
+}
+
+void
+Client::EnsureEndpoint()
+{
+	if (session_.phase != EndpointSession::Phase::Idle)
+		return;
+	if (auth_flow_) {
+		endpoint_after_auth_ = true; /* set up once the token is there */
+		return;
+	}
+	probes_ = 0;
+	list_pages_ = 0;
+	if (era_cache_.Get(OriginOf(config_.url)) == Era::Legacy)
+		StartInitialize();
+	else {
+		session_.era = Era::Modern;
+		session_.version = kModernVersion;
+		StartDiscover();
+	}
+}
+
+void
+Client::StartDiscover()
+{
+	session_.phase = EndpointSession::Phase::Discovering;
+	probes_++;
+	Pending p;
+	p.purpose = Purpose::Discover;
+	std::string id = NextId("discover");
+	p.rpc_id = JsonString(id);
+	Send(Post("server/discover", "", BuildDiscover(id, session_.Context()), config_.request_timeout_ms, &p),
+	     std::move(p));
+}
+
+void
+Client::StartInitialize()
+{
+	session_.era = Era::Legacy;
+	session_.version.clear();
+	session_.session_id.clear();
+	session_.phase = EndpointSession::Phase::Initializing;
+	Pending p;
+	p.purpose = Purpose::Initialize;
+	std::string id = NextId("initialize");
+	p.rpc_id = JsonString(id);
+	Send(Post("initialize", "", BuildInitialize(id, kLegacyRequestVersion), config_.request_timeout_ms, &p),
+	     std::move(p));
+}
+
+void
+Client::StartToolsList(const std::string &cursor)
+{
+	session_.phase = EndpointSession::Phase::Listing;
+	Pending p;
+	p.purpose = Purpose::ToolsList;
+	std::string id = NextId("tools-list");
+	p.rpc_id = JsonString(id);
+	Send(Post("tools/list", "", BuildToolsList(id, session_.Context(), cursor), config_.request_timeout_ms, &p),
+	     std::move(p));
+}
+
+/* The endpoint cannot serve the calls waiting for it. */
+void
+Client::FailEndpoint(CallOutcome why)
+{
+	session_.last_error = why.message;
+	failed_info_ = Endpoint();
+	failed_info_->last_error = why.message;
+	Era era = session_.era;
+	session_.Reset();
+	if (era == Era::Legacy && why.config_error)
+		era_cache_.Forget(OriginOf(config_.url)); /* a cached verdict may be what no longer fits */
+	std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
+	for (Call *c : waiting)
+		Finish(c, why);
+}
+
+void
+Client::EndpointReady()
+{
+	endpoint_auth_retries_ = 0;
+	session_.phase = EndpointSession::Phase::Ready;
+	session_.last_error.clear();
+	failed_info_.reset();
+	std::vector<Call *> waiting(waiting_.begin(), waiting_.end());
+	waiting_.clear();
+	for (Call *c : waiting)
+		Begin(c);
+}
+
+CallOutcome
+Client::ConfigError(const std::string &message)
+{
+	CallOutcome o = ErrorOutcome(ErrorCode::McpError, message);
+	o.config_error = true;
+	return o;
+}
+
+void
+Client::AfterFeatures()
+{
+	if (config_.tool.empty()) {
+		EndpointReady(); /* no tool to look for */
+		return;
+	}
+	if (!session_.features.capabilities_json.empty() && !session_.features.tools) {
+		FailEndpoint(ConfigError("the MCP server declares no tools capability"));
+		return;
+	}
+	StartToolsList("");
+}
+
+void
+Client::CompleteDiscover(const HttpExchange &x, const Pending &p)
+{
+	ProbeStep step = JudgeDiscover(x, p.response ? &*p.response : nullptr, session_.version);
+	std::string origin = OriginOf(config_.url);
+	switch (step.next) {
+	case ProbeStep::Next::Modern:
+		era_cache_.Set(origin, Era::Modern);
+		session_.era = Era::Modern;
+		session_.version = step.version;
+		session_.features = std::move(step.features);
+		AfterFeatures();
+		return;
+	case ProbeStep::Next::RetryModern:
+		if (probes_ >= 2) {
+			FailEndpoint(ConfigError("server/discover keeps rejecting protocol version " + step.version));
+			return;
+		}
+		session_.version = step.version;
+		StartDiscover();
+		return;
+	case ProbeStep::Next::Legacy:
+		era_cache_.Set(origin, Era::Legacy);
+		StartInitialize();
+		return;
+	default:
+		FailEndpoint(std::move(step.failure));
+		return;
+	}
+}
+
+void
+Client::CompleteInitialize(const HttpExchange &x, const Pending &p)
+{
+	ProbeStep step = JudgeInitialize(x, p.response ? &*p.response : nullptr);
+	if (step.next != ProbeStep::Next::LegacyReady) {
+		FailEndpoint(std::move(step.failure));
+		return;
+	}
+	session_.version = step.version;
+	session_.session_id = step.session_id;
+	session_.features = std::move(step.features);
+	if (!session_.features.tools && !config_.tool.empty()) {
+		FailEndpoint(ConfigError("the MCP server declares no tools capability"));
+		return;
+	}
+	session_.phase = EndpointSession::Phase::Notifying;
+	Pending n;
+	n.purpose = Purpose::Initialized;
+	Send(Post("notifications/initialized", "", BuildInitialized(), config_.request_timeout_ms, &n), std::move(n));
+}
+
+void
+Client::CompleteInitialized(const HttpExchange &x)
+{
+	if (x.curl_code == 0 && x.status >= 200 && x.status < 300) {
+		AfterFeatures();
+		return;
+	}
+	CallOutcome o = TransportOutcome(x, false);
+	if (o.code == ErrorCode::None)
+		o = ErrorOutcome(ErrorCode::McpError, "HTTP " + std::to_string(x.status));
+	o.message = "MCP notifications/initialized failed: " + o.message;
+	FailEndpoint(std::move(o));
+}
+
+void
+Client::CompleteToolsList(const HttpExchange &x, const Pending &p)
+{
+	CallOutcome o = TransportOutcome(x, p.response.has_value());
+	if (o.code != ErrorCode::None) {
+		o.message = "MCP tools/list failed: " + o.message;
+		FailEndpoint(std::move(o));
+		return;
+	}
+	if (!p.response) {
+		FailEndpoint(ErrorOutcome(ErrorCode::McpError, "MCP tools/list: no JSON-RPC response with the request's id"));
+		return;
+	}
+	if (p.response->is_error) {
+		if (p.response->error_code_int == kRpcMethodNotFound) {
+			EndpointReady(); /* no tools/list to check against: the call will tell */
+			return;
+		}
+		CallOutcome e = RpcErrorOutcome(*p.response);
+		e.message = "MCP tools/list failed: " + e.message;
+		FailEndpoint(std::move(e));
+		return;
+	}
+	ToolEntry entry;
+	std::string cursor, error;
+	if (!ParseToolsList(p.response->result, config_.tool, &entry, &cursor, &error)) {
+		FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
+		return;
+	}
+	if (entry.found && session_.era == Era::Modern && !entry.invalid.empty()) {
+		/* The transport page: a client MUST exclude a tool whose x-mcp-header annotations are invalid. */
+		session_.tool_checked = true;
+		FailEndpoint(ConfigError("the MCP server's tool \"" + config_.tool + "\" is unusable: " + entry.invalid));
+		return;
+	}
+	if (entry.found) {
+		session_.tool = entry;
+		session_.tool_checked = true;
+		EndpointReady();
+	} else if (!cursor.empty() && ++list_pages_ < 100)
+		StartToolsList(cursor);
+	else {
+		session_.tool_checked = true;
+		session_.tool = ToolEntry();
+		FailEndpoint(ConfigError("the MCP server does not offer tool \"" + config_.tool + "\" (tools/list)"));
+	}
+}
+
+} // namespace client_detail
 } // namespace pgdiag

@@ -84,7 +84,7 @@ test('the worker acts as diagnosis_worker, a NOLOGIN role that is no superuser, 
     ['ENQUEUED:pgd_lp_admin', 'LOCKED:diagnosis_worker', 'COMPLETED:diagnosis_worker']);
 });
 
-test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the schema, not even the worker', async () => {
+test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the schema, the worker\'s role none', async () => {
   const holders = (await cluster.query(`
     SELECT c.relname, coalesce(g.rolname, 'PUBLIC') AS grantee, a.privilege_type
     FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
@@ -96,8 +96,13 @@ test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the 
     LEFT JOIN pg_roles g ON g.oid = a.grantee
     WHERE c.relnamespace = 'diagnosis'::regnamespace AND a.privilege_type IN ('UPDATE', 'DELETE', 'TRUNCATE')
     ORDER BY 1, 2, 3`)).rows;
-  // The worker's role moves runs only through the lifecycle functions it may execute (docs/SECURITY.md).
   assert.deepEqual(holders, []);
+  // The worker's role holds no table privilege at all: it executes the run's lifecycle functions.
+  const worker = (await cluster.query(`
+    SELECT c.relname, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+    WHERE c.relnamespace = 'diagnosis'::regnamespace AND a.grantee = 'diagnosis_worker'::regrole`)).rows;
+  assert.deepEqual(worker, []);
+  // What it may execute that PUBLIC may not: exactly the run's lifecycle functions (docs/SECURITY.md).
   const executable = (await cluster.query(`
     SELECT p.proname FROM pg_proc p
     WHERE p.pronamespace = 'diagnosis'::regnamespace AND has_function_privilege('diagnosis_worker', p.oid, 'EXECUTE')
@@ -106,10 +111,10 @@ test('no role but superusers holds UPDATE, DELETE or TRUNCATE on a table of the 
     '_result_schemas', '_runs_to_cancel', '_write_progress']);
 });
 
-test('LOCK TABLE in every mode on every table: refused to an outsider, a clinician and an admin, or harmless', async () => {
+test('LOCK TABLE in every mode on every table and view: refused to an outsider, a clinician and an admin, or harmless', async () => {
   const tables = (await cluster.query(`SELECT c.relname FROM pg_class c
-    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1`)).rows.map((r) => r.relname);
-  assert.ok(tables.length >= 9, tables.join());
+    WHERE c.relnamespace = 'diagnosis'::regnamespace AND c.relkind IN ('r', 'p', 'v') ORDER BY 1`)).rows.map((r) => r.relname);
+  assert.ok(tables.length >= 13, tables.join());
   for (const role of ['pgd_lp_outsider', 'pgd_lp_clin', 'pgd_lp_admin']) {
     const client = await cluster.connect(role);
     try {
@@ -287,7 +292,7 @@ test('settings a non-superuser database owner attaches do not steer the worker',
   }
 });
 
-test('a worker configured with a superuser\'s role, or a member of one, refuses to work: one log line, no claims', async () => {
+test('a worker configured with a superuser\'s role, or a member of one, refuses to work: one log line, no claims; a member of diagnosis_worker works', async () => {
   await cluster.query('CREATE ROLE pgd_lp_su_member NOLOGIN; GRANT postgres TO pgd_lp_su_member');
   cluster.stop();
   cluster.setSettings({ 'diagnosis.worker_role': 'pgd_lp_su_member' });
@@ -307,10 +312,13 @@ test('a worker configured with a superuser\'s role, or a member of one, refuses 
   assert.equal(cluster.log().match(/is a superuser or a member of one; the worker refuses/g).length, 1);
   const usename = (await cluster.query(`SELECT usename FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker'`)).rows[0].usename;
   assert.equal(usename, 'postgres'); // connected, acting as nobody yet: it runs no statement of its own
-  // Back to the default role: the queued run completes.
+  // A role of the DBA's that is a member of diagnosis_worker (README, Installing): the queued run completes.
+  await cluster.query('CREATE ROLE pgd_lp_custom NOLOGIN; GRANT diagnosis_worker TO pgd_lp_custom');
   cluster.stop();
-  cluster.setSettings({ 'diagnosis.worker_role': 'diagnosis_worker' });
+  cluster.setSettings({ 'diagnosis.worker_role': 'pgd_lp_custom' });
   cluster.start();
   await waitTerminal(cluster, [id]);
   assert.equal((await statusOf(id)).status, 'completed');
+  const acting = (await cluster.query(`SELECT usename FROM pg_stat_activity WHERE backend_type = 'pg_diagnosis worker'`)).rows;
+  assert.deepEqual(acting, [{ usename: 'pgd_lp_custom' }]);
 });

@@ -14,8 +14,8 @@ let patient;
 before(async () => {
   // No worker: nothing but the statements below touches the runs.
   cluster = await startCluster({ settings: { 'diagnosis.workers': 0, shared_buffers: '256MB', max_wal_size: '4GB' } });
-  const ms = await fillRuns(cluster, { runs: RUNS, patients: PATIENTS });
-  console.log(`inserted ${RUNS} runs in ${ms} ms`);
+  const { ms, cpu } = await fillRuns(cluster, { runs: RUNS, patients: PATIENTS });
+  console.log(`inserted ${RUNS} runs in ${ms} ms (${cpu} ms of the backend's CPU)`);
   patient = (await cluster.query('SELECT id FROM diagnosis.patients ORDER BY id LIMIT 1 OFFSET 4321')).rows[0].id;
   await cluster.query('CREATE ROLE pgd_scale_clin_7 LOGIN; CREATE ROLE pgd_scale_admin LOGIN');
   await cluster.query(`INSERT INTO diagnosis.members VALUES ('pgd_scale_clin_7', $1, 'clinician'), ('pgd_scale_admin', $1, 'admin')`,

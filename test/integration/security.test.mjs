@@ -54,16 +54,14 @@ test('the token is invisible to non-superusers and masked for superusers', async
   const all = (await cluster.query(`SELECT string_agg(setting, ' ') AS s FROM pg_settings`)).rows[0].s;
   assert.ok(!all.includes(TOKEN));
   // Changing it at reload through the file form never puts the token in the log either.
-  await cluster.reload({ 'diagnosis.mcp_auth_token': `file:${join(dir, 'mcp.token')}` });
-  await new Promise((r) => setTimeout(r, 300));
+  await cluster.reloadApplied({ 'diagnosis.mcp_auth_token': `file:${join(dir, 'mcp.token')}` });
   assert.ok(!cluster.log().includes(TOKEN), 'the token appears in the server log');
 });
 
 test('a server that rejects the token pauses claiming (401 is a setting, not the run): the run stays queued, unspent, and the token is never shown', async () => {
   const other = await startMcpServer(['--mode', 'stateless', '--reply', 'json', '--auth-token', 'a-different-token']);
   try {
-    await cluster.reload({ 'diagnosis.mcp_url': other.url });
-    await new Promise((r) => setTimeout(r, 300));
+    await cluster.reloadApplied({ 'diagnosis.mcp_url': other.url });
     const id = await enqueue(cluster, patients[1]);
     const status = await cluster.waitFor(async () => {
       const s = (await cluster.query('SELECT state, last_error FROM diagnosis.worker_status()')).rows[0];
@@ -93,8 +91,7 @@ test('TLS verification is always on: a self-signed endpoint fails the run, and n
     (req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); });
   await new Promise((r) => tls.listen(0, '127.0.0.1', r));
   try {
-    await cluster.reload({ 'diagnosis.mcp_url': `https://127.0.0.1:${tls.address().port}/mcp` });
-    await new Promise((r) => setTimeout(r, 300));
+    await cluster.reloadApplied({ 'diagnosis.mcp_url': `https://127.0.0.1:${tls.address().port}/mcp` });
     const id = await enqueue(cluster, patients[2]);
     await waitTerminal(cluster, [id]);
     const r = await run(cluster, id);

@@ -139,8 +139,7 @@ test('a context pack that fails to build fails its run with CONTEXT_PACK_ERROR a
       IF p = '${bad}' THEN RAISE EXCEPTION 'no chart for this patient'; END IF;
       RETURN diagnosis.build_context_pack(p);
     END $$`);
-  await cluster.reload({ 'diagnosis.context_pack_function': 'public.picky_pack' });
-  await new Promise((r) => setTimeout(r, 300));
+  await cluster.reloadApplied({ 'diagnosis.context_pack_function': 'public.picky_pack' });
   const failing = await enqueue(cluster, bad, { pack: 1 });
   const fine = await enqueue(cluster, patient(), { pack: 1 });
   await waitTerminal(cluster, [failing, fine]);
@@ -203,8 +202,7 @@ test('wait_for_run wakes on completion, not at its timeout', async () => {
 
 test('progress: a long run reports progress between 0 and 1, never backwards', async () => {
   await server.configure({ latency_ms: 3500 });
-  await cluster.reload({ 'diagnosis.request_timeout_ms': 15000 });
-  await new Promise((r) => setTimeout(r, 300));
+  await cluster.reloadApplied({ 'diagnosis.request_timeout_ms': 15000 });
   const id = await enqueue(cluster, patient(), { progress: 1 });
   const seen = [];
   await cluster.waitFor(async () => {
@@ -223,8 +221,7 @@ test('progress: a long run reports progress between 0 and 1, never backwards', a
 
 test('state machine of a running run: only the worker moves or changes it; a first cancel request is all others may write', async () => {
   await server.configure({ latency_ms: 4000 });
-  await cluster.reload({ 'diagnosis.request_timeout_ms': 15000 });
-  await new Promise((r) => setTimeout(r, 300));
+  await cluster.reloadApplied({ 'diagnosis.request_timeout_ms': 15000 });
   const id = await enqueue(cluster, patient(), { guard: 1 });
   await cluster.waitFor(async () => (await run(cluster, id)).status === 'running', { timeout: 10000, interval: 50 });
   const attempt = async (sql) => {
@@ -270,7 +267,8 @@ test('state machine of a running run: only the worker moves or changes it; a fir
 });
 
 test('worker_status counts finished runs and shows an idle worker; idle means no transaction', async () => {
-  await new Promise((r) => setTimeout(r, 1200));
+  await cluster.waitFor(async () => (await cluster.query('SELECT state FROM diagnosis.worker_status()')).rows[0]?.state === 'idle',
+    { what: 'an idle worker' });
   const s = (await cluster.query('SELECT * FROM diagnosis.worker_status()')).rows;
   assert.equal(s.length, 1);
   assert.equal(s[0].state, 'idle');

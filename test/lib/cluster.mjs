@@ -133,6 +133,22 @@ export class Cluster {
     await this.query('SELECT pg_reload_conf()');
   }
 
+  /**
+   * Reloads `settings` and waits until every worker has applied them, a state rather than a time: the same SIGHUP
+   * also pauses the workers (diagnosis.enabled = off, shown as state 'paused'), and a second one resumes them. For
+   * a test whose precondition is the new setting (a fixed sleep after pg_reload_conf() is too short on a loaded
+   * machine). Only while no run is in flight: a paused worker claims nothing.
+   */
+  async reloadApplied(settings = {}) {
+    const states = async () => (await this.query('SELECT state FROM diagnosis.worker_status()')).rows.map((r) => r.state);
+    await this.reload({ ...settings, 'diagnosis.enabled': 'off' });
+    await this.waitFor(async () => { const s = await states(); return s.length > 0 && s.every((x) => x === 'paused'); },
+      { what: 'the workers to apply the reload (paused)' });
+    await this.reload({ 'diagnosis.enabled': 'on' });
+    await this.waitFor(async () => { const s = await states(); return s.length > 0 && s.every((x) => x !== 'paused'); },
+      { what: 'the workers to resume' });
+  }
+
   log() {
     return existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8') : '';
   }

@@ -354,3 +354,50 @@ TEST_F(ClientTest, LegacyToolWithoutTaskSupportIsCalledDirectly)
 }
 
 } // namespace
+
+// 2025-11-25: an unknown task id is Invalid params (-32602), read from the parsed JSON-RPC error of a 400; another
+// error whose text merely mentions -32602 is a failed poll, polled again, and the task completes.
+TEST_F(ClientTest, LegacyUnknownTaskIsReadFromTheErrorCode)
+{
+	LegacyServer legacy;
+	legacy.version = "2025-11-25";
+	legacy.capabilities = R"({"tools":{},"tasks":{"cancel":{},"requests":{"tools":{"call":{}}}}})";
+	legacy.tools =
+	    R"({"tools":[{"name":"run_diagnosis","inputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]})";
+	std::atomic<int> gets{0};
+	TestServer server([&](const Request &r, int) {
+		if (r.IsMethod("tasks/get") && TaskIdOf(r) == "gone")
+			return Reply{Http(400, "application/json",
+			                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+			                      R"(,"error":{"code":-32602,"message":"Failed to retrieve task: Task not found"}})")};
+		if (r.IsMethod("tasks/get") && gets++ == 0)
+			return Reply{Http(400, "application/json",
+			                  R"({"jsonrpc":"2.0","id":)" + IdOf(r) +
+			                      R"(,"error":{"code":-32603,"message":"store busy, not -32602"}})")};
+		if (r.IsMethod("tasks/get"))
+			return Reply{Json(Result(r, R"({"taskId":"lt-5","status":"completed","ttl":30000,"pollInterval":40})"))};
+		if (r.IsMethod("tasks/result"))
+			return Reply{Json(Result(r, Diagnosis()))};
+		return legacy(r);
+	});
+	auto client = Make(server.Url());
+	CallRequest lost = Call(1, "run-lost");
+	lost.resume_task_id = "gone";
+	CallRequest busy = Call(2, "run-busy");
+	busy.resume_task_id = "lt-5";
+	client->Submit(lost);
+	client->Submit(busy);
+	auto out = RunUntil(*client, 2);
+	ASSERT_EQ(out.size(), 2u);
+	for (const CallOutcome &o : out) {
+		if (o.tag == 1) {
+			EXPECT_TRUE(o.task_lost) << o.message;
+			EXPECT_EQ(o.code, ErrorCode::McpError);
+		} else {
+			EXPECT_FALSE(o.task_lost) << o.message;
+			EXPECT_EQ(o.code, ErrorCode::None) << o.message;
+		}
+	}
+	EXPECT_EQ(server.Count("tools/call"), 0);
+	EXPECT_EQ(server.Count("tasks/result"), 1);
+}

@@ -13,9 +13,11 @@
 #include <vector>
 
 #include "pg_diagnosis/core/http_transport.hpp"
-#include "pg_diagnosis/core/mcp_client.hpp"
+#include "pg_diagnosis/core/mcp_types.hpp"
 
 namespace pgdiag {
+
+class SchemaRegistry;
 
 extern const char *const kModernVersion;        /* "2026-07-28" */
 extern const char *const kLegacyRequestVersion; /* what initialize asks for: "2025-11-25" */
@@ -47,6 +49,10 @@ struct ToolCallParams {
 	std::string traceparent;    /* "" = none */
 	bool legacy_task = false;   /* 2025-11-25 experimental form: add "task": {} */
 	const CallRequest *call = nullptr;
+	/* MRTR retry: the inputResponses object (JSON text; "" = none) and the requestState to echo */
+	std::string input_responses_json;
+	bool has_request_state = false;
+	std::string request_state;
 };
 
 /* `s` as JSON text (a quoted, escaped JSON string): how a request id is compared with the ids that come back. */
@@ -112,6 +118,8 @@ CallOutcome TransportOutcome(const HttpExchange &x, bool answered);
 CallOutcome ToolResultOutcome(const std::string &result_json, const std::string &schema_version,
                               const SchemaRegistry &schemas);
 
+/* The JSON-RPC error a 4xx body holds (one error response, parsed), false when it holds none. */
+bool ErrorBodyOf(const HttpExchange &x, RpcMessage *error);
 /* True when a non-2xx body holds a JSON-RPC error only a modern server sends (HeaderMismatch, missing client
  * capability, unsupported protocol version, or Method not found with 404): the era is modern. */
 bool IsModernErrorBody(const HttpExchange &x, RpcMessage *error);
@@ -152,6 +160,27 @@ std::string BuildToolArguments(const CallRequest &call);
  * integers in decimal, booleans as true/false, encoded as EncodeHeaderValue says); absent or null ones are
  * omitted. */
 std::vector<std::string> ParamHeaderLines(const std::vector<ParamHeader> &headers, const std::string &arguments_json);
+
+/* MRTR (2026-07-28, basic/patterns/mrtr): a result with resultType "input_required" asks the client to answer its
+ * inputRequests and call again, echoing requestState exactly. */
+struct InputRequest {
+	std::string key;
+	std::string method;  /* "elicitation/create", "sampling/createMessage", "roots/list", ... */
+	std::string message; /* params.message of an elicitation, "" otherwise */
+};
+struct InputRequired {
+	std::vector<InputRequest> requests;
+	bool has_request_state = false;
+	std::string request_state; /* opaque: never inspected */
+};
+/* True when `result_json` is an InputRequiredResult; *out gets its requests and state. */
+bool ParseInputRequired(const std::string &result_json, InputRequired *out);
+/* The inputResponses a worker gives (it has no user and no model): every elicitation declined, roots an empty list.
+ * "" when there is no request. False when a request cannot be answered (sampling, an unknown method); *refused then
+ * names it. */
+bool BuildInputResponses(const InputRequired &input, std::string *responses_json, std::string *refused);
+/* What the requests ask for, for an error message: `method "message"` or `method (key)`, comma-separated. */
+std::string DescribeInputRequests(const InputRequired &input);
 
 /* Tasks: the modern extension's CreateTaskResult/DetailedTask and the 2025-11-25 experimental form. */
 struct TaskInfo {
