@@ -18,8 +18,8 @@ bool
 Client::OAuthChanged(const ClientConfig &c) const
 {
 	const OAuthSettings &a = c.oauth, &b = config_.oauth;
-	return a.client_id != b.client_id || a.client_secret != b.client_secret ||
-	       a.private_key_pem != b.private_key_pem || a.scope != b.scope || c.oauth_store != config_.oauth_store;
+	return a.client_id != b.client_id || a.client_secret != b.client_secret || a.private_key_pem != b.private_key_pem ||
+	       a.scope != b.scope || c.oauth_store != config_.oauth_store;
 }
 
 /* New credentials: tokens and registrations obtained with the old ones are not used again. */
@@ -189,8 +189,7 @@ Client::AuthDone()
 	discovery_ = auth_flow_->Discovery();
 	auth_generation_++;
 	oauth_tokens_++;
-	if (!config_.oauth_store.empty() && !t.refresh_token.empty() &&
-	    t.refresh_token != auth_settings_.refresh_token) {
+	if (!config_.oauth_store.empty() && !t.refresh_token.empty() && t.refresh_token != auth_settings_.refresh_token) {
 		/* The server rotated the refresh token: the old one may already be void. */
 		OAuthSettings store = auth_settings_;
 		store.refresh_token = t.refresh_token;

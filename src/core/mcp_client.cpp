@@ -160,6 +160,7 @@ Client::Endpoint() const
 	info.tool_offered = session_.tool_checked ? (session_.tool.found ? 1 : 0) : -1;
 	info.tool_task_support = session_.tool.task_support;
 	info.oauth_tokens = oauth_tokens_;
+	info.tools = session_.listed;
 	return info;
 }
 
@@ -401,10 +402,10 @@ Client::SendCancelled(Call *c, const std::string &reason)
 	Send(Post("notifications/cancelled", "", BuildCancelled(c->rpc_id, reason), 2000, nullptr), Pending());
 }
 
-/* A server request is answered only on the stream of a call's own tools/call, before the call's response, at most
- * kMaxServerRequestsPerCall times per call; any other (on the streams of our own answers, of set-up or task
- * requests, or past the limit) is ignored and counted for the call it came with. 0.2.0 answered them all: a storm
- * of answers to answers that outlived the run. */
+/* A server request is answered only on the stream of a call's own tools/call, before the call's response, at
+ * most kMaxServerRequestsPerCall times per call; any other (on the streams of our own answers, of set-up or
+ * task requests, or past the limit) is ignored and counted for the call it came with. 0.2.0 answered them all:
+ * a storm of answers to answers that outlived the run. */
 void
 Client::OnServerRequest(const Pending &p, const RpcMessage &m)
 {

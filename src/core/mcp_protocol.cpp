@@ -316,6 +316,8 @@ BuildToolCall(const std::string &id, const RequestContext &ctx, const ToolCallPa
 std::string
 BuildToolArguments(const CallRequest &r)
 {
+	if (!r.arguments_json.empty())
+		return r.arguments_json;
 	rapidjson::StringBuffer b;
 	Writer w(b);
 	w.StartObject();
@@ -836,6 +838,101 @@ ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntr
 	}
 	*next_cursor = StringMember(doc, "nextCursor");
 	return true;
+}
+
+bool
+ParseToolsPage(const std::string &result_json, std::vector<ListedTool> *tools, std::string *next_cursor,
+               std::string *error)
+{
+	rapidjson::Document doc;
+	if (!ParseObject(result_json, doc, error))
+		return false;
+	const rapidjson::Value *list = Member(doc, "tools");
+	if (!list || !list->IsArray()) {
+		*error = "tools/list result has no tools array";
+		return false;
+	}
+	for (auto &t : list->GetArray()) {
+		ListedTool tool;
+		tool.name = StringMember(t, "name");
+		if (tool.name.empty())
+			continue;
+		if (const rapidjson::Value *schema = Member(t, "inputSchema")) {
+			tool.input_schema_json = ToJson(*schema);
+			std::vector<ParamHeader> headers;
+			std::vector<std::string> path;
+			CollectParamHeaders(*schema, path, true, &headers, &tool.invalid);
+		}
+		tools->push_back(std::move(tool));
+	}
+	*next_cursor = StringMember(doc, "nextCursor");
+	return true;
+}
+
+namespace {
+
+void
+WriteExample(Writer &w, const rapidjson::Value &schema, int depth)
+{
+	if (const rapidjson::Value *d = Member(schema, "default")) {
+		d->Accept(w);
+		return;
+	}
+	if (const rapidjson::Value *e = Member(schema, "enum"); e && e->IsArray() && !e->Empty()) {
+		(*e)[0].Accept(w);
+		return;
+	}
+	if (const rapidjson::Value *c = Member(schema, "const")) {
+		c->Accept(w);
+		return;
+	}
+	std::string type = StringMember(schema, "type");
+	if (type == "string")
+		w.String("example");
+	else if (type == "integer" || type == "number")
+		w.Int(1);
+	else if (type == "boolean")
+		w.Bool(true);
+	else if (type == "array") {
+		w.StartArray();
+		w.EndArray();
+	} else if (type == "object" && depth < 8) {
+		const rapidjson::Value *properties = Member(schema, "properties");
+		const rapidjson::Value *required = Member(schema, "required");
+		bool all = !required || !required->IsArray() || required->Empty();
+		w.StartObject();
+		if (properties && properties->IsObject())
+			for (auto &p : properties->GetObject()) {
+				bool wanted = all;
+				if (!all)
+					for (auto &r : required->GetArray())
+						wanted = wanted || (r.IsString() && r == p.name);
+				if (!wanted || !p.value.IsObject())
+					continue;
+				w.Key(p.name.GetString(), p.name.GetStringLength());
+				WriteExample(w, p.value, depth + 1);
+			}
+		w.EndObject();
+	} else
+		w.Null(); /* no type this can honour ($ref, anyOf, ...): the server says what it wanted */
+}
+
+} // namespace
+
+std::string
+ExampleArguments(const std::string &input_schema_json)
+{
+	rapidjson::Document doc;
+	std::string error;
+	if (input_schema_json.empty() || !ParseObject(input_schema_json, doc, &error))
+		return "{}";
+	rapidjson::StringBuffer b;
+	Writer w(b);
+	if (StringMember(doc, "type").empty())
+		doc.AddMember("type", "object", doc.GetAllocator());
+	WriteExample(w, doc, 0);
+	std::string out = Text(b);
+	return out.empty() || out[0] != '{' ? "{}" : out;
 }
 
 /* ------------------------------------------------------------ MRTR */

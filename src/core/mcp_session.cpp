@@ -187,6 +187,7 @@ EndpointSession::Reset()
 	features = ServerFeatures();
 	tool = ToolEntry();
 	tool_checked = false;
+	listed.clear();
 	generation++;
 }
 
@@ -303,6 +304,7 @@ Client::FailEndpoint(CallOutcome why)
 	session_.last_error = why.message;
 	failed_info_ = Endpoint();
 	failed_info_->last_error = why.message;
+	failed_info_->state = "idle"; /* what Endpoint() reports from now on: the set-up ended */
 	Era era = session_.era;
 	session_.Reset();
 	if (era == Era::Legacy && why.config_error)
@@ -336,7 +338,7 @@ Client::ConfigError(const std::string &message)
 void
 Client::AfterFeatures()
 {
-	if (config_.tool.empty()) {
+	if (config_.tool.empty() && (!config_.list_tools || !session_.features.tools)) {
 		EndpointReady(); /* no tool to look for */
 		return;
 	}
@@ -436,8 +438,17 @@ Client::CompleteToolsList(const HttpExchange &x, const Pending &p)
 		FailEndpoint(std::move(e));
 		return;
 	}
-	ToolEntry entry;
 	std::string cursor, error;
+	if (config_.tool.empty()) { /* list_tools */
+		if (!ParseToolsPage(p.response->result, &session_.listed, &cursor, &error))
+			FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
+		else if (!cursor.empty() && ++list_pages_ < 100)
+			StartToolsList(cursor);
+		else
+			EndpointReady();
+		return;
+	}
+	ToolEntry entry;
 	if (!ParseToolsList(p.response->result, config_.tool, &entry, &cursor, &error)) {
 		FailEndpoint(ErrorOutcome(ErrorCode::McpError, "malformed tools/list result: " + error));
 		return;

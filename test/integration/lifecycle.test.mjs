@@ -11,6 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster } from '../lib/cluster.mjs';
 import { startMcpServer } from '../lib/mcp.mjs';
+import { startHostileServer } from '../lib/hostile_mcp.mjs';
 import { createOrganization, enqueue, run, chain, waitTerminal } from '../lib/fixtures.mjs';
 import { checkGuarantees } from '../lib/audit.mjs';
 
@@ -119,6 +120,27 @@ for (const [name, body] of [
     await cluster.reload({ 'diagnosis.context_pack_function': '' });
   });
 }
+
+test('a confidence_score of 1e-50 is stored (as 0 in the real column), one of 1e300 fails validation, never storage', async () => {
+  const hostile = await startHostileServer();
+  try {
+    await cluster.reload({ 'diagnosis.mcp_url': hostile.url });
+    const tiny = await enqueue(cluster, orgA.patients[4], { attack: 'number_edges', confidence: '1e-50' });
+    const huge = await enqueue(cluster, orgB.patients[4], { attack: 'number_edges', confidence: '1e300' });
+    await waitTerminal(cluster, [tiny, huge], 30000);
+    const t = await run(cluster, tiny);
+    assert.equal(t.status, 'completed', `${t.error_code}: ${t.error_message}`);
+    const a = (await cluster.query(`SELECT confidence_score, needs_review, (artifact_data->>'confidence_score')::numeric = 1e-50 AS kept
+      FROM diagnosis.artifacts WHERE run_id = $1 AND artifact_type = 'diagnosis_json'`, [tiny])).rows[0];
+    assert.deepEqual(a, { confidence_score: 0, needs_review: true, kept: true });
+    const h = await run(cluster, huge);
+    assert.equal(h.status, 'failed');
+    assert.equal(h.error_code, 'VALIDATION_ERROR');
+  } finally {
+    await cluster.reload({ 'diagnosis.mcp_url': server.url });
+    await hostile.close();
+  }
+});
 
 test('every audit chain is a legal path', async () => {
   const g = await checkGuarantees(cluster);

@@ -29,6 +29,14 @@ function incompressible(chars) {
  * did, `ctx.later(ms, fn)` is a timer cleared on close.
  */
 const ATTACKS = {
+  // A confidence_score the schema allows but real cannot hold (1e-50), or one beyond the schema (1e300): the
+  // worker validates or stores it, never fails to store it (issue 27).
+  number_edges(res, call) {
+    const result = { ...GOOD_RESULT, confidence_score: Number(call.params.arguments.inputs.confidence) };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ jsonrpc: '2.0', id: call.id,
+      result: { content: [{ type: 'text', text: JSON.stringify(result) }], structuredContent: result } }));
+  },
   // 0.2.0 copied the last id into every event: 64 KiB id x 20,000 events of 7 bytes = 1.3 GB from 184 KB.
   ids(res, call) {
     res.writeHead(200, sseHead);

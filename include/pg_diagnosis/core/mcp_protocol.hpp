@@ -154,7 +154,14 @@ struct ToolEntry {
 };
 bool ParseToolsList(const std::string &result_json, const std::string &tool, ToolEntry *entry, std::string *next_cursor,
                     std::string *error);
-/* The tools/call arguments object {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
+/* Every tool of a tools/list page, appended to *tools. */
+bool ParseToolsPage(const std::string &result_json, std::vector<ListedTool> *tools, std::string *next_cursor,
+                    std::string *error);
+/* Arguments that fit an inputSchema's shape, for a test call (pg_diagnosis_mcp_check --all-tools): each required
+ * property (all of them when none is required) gets its default, its first enum value, or a value of its type. */
+std::string ExampleArguments(const std::string &input_schema_json);
+/* The tools/call arguments object {run_id, patient_id, attempt, schema_version, inputs, context_pack}, or the
+ * call's arguments_json when set. */
 std::string BuildToolArguments(const CallRequest &call);
 /* "Mcp-Param-{name}: value" for each annotated parameter present in `arguments_json` (strings as they are,
  * integers in decimal, booleans as true/false, encoded as EncodeHeaderValue says); absent or null ones are

@@ -60,8 +60,9 @@ struct EndpointSession {
 	std::string session_id; /* legacy only */
 	ServerFeatures features;
 	ToolEntry tool;
-	bool tool_checked = false; /* tools/list answered (false when the server has no tools/list) */
-	uint64_t generation = 0;   /* bumped by Reset(): exchanges of an older generation are stale */
+	bool tool_checked = false;      /* tools/list answered (false when the server has no tools/list) */
+	std::vector<ListedTool> listed; /* ClientConfig::list_tools: every tool of every page */
+	uint64_t generation = 0;        /* bumped by Reset(): exchanges of an older generation are stale */
 	std::string last_error;
 
 	/* Forgets the era, version and session (a new URL, a lost session, an era that stopped fitting). */

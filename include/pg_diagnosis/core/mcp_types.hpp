@@ -41,6 +41,9 @@ struct ClientConfig {
 	 * instead of failing. */
 	long max_connections = 0;
 	long shutdown_timeout_ms = 1000; /* how long Shutdown() may take to deliver its messages */
+	/* With tool "": the set-up reads every tools/list page into EndpointInfo::tools (pg_diagnosis_mcp_check; the
+	 * worker only looks its one tool up). */
+	bool list_tools = false;
 };
 
 /* One tools/call. The arguments sent are {run_id, patient_id, attempt, schema_version, inputs, context_pack}. */
@@ -54,6 +57,9 @@ struct CallRequest {
 	std::string context_pack_json = "{}"; /* a JSON object, embedded as is */
 	std::string traceparent;    /* W3C traceparent: params._meta.traceparent and the traceparent header; "" = none */
 	std::string resume_task_id; /* poll this task (created by an earlier call) instead of calling the tool */
+	/* "" = the arguments above; else this JSON object is sent as the arguments instead (pg_diagnosis_mcp_check's
+	 * calls of other tools; the worker never sets it) */
+	std::string arguments_json;
 };
 
 /* A notifications/progress for a call's progressToken. */
@@ -98,6 +104,13 @@ struct CallTask {
 	int64_t ttl_ms = -1; /* -1 unknown or unlimited */
 };
 
+/* A tool of the endpoint's tools/list (ClientConfig::list_tools). */
+struct ListedTool {
+	std::string name;
+	std::string input_schema_json; /* "" when it has none */
+	std::string invalid;           /* why its x-mcp-header annotations make it unusable, "" if they do not */
+};
+
 /* What the client knows about the endpoint. */
 struct EndpointInfo {
 	std::string state;             /* "idle", "probing" (discover, initialize, tools/list) or "ready" */
@@ -111,6 +124,7 @@ struct EndpointInfo {
 	int tool_offered = -1;         /* tools/list listed the tool: 1, did not: 0, not checked: -1 */
 	std::string tool_task_support; /* the tool's execution.taskSupport, "" if none */
 	int64_t oauth_tokens = 0;      /* access tokens obtained so far (OAuth) */
+	std::vector<ListedTool> tools; /* every tool listed, with ClientConfig::list_tools */
 };
 
 } // namespace pgdiag
