@@ -31,7 +31,7 @@ override with_llvm = no
 
 PG_CPPFLAGS  = -Iinclude -MMD -MP -DPGDIAG_EXTVERSION=\"$(EXTVERSION)\"
 PG_CXXFLAGS  = -std=c++17 -Wno-register -fexceptions -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK  += -lcurl -lstdc++
+SHLIB_LINK  += -lcurl -lcrypto -lstdc++
 # SANITIZE: extra compile and link flags, e.g. "-fsanitize=address,undefined" (scripts/sanitize.sh builds a copy
 # of the tree with them; the library then needs the sanitizer runtimes loaded into the server).
 SANITIZE    ?=

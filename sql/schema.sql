@@ -30,7 +30,7 @@ FROM diagnosis.result_schemas;
 
 -- Every GUC of SPEC section 7, with its context.
 SELECT name, context, unit
-FROM pg_settings WHERE name LIKE 'diagnosis.%' AND name <> 'diagnosis.mcp_auth_token'
+FROM pg_settings WHERE name LIKE 'diagnosis.%' AND name NOT IN ('diagnosis.mcp_auth_token', 'diagnosis.mcp_oauth_client_secret')
 ORDER BY name;
 SHOW diagnosis.max_response_bytes;
 SHOW diagnosis.mcp_auth_token;

@@ -41,11 +41,34 @@ char *pgdiag_fhir_source = nullptr;
 char *pgdiag_default_schema_version = nullptr;
 char *pgdiag_worker_role = nullptr;
 
+char *pgdiag_mcp_oauth_client_id = nullptr;
+char *pgdiag_mcp_oauth_client_secret = nullptr;
+char *pgdiag_mcp_oauth_private_key = nullptr;
+char *pgdiag_mcp_oauth_scope = nullptr;
+char *pgdiag_mcp_ca_file = nullptr;
+char *pgdiag_mcp_client_cert = nullptr;
+char *pgdiag_mcp_client_key = nullptr;
+
 /* The token is a secret: SHOW and pg_settings print a mask, to superusers too. */
 static const char *
 ShowAuthToken(void)
 {
 	return (pgdiag_mcp_auth_token && pgdiag_mcp_auth_token[0]) ? "********" : "";
+}
+
+/* So is the OAuth client secret (its "file:/path" form included: even the path is not shown). */
+static const char *
+ShowClientSecret(void)
+{
+	return (pgdiag_mcp_oauth_client_secret && pgdiag_mcp_oauth_client_secret[0]) ? "********" : "";
+}
+
+/* Defines a sighup string setting of the MCP connection. */
+static void
+DefineConnectionString(const char *name, const char *short_desc, const char *long_desc, char **variable, int flags,
+                       GucShowHook show)
+{
+	DefineCustomStringVariable(name, short_desc, long_desc, variable, "", PGC_SIGHUP, flags, NULL, NULL, show);
 }
 
 void
@@ -126,5 +149,28 @@ pgdiag::InitGucs()
 	                           gettext_noop("CREATE EXTENSION creates diagnosis_worker; another role must be a member "
 	                                        "of it."),
 	                           &pgdiag_worker_role, "diagnosis_worker", PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* (0.3) OAuth and TLS. The private key and the client secret take "file:/path"; the secret is shown to no
+	 * one, and only superusers see or set either (the key's value names a file, never holds the key, in practice). */
+	DefineConnectionString("diagnosis.mcp_oauth_client_id",
+	                       gettext_noop("OAuth client id the workers authorize with at the MCP server."), NULL,
+	                       &pgdiag_mcp_oauth_client_id, 0, NULL);
+	DefineConnectionString("diagnosis.mcp_oauth_client_secret",
+	                       gettext_noop("OAuth client secret (client_secret_basic/_post); never shown."),
+	                       gettext_noop("\"file:/path\" reads the first line of that file."),
+	                       &pgdiag_mcp_oauth_client_secret, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+	                       ShowClientSecret);
+	DefineConnectionString("diagnosis.mcp_oauth_private_key",
+	                       gettext_noop("\"file:/path\" of the PEM private key for private_key_jwt (RFC 7523)."), NULL,
+	                       &pgdiag_mcp_oauth_private_key, GUC_SUPERUSER_ONLY, NULL);
+	DefineConnectionString("diagnosis.mcp_oauth_scope",
+	                       gettext_noop("OAuth scope to ask for; empty means what the MCP server names."), NULL,
+	                       &pgdiag_mcp_oauth_scope, 0, NULL);
+	DefineConnectionString("diagnosis.mcp_ca_file",
+	                       gettext_noop("CA bundle (PEM) that verifies the MCP and authorization servers."),
+	                       gettext_noop("Empty means the system's CA bundle."), &pgdiag_mcp_ca_file, 0, NULL);
+	DefineConnectionString("diagnosis.mcp_client_cert", gettext_noop("Client certificate (PEM) for mutual TLS."), NULL,
+	                       &pgdiag_mcp_client_cert, 0, NULL);
+	DefineConnectionString("diagnosis.mcp_client_key", gettext_noop("Private key (PEM) of the client certificate."),
+	                       NULL, &pgdiag_mcp_client_key, GUC_SUPERUSER_ONLY, NULL);
 	MarkGUCPrefixReserved("diagnosis");
 }

@@ -434,7 +434,7 @@ ConnectToDatabase(void)
 
 /* Reads a whole file; errors (with the path, never the contents) if it cannot. */
 static char *
-ReadTokenFile(const char *path)
+ReadTokenFile(const char *path, const char *setting = "diagnosis.mcp_auth_token")
 {
 	FILE *file = AllocateFile(path, "r");
 	StringInfoData buffer;
@@ -442,8 +442,7 @@ ReadTokenFile(const char *path)
 	size_t n;
 
 	if (file == NULL)
-		ereport(ERROR,
-		        (errcode_for_file_access(), errmsg("could not open diagnosis.mcp_auth_token file \"%s\": %m", path)));
+		ereport(ERROR, (errcode_for_file_access(), errmsg("could not open %s file \"%s\": %m", setting, path)));
 	initStringInfo(&buffer);
 	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
 		appendBinaryStringInfo(&buffer, chunk, (int) n);
@@ -471,6 +470,20 @@ AuthToken(void)
 	return contents;
 }
 
+/* A secret setting's value: itself, or with "file:/path" that file's first line (`first_line`) or all of it. */
+static char *
+SecretSetting(const char *value, const char *setting, bool first_line)
+{
+	char *contents;
+
+	if (value == NULL || strncmp(value, "file:", 5) != 0)
+		return pstrdup(value ? value : "");
+	contents = ReadTokenFile(value + 5, setting);
+	if (first_line)
+		contents[strcspn(contents, "\r\n")] = '\0';
+	return contents;
+}
+
 /* Sizes the call budget to the file descriptors (raising the soft limit as far as max_inflight needs) and
  * configures the client; says the effective limit once, and again whenever it changes. Returns the limit. */
 static int
@@ -491,6 +504,14 @@ ApplySettings(void)
 	s.url = pgdiag_mcp_url;
 	s.tool = pgdiag_mcp_tool;
 	s.auth_token = AuthToken();
+	s.oauth_client_id = pgdiag_mcp_oauth_client_id;
+	s.oauth_client_secret = SecretSetting(pgdiag_mcp_oauth_client_secret, "diagnosis.mcp_oauth_client_secret", true);
+	s.oauth_private_key_pem = SecretSetting(pgdiag_mcp_oauth_private_key, "diagnosis.mcp_oauth_private_key", false);
+	s.oauth_scope = pgdiag_mcp_oauth_scope;
+	s.oauth_store = psprintf("%s/pg_diagnosis_oauth.json", DataDir);
+	s.ca_file = pgdiag_mcp_ca_file;
+	s.client_cert = pgdiag_mcp_client_cert;
+	s.client_key = pgdiag_mcp_client_key;
 	s.connect_timeout_ms = pgdiag_connect_timeout_ms;
 	s.request_timeout_ms = pgdiag_request_timeout_ms;
 	s.max_response_bytes = (size_t) pgdiag_max_response_bytes;

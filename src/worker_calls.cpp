@@ -200,6 +200,14 @@ Configure(const Settings &s)
 		c.url = s.url ? s.url : "";
 		c.tool = s.tool && s.tool[0] ? s.tool : "run_diagnosis";
 		c.auth_token = s.auth_token ? s.auth_token : "";
+		c.oauth.client_id = s.oauth_client_id ? s.oauth_client_id : "";
+		c.oauth.client_secret = s.oauth_client_secret ? s.oauth_client_secret : "";
+		c.oauth.private_key_pem = s.oauth_private_key_pem ? s.oauth_private_key_pem : "";
+		c.oauth.scope = s.oauth_scope ? s.oauth_scope : "";
+		c.oauth_store = s.oauth_store ? s.oauth_store : "";
+		c.ca_file = s.ca_file ? s.ca_file : "";
+		c.client_cert = s.client_cert ? s.client_cert : "";
+		c.client_key = s.client_key ? s.client_key : "";
 		c.connect_timeout_ms = s.connect_timeout_ms;
 		c.request_timeout_ms = s.request_timeout_ms;
 		c.max_response_bytes = s.max_response_bytes;

@@ -15,13 +15,23 @@
  * Exit status: 0 the endpoint works (and the call returned a valid diagnosis); 1 the tool answered, but not with a
  * valid diagnosis (VALIDATION_ERROR, LLM_ERROR); 2 any other failure (configuration, protocol, network, timeout);
  * 64 usage.
+ *
+ * With --login it instead performs the OAuth authorization-code grant once for an operator (PKCE, a loopback
+ * redirect on 127.0.0.1, offline_access where offered) and stores the refresh token in --oauth-store (mode 0600),
+ * the file the workers refresh their tokens from.
  */
+#include <algorithm>
+#include <arpa/inet.h>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <netinet/in.h>
 #include <poll.h>
 #include <random>
+#include <sstream>
+#include <sys/socket.h>
 #include <string>
 #include <unistd.h>
 
@@ -29,6 +39,7 @@
 #include "pg_diagnosis/core/json.hpp"
 #include "pg_diagnosis/core/mcp_client.hpp"
 #include "pg_diagnosis/core/mcp_protocol.hpp"
+#include "pg_diagnosis/core/oauth.hpp"
 #include "pg_diagnosis/core/result.hpp"
 
 using namespace pgdiag;
@@ -46,6 +57,17 @@ Usage()
 	    "  --arguments JSON  send these tools/call arguments instead of the worker's\n"
 	    "  --calls JSON      call each [{\"name\": TOOL, \"arguments\": {...}}] in turn (or {\"toolCalls\": [...]})\n"
 	    "  --all-tools       call every tool the server lists, arguments built from its inputSchema\n"
+	    "  --ca-file FILE             CA bundle that verifies the server\n"
+	    "  --client-cert FILE, --client-key FILE   mutual TLS\n"
+	    "  --oauth-client-id ID       OAuth client id\n"
+	    "  --oauth-client-secret-file FILE   its secret's file (first line; or PGDIAG_OAUTH_CLIENT_SECRET)\n"
+	    "  --oauth-private-key FILE   PEM key for private_key_jwt\n"
+	    "  --oauth-scope SCOPE        scope to ask for (default: what the server names)\n"
+	    "  --oauth-store FILE         the operator's login (refresh token), as the workers read it\n"
+	    "  --oauth-client-metadata-url URL   a client ID metadata document, where the server takes them\n"
+	    "  --oauth-context JSON       client_id, client_secret, private_key_pem from a JSON object (conformance)\n"
+	    "  --login                    log in (authorization code + PKCE) and store the refresh token in --oauth-store\n"
+	    "  --oauth-headless           let the authorization server answer without a person (test servers)\n"
 	    "  The token may also come from the environment variable PGDIAG_MCP_TOKEN.\n"
 	    "  Exit: 0 works, 1 the tool answered without a valid diagnosis, 2 failure, 64 usage.\n");
 }
@@ -224,6 +246,183 @@ ParseCalls(const std::string &text, std::vector<std::pair<std::string, std::stri
 	return true;
 }
 
+/* The first line of a file (a secret named by the operator). */
+bool
+ReadFirstLine(const std::string &path, std::string *out)
+{
+	std::ifstream in(path);
+	if (!in)
+		return false;
+	std::getline(in, *out);
+	while (!out->empty() && (out->back() == '\r' || out->back() == ' '))
+		out->pop_back();
+	return true;
+}
+
+bool
+ReadFile(const std::string &path, std::string *out)
+{
+	std::ifstream in(path);
+	if (!in)
+		return false;
+	std::stringstream text;
+	text << in.rdbuf();
+	*out = text.str();
+	return true;
+}
+
+/* A loopback listener for the authorization redirect (RFC 8252 section 7.3). */
+class LoopbackRedirect {
+public:
+	LoopbackRedirect()
+	{
+		fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		sockaddr_in a{};
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		socklen_t n = sizeof(a);
+		if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr *>(&a), sizeof(a)) != 0 || listen(fd_, 4) != 0 ||
+		    getsockname(fd_, reinterpret_cast<sockaddr *>(&a), &n) != 0)
+			throw std::runtime_error("cannot listen on 127.0.0.1 for the authorization redirect");
+		port_ = ntohs(a.sin_port);
+	}
+	~LoopbackRedirect()
+	{
+		if (fd_ >= 0)
+			close(fd_);
+	}
+	std::string Uri() const { return "http://127.0.0.1:" + std::to_string(port_) + "/callback"; }
+
+	/* Waits for the browser's GET /callback?... and answers it; the full redirect URL, or "" on timeout. */
+	std::string Wait(long timeout_ms)
+	{
+		auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+		while (std::chrono::steady_clock::now() < deadline) {
+			pollfd p{fd_, POLLIN, 0};
+			if (poll(&p, 1, 500) <= 0)
+				continue;
+			int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+			if (c < 0)
+				continue;
+			std::string request;
+			char buffer[4096];
+			pollfd q{c, POLLIN, 0};
+			while (request.find("\r\n") == std::string::npos && request.size() < 16384 && poll(&q, 1, 5000) > 0) {
+				ssize_t n = read(c, buffer, sizeof(buffer));
+				if (n <= 0)
+					break;
+				request.append(buffer, static_cast<size_t>(n));
+			}
+			size_t sp1 = request.find(' '), sp2 = request.find(' ', sp1 + 1);
+			std::string target =
+			    sp1 == std::string::npos || sp2 == std::string::npos ? "" : request.substr(sp1 + 1, sp2 - sp1 - 1);
+			bool ours = target.rfind("/callback?", 0) == 0;
+			std::string body =
+			    ours ? "pg_diagnosis: authorization received; you can close this window.\n" : "not found\n";
+			std::string answer =
+			    std::string(ours ? "HTTP/1.1 200 OK" : "HTTP/1.1 404 Not Found") +
+			    "\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) +
+			    "\r\n\r\n" + body;
+			(void) !write(c, answer.data(), answer.size());
+			close(c);
+			if (ours)
+				return "http://127.0.0.1:" + std::to_string(port_) + target;
+		}
+		return "";
+	}
+
+private:
+	int fd_ = -1;
+	int port_ = 0;
+};
+
+/* --login: the authorization-code grant once, its refresh token stored where the workers read it. */
+int
+Login(const ClientConfig &config, const std::string &store, bool headless, long timeout_ms)
+{
+	OAuthSettings s = config.oauth;
+	LoopbackRedirect redirect;
+	s.redirect_uri = redirect.Uri();
+	s.headless_authorize = headless;
+	s.ca_file = config.ca_file;
+	s.client_cert = config.client_cert;
+	s.client_key = config.client_key;
+	s.user_agent = config.user_agent;
+	s.refresh_token.clear(); /* a login asks anew */
+	OAuthFlow flow(s, config.url, BearerChallenge(), OAuthDiscovery(), "", true);
+	HttpTransport transport;
+	for (;;) {
+		HttpRequest r;
+		OAuthFlow::Step step = flow.Next(&r);
+		if (step == OAuthFlow::Step::Http) {
+			uint64_t id = transport.Start(std::move(r))->id;
+			std::unique_ptr<HttpExchange> done;
+			while (!done) {
+				pollfd p{transport.EventFd(), POLLIN, 0};
+				long wait = transport.TimeoutMs();
+				poll(&p, 1, wait < 0 || wait > 100 ? 100 : static_cast<int>(wait));
+				transport.Drive();
+				for (auto &x : transport.TakeFinished())
+					if (x->id == id)
+						done = std::move(x);
+			}
+			flow.Feed(*done);
+		} else if (step == OAuthFlow::Step::Authorize) {
+			std::printf("Open this URL in a browser and log in (waiting %ld s for the redirect to %s):\n\n  %s\n\n",
+			            timeout_ms / 1000, redirect.Uri().c_str(), flow.AuthorizationUrl().c_str());
+			std::fflush(stdout);
+			std::string url = redirect.Wait(timeout_ms);
+			if (url.empty()) {
+				std::fprintf(stderr, "pg_diagnosis_mcp_check: no authorization redirect within %ld s\n",
+				             timeout_ms / 1000);
+				return 2;
+			}
+			flow.Redirected(url);
+		} else if (step == OAuthFlow::Step::Failed) {
+			std::fprintf(stderr, "pg_diagnosis_mcp_check: login failed: %s\n", flow.Error().c_str());
+			return 2;
+		} else
+			break;
+	}
+	if (flow.Token().refresh_token.empty()) {
+		std::fprintf(stderr, "pg_diagnosis_mcp_check: the authorization server issued no refresh token (it did not "
+		                     "grant offline access), so the workers could not renew the token\n");
+		return 2;
+	}
+	OAuthSettings saved;
+	saved.refresh_token = flow.Token().refresh_token;
+	saved.refresh_client_id = flow.ClientId();
+	saved.refresh_client_secret = flow.ClientSecret();
+	saved.refresh_issuer = flow.Discovery().issuer;
+	std::string error;
+	if (!SaveTokenStore(store, saved, &error)) {
+		std::fprintf(stderr, "pg_diagnosis_mcp_check: %s\n", error.c_str());
+		return 2;
+	}
+	std::printf("logged in at %s as client %s; refresh token stored in %s (mode 0600)\n",
+	            flow.Discovery().issuer.c_str(), flow.ClientId().c_str(), store.c_str());
+	return 0;
+}
+
+/* --oauth-context: the conformance suite's scenario context (client_id, client_secret, private_key_pem). */
+bool
+ApplyOAuthContext(const std::string &text, OAuthSettings *oauth)
+{
+	rapidjson::Document doc;
+	std::string error;
+	if (!ParseJson(text.data(), text.size(), doc, &error) || !doc.IsObject())
+		return false;
+	auto get = [&](const char *name, std::string *out) {
+		auto it = doc.FindMember(name);
+		if (it != doc.MemberEnd() && it->value.IsString())
+			*out = it->value.GetString();
+	};
+	get("client_id", &oauth->client_id);
+	get("client_secret", &oauth->client_secret);
+	get("private_key_pem", &oauth->private_key_pem);
+	return true;
+}
+
 } // namespace
 
 int
@@ -234,15 +433,30 @@ main(int argc, char **argv)
 	config.user_agent = "pg_diagnosis_mcp_check";
 	if (const char *token = std::getenv("PGDIAG_MCP_TOKEN"))
 		config.auth_token = token;
+	if (const char *secret = std::getenv("PGDIAG_OAUTH_CLIENT_SECRET"))
+		config.oauth.client_secret = secret;
 	std::vector<std::string> positional;
 	std::string arguments, calls_json;
-	bool all_tools = false;
+	bool all_tools = false, login = false, headless = false;
+	static const std::vector<std::string> valued = {"--token",
+	                                                "--timeout",
+	                                                "--ca-file",
+	                                                "--arguments",
+	                                                "--calls",
+	                                                "--client-cert",
+	                                                "--client-key",
+	                                                "--oauth-client-id",
+	                                                "--oauth-scope",
+	                                                "--oauth-client-secret-file",
+	                                                "--oauth-private-key",
+	                                                "--oauth-store",
+	                                                "--oauth-client-metadata-url",
+	                                                "--oauth-context"};
 	for (int i = 1; i < argc; i++) {
 		std::string arg = argv[i];
-		if ((arg == "--token" || arg == "--timeout" || arg == "--ca-file" || arg == "--arguments" ||
-		     arg == "--calls") &&
-		    i + 1 < argc) {
+		if (std::find(valued.begin(), valued.end(), arg) != valued.end() && i + 1 < argc) {
 			std::string value = argv[++i];
+			bool read = true;
 			if (arg == "--token")
 				config.auth_token = value;
 			else if (arg == "--ca-file")
@@ -251,10 +465,36 @@ main(int argc, char **argv)
 				arguments = value;
 			else if (arg == "--calls")
 				calls_json = value;
+			else if (arg == "--client-cert")
+				config.client_cert = value;
+			else if (arg == "--client-key")
+				config.client_key = value;
+			else if (arg == "--oauth-client-id")
+				config.oauth.client_id = value;
+			else if (arg == "--oauth-scope")
+				config.oauth.scope = value;
+			else if (arg == "--oauth-client-secret-file")
+				read = ReadFirstLine(value, &config.oauth.client_secret);
+			else if (arg == "--oauth-private-key")
+				read = ReadFile(value, &config.oauth.private_key_pem);
+			else if (arg == "--oauth-store")
+				config.oauth_store = value;
+			else if (arg == "--oauth-client-metadata-url")
+				config.oauth.client_metadata_url = value;
+			else if (arg == "--oauth-context")
+				read = ApplyOAuthContext(value, &config.oauth);
 			else
 				config.request_timeout_ms = std::atol(value.c_str());
+			if (!read) {
+				std::fprintf(stderr, "pg_diagnosis_mcp_check: cannot read %s's value\n", arg.c_str());
+				return 64;
+			}
 		} else if (arg == "--all-tools")
 			all_tools = true;
+		else if (arg == "--login")
+			login = true;
+		else if (arg == "--oauth-headless")
+			headless = true;
 		else if (arg == "-h" || arg == "--help") {
 			Usage();
 			return 0;
@@ -272,6 +512,15 @@ main(int argc, char **argv)
 	}
 	config.url = positional[0];
 	config.tool = positional.size() > 1 ? positional[1] : "";
+	if (login && (config.oauth_store.empty() || positional.size() != 1 || modes > 0)) {
+		Usage();
+		return 64;
+	}
+	if (headless && !login) {
+		/* The authorization-code grant inside the client, without a person (test authorization servers). */
+		config.oauth.redirect_uri = "http://127.0.0.1:33418/callback";
+		config.oauth.headless_authorize = true;
+	}
 	std::vector<std::pair<std::string, std::string>> calls;
 	if (!calls_json.empty() && !ParseCalls(calls_json, &calls)) {
 		std::fprintf(stderr, "pg_diagnosis_mcp_check: --calls takes a JSON array of {\"name\", \"arguments\"}\n");
@@ -287,6 +536,8 @@ main(int argc, char **argv)
 	}
 
 	try {
+		if (login)
+			return Login(config, config.oauth_store, headless, std::max(config.request_timeout_ms, 300000L));
 		SchemaRegistry schemas;
 		std::string error;
 		if (!schemas.Add("v1", kResultSchemaV1, &error)) {

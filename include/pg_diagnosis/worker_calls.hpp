@@ -18,6 +18,14 @@ struct Settings {
 	const char *url;
 	const char *tool;
 	const char *auth_token;
+	const char *oauth_client_id;
+	const char *oauth_client_secret;
+	const char *oauth_private_key_pem;
+	const char *oauth_scope;
+	const char *oauth_store; /* the operator's login file */
+	const char *ca_file;
+	const char *client_cert;
+	const char *client_key;
 	long connect_timeout_ms;
 	long request_timeout_ms;
 	size_t max_response_bytes;

@@ -196,6 +196,8 @@ HttpTransport::HeaderCallback(char *buffer, size_t size, size_t nitems, void *us
 			x->content_type.clear();
 			x->session_id.clear();
 			x->retry_after.clear();
+			x->www_authenticate.clear();
+			x->location.clear();
 			return n;
 		}
 		size_t colon = line.find(':');
@@ -209,6 +211,10 @@ HttpTransport::HeaderCallback(char *buffer, size_t size, size_t nitems, void *us
 			x->session_id = value;
 		else if (name == "retry-after")
 			x->retry_after = value;
+		else if (name == "www-authenticate" && x->www_authenticate.size() < 8192)
+			x->www_authenticate += (x->www_authenticate.empty() ? "" : ", ") + value; /* one list, as RFC 9110 */
+		else if (name == "location")
+			x->location = value.substr(0, 8192);
 		return n;
 	} catch (...) {
 		x->callback_error = "out of memory reading headers";
@@ -343,6 +349,10 @@ HttpTransport::Start(HttpRequest request)
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (!r.ca_file.empty())
 		curl_easy_setopt(easy, CURLOPT_CAINFO, r.ca_file.c_str());
+	if (!r.client_cert.empty())
+		curl_easy_setopt(easy, CURLOPT_SSLCERT, r.client_cert.c_str());
+	if (!r.client_key.empty())
+		curl_easy_setopt(easy, CURLOPT_SSLKEY, r.client_key.c_str());
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
 	if (r.method == HttpMethod::Post) {
 		curl_easy_setopt(easy, CURLOPT_POST, 1L);

@@ -28,8 +28,12 @@ Client::Configure(const ClientConfig &config)
 	    config.url != config_.url || config.auth_token != config_.auth_token || config.tool != config_.tool;
 	if (endpoint_changed)
 		EndSession(); /* with the old URL and token */
+	if (OAuthChanged(config))
+		ResetAuth();
 	config_ = config;
 	ApplyLimits();
+	if (!auth_flow_ && !auth_waiting_.empty())
+		StartAuth(BearerChallenge(), true); /* calls waiting for a token: ask with the new settings */
 	if (endpoint_changed) {
 		session_.Reset();
 		if (!waiting_.empty())
@@ -90,6 +94,8 @@ Client::TimeoutMs() const
 			consider(c.resume_at);
 		consider(c.deadline);
 	}
+	if (const CachedToken *t = RenewableToken())
+		consider(t->renew_at);
 	return timeout;
 }
 
@@ -153,6 +159,7 @@ Client::Endpoint() const
 	info.server_name = session_.features.server_name;
 	info.tool_offered = session_.tool_checked ? (session_.tool.found ? 1 : 0) : -1;
 	info.tool_task_support = session_.tool.task_support;
+	info.oauth_tokens = oauth_tokens_;
 	info.tools = session_.listed;
 	return info;
 }
@@ -192,6 +199,7 @@ Client::Shutdown()
 	pending_.clear();
 	outcomes_.clear();
 	progress_.clear();
+	DropAuthFlow();
 }
 
 std::vector<uint64_t>
@@ -207,6 +215,7 @@ Client::AbortAll()
 	between_exchanges_.clear();
 	waiting_.clear();
 	session_.Reset();
+	DropAuthFlow();
 	return tags;
 }
 
@@ -227,6 +236,8 @@ Client::BaseRequest(HttpMethod method, long timeout_ms) const
 	r.inactivity_ms = config_.inactivity_timeout_ms > 0 ? config_.inactivity_timeout_ms : 0;
 	r.max_bytes = config_.max_response_bytes;
 	r.ca_file = config_.ca_file;
+	r.client_cert = config_.client_cert;
+	r.client_key = config_.client_key;
 	r.user_agent = config_.user_agent;
 	if (method == HttpMethod::Post) {
 		r.headers.push_back("Content-Type: application/json");
@@ -234,7 +245,11 @@ Client::BaseRequest(HttpMethod method, long timeout_ms) const
 	} else if (method == HttpMethod::Get)
 		r.headers.push_back("Accept: text/event-stream");
 	r.headers.push_back("Expect:");
-	if (!config_.auth_token.empty())
+	/* An OAuth token goes only to the origin it was issued for. */
+	auto token = tokens_.find(OriginOf(r.url));
+	if (token != tokens_.end())
+		r.headers.push_back("Authorization: Bearer " + token->second.access_token);
+	else if (!config_.auth_token.empty())
 		r.headers.push_back("Authorization: Bearer " + config_.auth_token);
 	return r;
 }
@@ -256,6 +271,7 @@ uint64_t
 Client::Send(HttpRequest request, Pending p)
 {
 	p.generation = session_.generation;
+	p.auth_generation = auth_generation_;
 	HttpExchange *x = transport_.Start(std::move(request));
 	pending_[x->id] = std::move(p);
 	return x->id;
@@ -742,8 +758,15 @@ Client::Complete(HttpExchange &x)
 	Pending p = std::move(it->second);
 	pending_.erase(it);
 	bool stale = p.generation != session_.generation;
+	if (p.purpose == Purpose::Auth) {
+		FeedAuth(x);
+		return;
+	}
+	if (Challenged(x, p) && OnChallenge(x, p, stale))
+		return;
 	switch (p.purpose) {
 	case Purpose::Fire:
+	case Purpose::Auth:
 		return;
 	case Purpose::Discover:
 	case Purpose::Initialize:
@@ -787,6 +810,9 @@ void
 Client::RunTimers()
 {
 	Clock::time_point now = Clock::now();
+	if (const CachedToken *t = RenewableToken())
+		if (now >= t->renew_at)
+			StartAuth(BearerChallenge(), false); /* ahead of expiry, while calls go on with the current one */
 	std::vector<Call *> expired;
 	/* A copy: starting a request takes its call out of the set. */
 	std::vector<uint64_t> tags(between_exchanges_.begin(), between_exchanges_.end());

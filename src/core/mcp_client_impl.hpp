@@ -64,6 +64,7 @@ enum class Purpose {
 	TaskGet,
 	TaskResult, /* legacy tasks/result */
 	Fire,       /* replies, notifications/cancelled, tasks/cancel, DELETE: nothing to wait for */
+	Auth,       /* a request of the OAuth flow (metadata, registration, token): mcp_auth.cpp */
 };
 
 /* An exchange in flight and what the client wants from it. */
@@ -74,7 +75,8 @@ struct Pending {
 	std::string rpc_id;      /* JSON text of the request id we wait for */
 	std::string progress_token;
 	bool sent_session = false;
-	bool resumption = false; /* the GET of a resumed stream */
+	bool resumption = false;      /* the GET of a resumed stream */
+	uint64_t auth_generation = 0; /* the OAuth token it carried (a 401 to an older one only needs a resend) */
 	std::optional<RpcMessage> response;
 	bool foreign_response = false;
 	size_t events_seen = 0;
@@ -85,6 +87,7 @@ struct Call {
 	Clock::time_point submitted;
 	Clock::time_point deadline;
 	bool retried = false;   /* the one retry after a lost session or an era that stopped fitting */
+	int auth_retries = 0;   /* sent again after authorizing (kMaxAuthRetries) */
 	uint64_t exchange = 0;  /* the exchange in flight for this call, 0 if none */
 	std::string rpc_id;     /* JSON text of the tools/call id */
 	Era era = Era::Unknown; /* the era the tools/call went out in */
@@ -119,6 +122,17 @@ struct Call {
 	std::string input_responses;
 	bool has_request_state = false;
 	std::string request_state;
+};
+
+/* How many times one call (or one set-up of the endpoint) is sent again after authorizing: a step-up that never
+ * satisfies the server must not loop (the conformance suite allows three authorization requests in all). */
+constexpr int kMaxAuthRetries = 2;
+
+/* An OAuth access token of one origin. */
+struct CachedToken {
+	std::string access_token;
+	std::string scope;
+	Clock::time_point renew_at = Clock::time_point::max();
 };
 
 class Client final : public McpClient {
@@ -192,6 +206,21 @@ private:
 	void CompleteInitialized(const HttpExchange &x);
 	void CompleteToolsList(const HttpExchange &x, const Pending &p);
 
+	/* mcp_auth.cpp: authorization (OAuth) on a 401 or a 403 insufficient_scope */
+	bool OAuthChanged(const ClientConfig &c) const;
+	void ResetAuth();
+	void DropAuthFlow();
+	bool OAuthUsable() const;
+	const CachedToken *RenewableToken() const;
+	static bool Challenged(const HttpExchange &x, const Pending &p);
+	bool OnChallenge(const HttpExchange &x, const Pending &p, bool stale);
+	void StartAuth(const BearerChallenge &challenge, bool rediscover);
+	void PumpAuth();
+	void FeedAuth(const HttpExchange &x);
+	void AuthDone();
+	void FailAuth(const std::string &why, bool renewal);
+	void ResumeAfterAuth();
+
 	/* mcp_tasks.cpp: task-backed calls */
 	void StartTaskRequest(Call *c, Purpose purpose);
 	void SchedulePoll(Call *c, int64_t delay_ms);
@@ -219,6 +248,20 @@ private:
 	std::vector<CallProgress> progress_;
 	std::vector<CallOutcome> outcomes_;
 	std::vector<CallTask> tasks_;
+
+	/* OAuth: tokens per origin, what discovery learned, the one flow in flight and who waits for it. */
+	std::map<std::string, CachedToken> tokens_;
+	OAuthDiscovery discovery_;
+	std::unique_ptr<OAuthFlow> auth_flow_;
+	OAuthSettings auth_settings_; /* what the flow in flight started from */
+	bool auth_renewal_ = false;
+	uint64_t auth_exchange_ = 0;
+	uint64_t auth_generation_ = 0; /* bumped with every new token */
+	int64_t oauth_tokens_ = 0;
+	std::vector<uint64_t> auth_waiting_;
+	bool endpoint_after_auth_ = false;
+	int endpoint_auth_retries_ = 0;
+	BearerChallenge pending_step_up_;
 };
 
 } // namespace client_detail

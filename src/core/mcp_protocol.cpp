@@ -566,9 +566,14 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		if (x.timed_out)
 			return fail(ErrorCode::TimeoutError, "MCP request timed out: " + x.error);
 		CURLcode c = static_cast<CURLcode>(x.curl_code);
-		if (c == CURLE_PEER_FAILED_VERIFICATION || c == CURLE_SSL_CACERT_BADFILE)
-			/* Verification is never turned off; retrying cannot fix a certificate. */
-			return fail(ErrorCode::McpError, "TLS verification failed: " + x.error);
+		if (c == CURLE_PEER_FAILED_VERIFICATION || c == CURLE_SSL_CACERT_BADFILE || c == CURLE_SSL_CERTPROBLEM ||
+		    c == CURLE_SSL_ISSUER_ERROR || c == CURLE_SSL_CRL_BADFILE) {
+			/* Verification is never turned off and retrying cannot fix a certificate: a setting to correct
+			 * (diagnosis.mcp_ca_file, mcp_client_cert, mcp_client_key), so claiming pauses. */
+			CallOutcome e = fail(ErrorCode::McpError, "TLS verification failed: " + x.error);
+			e.config_error = true;
+			return e;
+		}
 		if (c == CURLE_UNSUPPORTED_PROTOCOL || c == CURLE_URL_MALFORMAT) {
 			CallOutcome e = fail(ErrorCode::McpError, "bad MCP URL: " + x.error);
 			e.config_error = true;
@@ -584,11 +589,13 @@ TransportOutcome(const HttpExchange &x, bool answered)
 		return fail(x.status == 408 ? ErrorCode::TimeoutError : ErrorCode::NetworkError,
 		            "MCP server answered HTTP " + std::to_string(x.status), status_details);
 	if (x.status == 401 || x.status == 403) {
-		CallOutcome e = fail(ErrorCode::McpError,
-		                     "MCP server answered HTTP " + std::to_string(x.status) +
-		                         (x.status == 401 ? ": diagnosis.mcp_auth_token is missing or not accepted"
-		                                          : ": the credentials are not allowed to call this server"),
-		                     status_details);
+		CallOutcome e = fail(
+		    ErrorCode::McpError,
+		    "MCP server answered HTTP " + std::to_string(x.status) +
+		        (x.status == 401
+		             ? ": no token it accepts (diagnosis.mcp_auth_token, or the OAuth settings diagnosis.mcp_oauth_*)"
+		             : ": the credentials are not allowed to call this server"),
+		    status_details);
 		e.config_error = true;
 		return e;
 	}

@@ -253,6 +253,10 @@ Client::EnsureEndpoint()
 {
 	if (session_.phase != EndpointSession::Phase::Idle)
 		return;
+	if (auth_flow_) {
+		endpoint_after_auth_ = true; /* set up once the token is there */
+		return;
+	}
 	probes_ = 0;
 	list_pages_ = 0;
 	if (era_cache_.Get(OriginOf(config_.url)) == Era::Legacy)
@@ -324,6 +328,7 @@ Client::FailEndpoint(CallOutcome why)
 void
 Client::EndpointReady()
 {
+	endpoint_auth_retries_ = 0;
 	session_.phase = EndpointSession::Phase::Ready;
 	session_.last_error.clear();
 	failed_info_.reset();

@@ -84,26 +84,34 @@ test('a server that rejects the token pauses claiming (401 is a setting, not the
   }
 });
 
-test('TLS verification is always on: a self-signed endpoint fails the run, and no setting turns verification off', async () => {
+test('TLS verification is always on: a self-signed endpoint pauses claiming (0.3: a setting that cannot work), no run fails, and no setting turns verification off', async () => {
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-days', '1',
     '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
   const tls = https.createServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) },
     (req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); });
   await new Promise((r) => tls.listen(0, '127.0.0.1', r));
+  let id;
   try {
     await cluster.reloadApplied({ 'diagnosis.mcp_url': `https://127.0.0.1:${tls.address().port}/mcp` });
-    const id = await enqueue(cluster, patients[2]);
-    await waitTerminal(cluster, [id]);
+    id = await enqueue(cluster, patients[2]);
+    const w = await cluster.waitFor(async () => {
+      const row = (await cluster.query('SELECT state, last_error FROM diagnosis.worker_status()')).rows[0];
+      return row && /TLS verification failed/.test(row.last_error ?? '') ? row : null;
+    }, { what: 'the worker to pause on the self-signed certificate' });
+    assert.equal(w.state, 'config_error');
     const r = await run(cluster, id);
-    assert.equal(r.status, 'failed');
-    assert.equal(r.error_code, 'MCP_ERROR');
-    assert.match(r.error_message, /TLS verification failed/);
-    const knobs = (await cluster.query(`SELECT count(*)::int AS n FROM pg_settings WHERE name LIKE 'diagnosis.%'
-                                        AND (name ~ '(ssl|tls|verify|insecure|cert)')`)).rows[0].n;
-    assert.equal(knobs, 0);
+    assert.equal(r.status, 'queued');
+    assert.equal(r.attempt, 0, 'the refused handshake did not spend an attempt');
+    // Verification has no off switch: the TLS settings only name files (a CA bundle, a client certificate and key).
+    const knobs = (await cluster.query(`SELECT name FROM pg_settings WHERE name LIKE 'diagnosis.%'
+                                        AND (name ~ '(ssl|tls|verify|insecure|cert|ca_file|client_key)')
+                                        ORDER BY name`)).rows.map((row) => row.name);
+    assert.deepEqual(knobs, ['diagnosis.mcp_ca_file', 'diagnosis.mcp_client_cert', 'diagnosis.mcp_client_key']);
   } finally {
     await cluster.reload({ 'diagnosis.mcp_url': server.url });
     tls.closeAllConnections();
     await new Promise((r) => tls.close(r));
   }
+  await waitTerminal(cluster, [id], 60000); // back on the good endpoint, the paused run completes
+  assert.equal((await run(cluster, id)).status, 'completed');
 });

@@ -43,7 +43,9 @@ struct HttpRequest {
 	size_t max_bytes = 8u << 20; /* response body cap, enforced in the write callback */
 	/* The SSE events not yet taken and the parser's buffers may hold at most this (0: MaxHeldBytes(max_bytes)). */
 	size_t max_held_bytes = 0;
-	std::string ca_file; /* "" = the system's CA bundle */
+	std::string ca_file;     /* "" = the system's CA bundle */
+	std::string client_cert; /* PEM certificate for mutual TLS, "" = none */
+	std::string client_key;  /* its PEM private key, "" = in client_cert's file */
 	std::string user_agent = "pg_diagnosis";
 };
 
@@ -59,6 +61,8 @@ struct HttpExchange {
 	std::string content_type;     /* lower case */
 	std::string session_id;       /* Mcp-Session-Id */
 	std::string retry_after;      /* Retry-After */
+	std::string www_authenticate; /* WWW-Authenticate (the Bearer challenge of a 401 or 403) */
+	std::string location;         /* Location (an authorization redirect; redirects are never followed) */
 	bool is_sse = false;          /* a 2xx text/event-stream */
 	std::string body;             /* every non-SSE body, error bodies included */
 	std::vector<SseEvent> events; /* SSE events not yet taken by the owner (TakeEvents) */

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "pg_diagnosis/core/error_code.hpp"
+#include "pg_diagnosis/core/oauth.hpp"
 
 namespace pgdiag {
 
@@ -27,7 +28,14 @@ struct ClientConfig {
 	long inactivity_timeout_ms = 0;       /* no byte for this long ends the call; 0 = request_timeout_ms */
 	size_t max_response_bytes = 8u << 20; /* per HTTP response, enforced in the write callback */
 	int max_inflight = 64;                /* tools/call requests at once */
-	std::string ca_file;                  /* extra CA bundle for TLS tests; "" = system default */
+	std::string ca_file;                  /* CA bundle that verifies the server; "" = the system's */
+	std::string client_cert, client_key;  /* mutual TLS (PEM files); "" = none */
+	/* OAuth (used on a 401 when it can authorize: client credentials, a stored login, or the CLI's login); its
+	 * TLS and timeouts are taken from the fields above. */
+	OAuthSettings oauth;
+	/* The operator's login (refresh token) file, read at each authorization and rewritten when the refresh token
+	 * rotates; "" = none. */
+	std::string oauth_store;
 	std::string user_agent = "pg_diagnosis";
 	/* sockets open at once (CURLMOPT_MAX_TOTAL_CONNECTIONS); 0 = no cap. Calls beyond it queue inside libcurl
 	 * instead of failing. */
@@ -115,6 +123,7 @@ struct EndpointInfo {
 	std::string server_name;       /* "name version" the server reported */
 	int tool_offered = -1;         /* tools/list listed the tool: 1, did not: 0, not checked: -1 */
 	std::string tool_task_support; /* the tool's execution.taskSupport, "" if none */
+	int64_t oauth_tokens = 0;      /* access tokens obtained so far (OAuth) */
 	std::vector<ListedTool> tools; /* every tool listed, with ClientConfig::list_tools */
 };
 

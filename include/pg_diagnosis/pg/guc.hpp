@@ -27,6 +27,13 @@ extern char *pgdiag_fhir_source; /* read by diagnosis.fhir_context_pack through 
 /* Read by the enqueue functions through current_setting(). */
 extern char *pgdiag_default_schema_version;
 extern char *pgdiag_worker_role;
+extern char *pgdiag_mcp_oauth_client_id;
+extern char *pgdiag_mcp_oauth_client_secret;
+extern char *pgdiag_mcp_oauth_private_key;
+extern char *pgdiag_mcp_oauth_scope;
+extern char *pgdiag_mcp_ca_file;
+extern char *pgdiag_mcp_client_cert;
+extern char *pgdiag_mcp_client_key;
 }
 
 namespace pgdiag {
