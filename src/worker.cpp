@@ -273,6 +273,7 @@ WaitForDatabase(pgdiag::WorkerSlot *slot)
 {
 	int wait_ms = pgdiag_poll_interval_ms;
 
+	/* No database, so shared catalogs only: nothing of anyone's can run here. */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	for (;;) {
 		if (DatabaseExists(pgdiag_database)) {
@@ -413,6 +414,9 @@ ConnectToDatabase(void)
 	if (slot->connecting)
 		WaitForDatabase(slot);
 	slot->connecting = true;
+	/* As the bootstrap superuser, on purpose: PostgreSQL 15 lets no background worker log in as a NOLOGIN role (the
+	 * bypass comes in 17), and diagnosis.worker_role may not exist before CREATE EXTENSION. Nothing of the worker's
+	 * own runs before BecomeWorkerRole switches to that role for good (docs/SECURITY.md, "The worker's role"). */
 	BackgroundWorkerInitializeConnection(pgdiag_database, NULL, 0);
 	slot->connecting = false;
 	slot->said_database_missing = false;
@@ -434,7 +438,7 @@ ConnectToDatabase(void)
 
 /* Reads a whole file; errors (with the path, never the contents) if it cannot. */
 static char *
-ReadTokenFile(const char *path, const char *setting = "diagnosis.mcp_auth_token")
+ReadTokenFile(const char *path, const char *setting)
 {
 	FILE *file = AllocateFile(path, "r");
 	StringInfoData buffer;
@@ -450,27 +454,9 @@ ReadTokenFile(const char *path, const char *setting = "diagnosis.mcp_auth_token"
 	return buffer.data;
 }
 
-/*
- * The bearer token: the setting itself, or with "file:/path" the first line of that file. PostgreSQL logs the raw
- * new value of every setting changed at reload ("parameter ... changed to ..."), so the file form is the way to
- * keep the token out of the server log.
- */
-static char *
-AuthToken(void)
-{
-	const char *value = pgdiag_mcp_auth_token ? pgdiag_mcp_auth_token : "";
-	char *contents;
-	char *end;
-
-	if (strncmp(value, "file:", 5) != 0)
-		return pstrdup(value);
-	contents = ReadTokenFile(value + 5);
-	end = contents + strcspn(contents, "\r\n");
-	*end = '\0';
-	return contents;
-}
-
-/* A secret setting's value: itself, or with "file:/path" that file's first line (`first_line`) or all of it. */
+/* A secret setting's value: itself, or with "file:/path" that file's first line (`first_line`) or all of it.
+ * PostgreSQL logs the raw new value of every setting changed at reload ("parameter ... changed to ..."), so the file
+ * form is the way to keep a secret out of the server log. */
 static char *
 SecretSetting(const char *value, const char *setting, bool first_line)
 {
@@ -503,7 +489,7 @@ ApplySettings(void)
 
 	s.url = pgdiag_mcp_url;
 	s.tool = pgdiag_mcp_tool;
-	s.auth_token = AuthToken();
+	s.auth_token = SecretSetting(pgdiag_mcp_auth_token, "diagnosis.mcp_auth_token", true);
 	s.oauth_client_id = pgdiag_mcp_oauth_client_id;
 	s.oauth_client_secret = SecretSetting(pgdiag_mcp_oauth_client_secret, "diagnosis.mcp_oauth_client_secret", true);
 	s.oauth_private_key_pem = SecretSetting(pgdiag_mcp_oauth_private_key, "diagnosis.mcp_oauth_private_key", false);
