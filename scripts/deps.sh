@@ -8,7 +8,7 @@ PACKAGES=(
   postgresql-15 postgresql-server-dev-15 postgresql-contrib
   postgresql-15-auto-failover pg-auto-failover-cli
   build-essential g++ make cmake pkg-config clang-14 libclang-rt-14-dev
-  libcurl4-openssl-dev rapidjson-dev googletest libgtest-dev
+  libcurl4-openssl-dev libssl-dev rapidjson-dev googletest libgtest-dev
   nodejs npm ca-certificates procps openssl
   debhelper postgresql-server-dev-all dpkg-dev fakeroot clang-format-14 git
 )
