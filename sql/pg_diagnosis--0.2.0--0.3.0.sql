@@ -329,7 +329,7 @@ COMMENT ON FUNCTION diagnosis._result_schemas() IS 'The worker''s read of diagno
 CREATE FUNCTION diagnosis._claim_runs(p_max_runs int, p_lease_ms bigint, p_worker_pid int,
                                       p_max_inflight_per_organization int, p_worker_token bigint)
     RETURNS TABLE (id uuid, patient_id uuid, attempt int, max_retries int, schema_version text, inputs jsonb,
-                   traceparent text, resume_task_id text)
+                   traceparent text, resume_task_id text, organization_id uuid)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
@@ -393,7 +393,7 @@ BEGIN
                jsonb_build_object('traceparent', c.traceparent) FROM claimed c
     )
     SELECT c.id, c.patient_id, c.attempt, c.max_retries, c.schema_version, c.inputs, c.traceparent,
-           c.resume_task_id FROM claimed c;
+           c.resume_task_id, c.organization_id FROM claimed c;
 END;
 $$;
 COMMENT ON FUNCTION diagnosis._claim_runs(int, bigint, int, int, bigint) IS

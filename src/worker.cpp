@@ -21,6 +21,7 @@
 #include "pg_diagnosis/pg/shmem.hpp"
 #include "pg_diagnosis/pg/worker.hpp"
 #include "pg_diagnosis/pg/worker_store.hpp"
+#include "pg_diagnosis/pg/pack_builders.hpp"
 #include "pg_diagnosis/worker_calls.hpp"
 #include "pg_diagnosis/cpp_guard.hpp"
 
@@ -135,6 +136,13 @@ MySlot(void)
 	return shared && my_slot >= 0 ? &shared->slots[my_slot] : NULL;
 }
 
+/* Runs this worker holds: calls in flight, and runs whose pack a builder is making (they hold a slot too). */
+static int
+RunsInFlight(void)
+{
+	return pgdiag::calls::InFlight() + pgdiag::packs::Pending();
+}
+
 /* Publishes the state, calls in flight and runs finished; `error` (when not NULL) becomes last_error. */
 static void
 SetSlotState(const char *state, int finished, const char *error)
@@ -146,7 +154,7 @@ SetSlotState(const char *state, int finished, const char *error)
 		return;
 	SpinLockAcquire(&shared->mutex);
 	strlcpy(slot->state, state, sizeof(slot->state));
-	slot->inflight = pgdiag::calls::InFlight();
+	slot->inflight = RunsInFlight();
 	slot->runs_done += finished;
 	if (error && error[0])
 		strlcpy(slot->last_error, error, sizeof(slot->last_error));
@@ -370,8 +378,8 @@ ReportSessionRole(Oid role)
  * superuser or a member of one is refused. Returns NULL once the worker acts as its role, else why not (and
  * *state: waiting_for_role or config_error).
  */
-static const char *
-BecomeWorkerRole(const char **state)
+const char *
+pgdiag::BecomeWorkerRole(const char **state)
 {
 	static char reason[pgdiag::kLastErrorLen];
 	Oid role;
@@ -402,7 +410,8 @@ BecomeWorkerRole(const char **state)
 	if (!OidIsValid(my_role))
 		return reason;
 	ReportSessionRole(my_role);
-	ereport(LOG, (errmsg("pg_diagnosis worker %d acts as role \"%s\"", my_slot, pgdiag_worker_role)));
+	if (am_worker)
+		ereport(LOG, (errmsg("pg_diagnosis worker %d acts as role \"%s\"", my_slot, pgdiag_worker_role)));
 	return NULL;
 }
 
@@ -420,6 +429,12 @@ ConnectToDatabase(void)
 	BackgroundWorkerInitializeConnection(pgdiag_database, NULL, 0);
 	slot->connecting = false;
 	slot->said_database_missing = false;
+	pgdiag::SetUpWorkerSession();
+}
+
+void
+pgdiag::SetUpWorkerSession()
+{
 	PinSettings();
 	/* No name the worker resolves may come from a schema someone else can write. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
@@ -556,8 +571,8 @@ CanClaim(const LoopState *st, TimestampTz now, const char **state)
 	else if (st->pause_reason && now < st->paused_until)
 		*state = "config_error";
 	else {
-		*state = pgdiag::calls::InFlight() > 0 ? "working" : "idle";
-		return pgdiag::calls::InFlight() < st->call_limit;
+		*state = RunsInFlight() > 0 ? "working" : "idle";
+		return RunsInFlight() < st->call_limit;
 	}
 	return false;
 }
@@ -569,6 +584,7 @@ NextTimeoutMs(const LoopState *st)
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz wake = Later(now, pgdiag_poll_interval_ms);
 	long client_ms = pgdiag::calls::TimeoutMs();
+	long packs_ms = pgdiag::packs::TimeoutMs();
 	const char *state;
 
 	if (!st->extension_ready)
@@ -586,6 +602,8 @@ NextTimeoutMs(const LoopState *st)
 	}
 	if (client_ms >= 0)
 		wake = Min(wake, Later(now, (int) Min(client_ms, (long) INT_MAX)));
+	if (packs_ms >= 0)
+		wake = Min(wake, Later(now, (int) Min(packs_ms, (long) INT_MAX)));
 	return wake <= now ? 0 : (long) ((wake - now + 999) / 1000);
 }
 
@@ -631,7 +649,7 @@ RoleStep(LoopState *st, TimestampTz now)
 {
 	static char said[pgdiag::kLastErrorLen] = "";
 	const char *state = NULL;
-	const char *reason = BecomeWorkerRole(&state);
+	const char *reason = pgdiag::BecomeWorkerRole(&state);
 
 	if (reason == NULL)
 		return true;
@@ -808,12 +826,13 @@ ClaimStep(LoopState *st, TimestampTz now)
 	if (now < st->claim_at)
 		return;
 
-	pgdiag::ClaimRuns(st->call_limit - pgdiag::calls::InFlight(), my_token, &result);
+	pgdiag::ClaimRuns(st->call_limit - RunsInFlight(), my_token, &result);
 	if (result.config_error) {
 		Pause(st, now, result.config_error);
 		return;
 	}
 	Unpause(st);
+	pgdiag::packs::Hand(result.awaiting, result.n_awaiting);
 	if (result.claimed > 0) {
 		/* Claim again at once: more may be due (each organization got a share of the free slots). */
 		st->claim_at = now;
@@ -854,6 +873,7 @@ ShutDown(WaitEventSet *wait_set, bool extension_ready)
 	/* Legacy calls get notifications/cancelled, the session its DELETE; tasks keep running for the next start. */
 	if (!pgdiag::calls::Shutdown(&aborted))
 		elog(ERROR, "pg_diagnosis: ending the calls failed: %s", pgdiag::cpp_guard_message);
+	pgdiag::packs::StopAll();
 	if (extension_ready)
 		(void) pgdiag::RecoverRuns(my_token, true, NULL);
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
@@ -923,6 +943,8 @@ pgdiag_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (!ExtensionStep(&st, now) || !WritableStep())
 			continue;
+		if (pgdiag::packs::Step() > 0)
+			DriveClient(); /* the calls of packs that came in start now */
 		SettleStep(&st, now);
 		CancelStep(&st, now);
 		RecoveryStep(&st, now);

@@ -128,17 +128,17 @@ KeepOnlyRuns(std::vector<Row> &rows, const char *const *run_ids, int n)
 	rows = std::move(kept);
 }
 
-/* A retry, when the error is transient and attempts are left: the backoff, never sooner than Retry-After. */
+/* A retry, when attempts are left: the backoff, never sooner than Retry-After (-1: none). */
 bool
-ScheduleRetry(const InflightRun &run, const CallOutcome &outcome, FinishedRun &f)
+ScheduleRetry(int attempt, int max_retries, int64_t retry_after_ms, FinishedRun &f)
 {
 	std::uniform_real_distribution<double> jitter(0.0, 1.0);
 
-	if (!IsTransient(outcome.code) || AttemptsSpent(run.attempt, run.max_retries))
+	if (AttemptsSpent(attempt, max_retries))
 		return false;
 	f.outcome = RunStatusName(RunStatus::Queued);
-	f.retry_delay_ms = static_cast<long>(RetryDelayMs(run.attempt, state->retry_base_delay_ms, kMaxRetryDelayMs,
-	                                                  outcome.retry_after_ms, jitter(state->rng)));
+	f.retry_delay_ms = static_cast<long>(
+	    RetryDelayMs(attempt, state->retry_base_delay_ms, kMaxRetryDelayMs, retry_after_ms, jitter(state->rng)));
 	return true;
 }
 
@@ -176,7 +176,8 @@ RecordOutcome(InflightRun &run, const CallOutcome &outcome)
 		/* The server no longer knows the task (expired, or lost with its store): a new attempt calls again. */
 		f.outcome = RunStatusName(RunStatus::Queued);
 		f.retry_delay_ms = 0;
-	} else if (outcome.cancelled || !ScheduleRetry(run, outcome, f))
+	} else if (outcome.cancelled || !IsTransient(outcome.code) ||
+	           !ScheduleRetry(run.attempt, run.max_retries, outcome.retry_after_ms, f))
 		f.outcome = RunStatusName(RunStatus::Failed);
 	state->finished.push_back(std::move(f));
 }
@@ -271,6 +272,26 @@ Submit(const Claimed &run)
 			RecordOutcome(r, refused);
 			state->inflight.erase(tag);
 		}
+	});
+}
+
+bool
+EndWithoutCall(const char *run_id, int attempt, int max_retries, NoCall how, const char *message)
+{
+	return CppGuard([&] {
+		FinishedRun f;
+		f.run_id = run_id;
+		f.attempt = attempt;
+		if (how == NoCall::HandedBack) {
+			f.outcome = RunStatusName(RunStatus::Queued);
+			f.refund_attempt = true;
+		} else {
+			f.error_code = ErrorCodeName(ErrorCode::ContextPackError);
+			f.error_message = std::string("building the context pack failed: ") + message;
+			if (how == NoCall::Failed || !ScheduleRetry(attempt, max_retries, -1, f))
+				f.outcome = RunStatusName(RunStatus::Failed);
+		}
+		state->finished.push_back(std::move(f));
 	});
 }
 

@@ -789,20 +789,7 @@ pgdiag::WriteProgress()
 
 /* ---------------------------------------------------------------- claim */
 
-typedef struct ClaimedRun {
-	char *run_id;
-	Datum patient; /* uuid, in the worker's loop context */
-	char *schema_version;
-	char *inputs;
-	char *traceparent;
-	char *resume_task_id; /* NULL: call the tool */
-	int attempt;
-	int max_retries;
-	char *pack;          /* the context pack with the run's inputs merged in */
-	char *pack_error;    /* why the pack could not be built */
-	bool pack_transient; /* the pack timed out or waited for a lock: tried again with backoff */
-	bool handed_back;    /* over the claim's byte budget: back to the queue, attempt given back */
-} ClaimedRun;
+using pgdiag::ClaimedRun;
 
 /* The shipped pack function, as LookupPackFunction qualifies it. */
 #define DEFAULT_PACK_FUNCTION "diagnosis.build_context_pack"
@@ -810,6 +797,12 @@ typedef struct ClaimedRun {
 /* A claim's packs together may hold this many times diagnosis.max_context_pack_bytes; the runs after the one
  * that crosses it go back to the queue (their attempt given back) for the next claim, which follows at once. */
 #define CLAIM_PACK_BUDGET_FACTOR 8
+
+Size
+pgdiag::PackBudget()
+{
+	return (Size) pgdiag_max_context_pack_bytes * CLAIM_PACK_BUDGET_FACTOR;
+}
 
 /* The context pack function, resolved once per claim: what to call and as whom. */
 typedef struct PackFunction {
@@ -954,7 +947,7 @@ BuildPacks(void *arg)
 	int ret;
 
 	for (int i = 0; i < job->n; i++)
-		patients[i] = job->runs[i].patient;
+		patients[i] = UUIDPGetDatum(&job->runs[i].patient);
 	values[0] = job->set_based ? ArrayOf(UUIDOID, patients, NULL, job->n) : patients[0];
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
@@ -1017,6 +1010,12 @@ BuildPacksSafely(PackJob *job, bool *transient, Size *budget_left)
 	return error;
 }
 
+static bool
+IsDefaultPack(const PackFunction *fn)
+{
+	return strcmp(fn->qualified_name, DEFAULT_PACK_FUNCTION) == 0;
+}
+
 /*
  * Builds every pack of a claim: the default one in one statement (when it fails, one run at a time finds which),
  * a custom function's one run at a time, each under its own timeout, so a pack that is slow or stuck costs the
@@ -1025,10 +1024,10 @@ BuildPacksSafely(PackJob *job, bool *transient, Size *budget_left)
 static void
 BuildAllPacks(ClaimedRun *runs, int n, const PackFunction *fn)
 {
-	Size budget_left = (Size) pgdiag_max_context_pack_bytes * CLAIM_PACK_BUDGET_FACTOR;
+	Size budget_left = pgdiag::PackBudget();
 	bool transient = false;
 
-	if (strcmp(fn->qualified_name, DEFAULT_PACK_FUNCTION) == 0) {
+	if (IsDefaultPack(fn)) {
 		PackJob all = {runs, n, fn, true};
 		if (BuildPacksSafely(&all, &transient, &budget_left) == NULL)
 			return;
@@ -1045,64 +1044,98 @@ BuildAllPacks(ClaimedRun *runs, int n, const PackFunction *fn)
 	}
 }
 
-/* Runs whose pack failed, or that the byte budget left out, are settled right here, in the claim transaction:
- * failed (CONTEXT_PACK_ERROR), retried with backoff (a pack that timed out or waited for a lock), or handed
- * back. Returns how many. */
-static int
-SettlePacklessRuns(ClaimedRun *runs, int n)
+/* Pack errors were written in the transaction's memory: they are reported after it ends. */
+static void
+KeepPackErrors(ClaimedRun *runs, int n)
 {
-	FinalizeBatch *batch = NewBatch(n);
-	char *error;
-
-	for (int i = 0; i < n; i++) {
-		pgdiag::calls::Finished f = {};
-		if (runs[i].pack_error == NULL && !runs[i].handed_back)
-			continue;
-		f.run_id = runs[i].run_id;
-		f.attempt = runs[i].attempt;
-		if (runs[i].handed_back) {
-			f.outcome = pgdiag::RunStatusName(pgdiag::RunStatus::Queued);
-			f.refund_attempt = true;
-		} else {
-			f.error_code = pgdiag::ErrorCodeName(pgdiag::ErrorCode::ContextPackError);
-			f.error_message = psprintf("building the context pack failed: %s", runs[i].pack_error);
-			/* A retry whose attempts are spent fails (diagnosis._finalize_runs applies the retry rule). */
-			f.outcome =
-			    pgdiag::RunStatusName(runs[i].pack_transient ? pgdiag::RunStatus::Queued : pgdiag::RunStatus::Failed);
-			if (runs[i].pack_transient)
-				f.retry_delay_ms =
-				    (long) pgdiag::RetryDelayMs(runs[i].attempt, pgdiag_retry_base_delay_ms, pgdiag::kMaxRetryDelayMs,
-				                                -1, pg_prng_double(&pg_global_prng_state));
-		}
-		AddToBatch(batch, &f);
-	}
-	if (batch->n == 0)
-		return 0;
-	error = InSubtransaction(ExecuteFinalize, batch);
-	if (error)
-		elog(ERROR, "settling runs whose context pack failed: %s", error);
-	return batch->n;
+	for (int i = 0; i < n; i++)
+		if (runs[i].pack_error)
+			runs[i].pack_error = MemoryContextStrdup(work_caller_context, runs[i].pack_error);
 }
 
+typedef struct OnePack {
+	ClaimedRun *run;
+	Size *budget_left;
+} OnePack;
+
 static void
-SubmitClaimed(ClaimedRun *runs, int n)
+BuildPackOfRunBody(void *arg)
+{
+	OnePack *one = (OnePack *) arg;
+	PackFunction fn;
+	PackLookup lookup = {&fn};
+	PackJob job = {one->run, 1, &fn, false};
+	bool transient = false;
+
+	/* The setting changed since the claim and cannot work now: the next claim pauses on it. */
+	if (InSubtransaction(LookupPackFunction, &lookup) != NULL) {
+		one->run->handed_back = true;
+		return;
+	}
+	one->run->pack_error = BuildPacksSafely(&job, &transient, one->budget_left);
+	one->run->pack_transient = transient;
+	KeepPackErrors(one->run, 1);
+}
+
+void
+pgdiag::BuildPackOfRun(ClaimedRun *run, Size *budget_left)
+{
+	OnePack one = {run, budget_left};
+
+	if (*budget_left == 0 || !Work("pg_diagnosis: build a context pack", BuildPackOfRunBody, &one))
+		run->handed_back = true;
+}
+
+void
+pgdiag::DeliverClaimed(ClaimedRun *runs, int n)
 {
 	for (int i = 0; i < n; i++) {
 		pgdiag::calls::Claimed c;
-		if (runs[i].pack == NULL)
-			continue;
-		c.run_id = runs[i].run_id;
-		c.patient_id = UuidText(runs[i].patient);
-		c.schema_version = runs[i].schema_version;
-		c.inputs_json = runs[i].inputs;
-		c.context_pack_json = runs[i].pack;
-		c.traceparent = runs[i].traceparent;
-		c.resume_task_id = runs[i].resume_task_id;
-		c.attempt = runs[i].attempt;
-		c.max_retries = runs[i].max_retries;
-		if (!pgdiag::calls::Submit(c))
-			elog(ERROR, "pg_diagnosis: submitting run %s failed: %s", runs[i].run_id, pgdiag::cpp_guard_message);
+		bool ok = true;
+
+		if (runs[i].handed_back)
+			ok = pgdiag::calls::EndWithoutCall(runs[i].run_id, runs[i].attempt, runs[i].max_retries,
+			                                   pgdiag::calls::NoCall::HandedBack, "");
+		else if (runs[i].pack_error)
+			ok = pgdiag::calls::EndWithoutCall(runs[i].run_id, runs[i].attempt, runs[i].max_retries,
+			                                   runs[i].pack_transient ? pgdiag::calls::NoCall::Retry
+			                                                          : pgdiag::calls::NoCall::Failed,
+			                                   runs[i].pack_error);
+		else if (runs[i].pack) {
+			c.run_id = runs[i].run_id;
+			c.patient_id = UuidText(UUIDPGetDatum(&runs[i].patient));
+			c.schema_version = runs[i].schema_version;
+			c.inputs_json = runs[i].inputs;
+			c.context_pack_json = runs[i].pack;
+			c.traceparent = runs[i].traceparent;
+			c.resume_task_id = runs[i].resume_task_id;
+			c.attempt = runs[i].attempt;
+			c.max_retries = runs[i].max_retries;
+			ok = pgdiag::calls::Submit(c);
+		}
+		if (!ok)
+			elog(ERROR, "pg_diagnosis: handing run %s to the MCP client failed: %s", runs[i].run_id,
+			     pgdiag::cpp_guard_message);
 	}
+}
+
+static char *
+CopyOrNull(MemoryContext context, const char *s)
+{
+	return s ? MemoryContextStrdup(context, s) : NULL;
+}
+
+void
+pgdiag::CopyClaimedRun(MemoryContext context, const ClaimedRun *from, ClaimedRun *to)
+{
+	*to = *from;
+	to->run_id = CopyOrNull(context, from->run_id);
+	to->schema_version = CopyOrNull(context, from->schema_version);
+	to->inputs = CopyOrNull(context, from->inputs);
+	to->traceparent = CopyOrNull(context, from->traceparent);
+	to->resume_task_id = CopyOrNull(context, from->resume_task_id);
+	to->pack = CopyOrNull(context, from->pack);
+	to->pack_error = CopyOrNull(context, from->pack_error);
 }
 
 /* Runs the claim; fills job->runs (in the worker's loop context) and returns how many. */
@@ -1132,11 +1165,8 @@ ClaimStatement(int limit, int64 token, ClaimedRun **runs)
 		char *task;
 
 		run->run_id = MemoryContextStrdup(work_caller_context, UuidText(ResultValue(i, 1, &isnull)));
-		{
-			MemoryContext spi_context = MemoryContextSwitchTo(work_caller_context);
-			run->patient = datumCopy(ResultValue(i, 2, &isnull), false, UUID_LEN);
-			MemoryContextSwitchTo(spi_context);
-		}
+		run->patient = *DatumGetUUIDP(ResultValue(i, 2, &isnull));
+		run->organization = *DatumGetUUIDP(ResultValue(i, 9, &isnull));
 		run->attempt = DatumGetInt32(ResultValue(i, 3, &isnull));
 		run->max_retries = DatumGetInt32(ResultValue(i, 4, &isnull));
 		run->schema_version = MemoryContextStrdup(work_caller_context, SPI_getvalue(tuple, desc, 5));
@@ -1168,7 +1198,7 @@ typedef struct ClaimJob {
 	int64 token;
 	ClaimedRun *runs;
 	int n;
-	int settled; /* runs failed, retried or handed back for their pack */
+	bool off_loop; /* a pack function others own: its packs are built by pack builders */
 	TimestampTz next_due;
 	char *config_error;
 } ClaimJob;
@@ -1199,18 +1229,23 @@ ClaimBody(void *arg)
 			LoadSchemas(NULL);
 			break;
 		}
+	job->off_loop = !IsDefaultPack(&fn);
+	if (job->off_loop)
+		return;
 	BuildAllPacks(job->runs, job->n, &fn);
-	job->settled = SettlePacklessRuns(job->runs, job->n);
+	KeepPackErrors(job->runs, job->n);
 }
 
 void
 pgdiag::ClaimRuns(int limit, int64 token, ClaimResult *result)
 {
-	ClaimJob job = {Min(limit, kStatementBatchMax), token, NULL, 0, 0, DT_NOEND, NULL};
+	ClaimJob job = {Min(limit, kStatementBatchMax), token, NULL, 0, false, DT_NOEND, NULL};
 
 	result->claimed = 0;
 	result->next_due = DT_NOEND;
 	result->config_error = NULL;
+	result->awaiting = NULL;
+	result->n_awaiting = 0;
 	if (!Work("pg_diagnosis: claim runs", ClaimBody, &job)) {
 		/* Locked out: nothing was claimed; look again on the next pass. */
 		result->next_due = GetCurrentTimestamp();
@@ -1218,8 +1253,10 @@ pgdiag::ClaimRuns(int limit, int64 token, ClaimResult *result)
 	}
 	result->config_error = job.config_error;
 	result->next_due = job.next_due;
-	SubmitClaimed(job.runs, job.n);
-	if (job.settled > 0 && Shared())
-		ConditionVariableBroadcast(&Shared()->run_finished);
+	DeliverClaimed(job.runs, job.n);
+	if (job.off_loop) {
+		result->awaiting = job.runs;
+		result->n_awaiting = job.n;
+	}
 	result->claimed = job.n;
 }

@@ -86,6 +86,14 @@ bool SetSchema(const char *version, const char *schema_json);
 bool HasSchema(const char *version);
 
 bool Submit(const Claimed &run);
+/* How a claimed run ends when no call is made for it (its context pack could not be built). */
+enum class NoCall {
+	Failed,    /* the pack failed for a reason of its own: CONTEXT_PACK_ERROR, no retry */
+	Retry,     /* the pack timed out or waited for a lock: CONTEXT_PACK_ERROR, retried with backoff */
+	HandedBack /* not built for a cause not the run's (the claim's byte budget, no builder): queued, attempt given back */
+};
+/* Records such a run among the finished ones, for finalize to write like any other. */
+bool EndWithoutCall(const char *run_id, int attempt, int max_retries, NoCall how, const char *message);
 int InFlight();
 int EventFd();
 long TimeoutMs();

@@ -11,6 +11,12 @@ void RegisterWorkers();
  * owner under SECURITY_RESTRICTED_OPERATION) does not get it. */
 bool ActsAsWorker();
 
+/* The settings every process of the worker's sets for its session right after connecting (its own, whatever the
+ * database's or a role's owner attached), and search_path pinned to pg_catalog, pg_temp. */
+void SetUpWorkerSession();
+/* Becomes diagnosis.worker_role for the rest of the session (refusing a superuser role); NULL once done, else
+ * why not, with the worker's state in *state. */
+const char *BecomeWorkerRole(const char **state);
 /* This worker's per-start token, recorded with the runs it claims (0 outside a worker). */
 long long MyWorkerToken();
 } // namespace pgdiag

@@ -8,6 +8,7 @@ extern "C" {
 #include "postgres.h"
 
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 }
 
 namespace pgdiag {
@@ -34,20 +35,56 @@ void LoadResultSchemas();
  */
 int RecoverRuns(int64 token, bool hand_back, bool *running_left);
 
+/* A run the claim took, in the worker's memory until its call is submitted or it ends without one. */
+struct ClaimedRun {
+	char *run_id;
+	pg_uuid_t patient;
+	pg_uuid_t organization;
+	char *schema_version;
+	char *inputs;
+	char *traceparent;
+	char *resume_task_id; /* NULL: call the tool */
+	int attempt;
+	int max_retries;
+	char *pack;          /* the context pack with the run's inputs merged in */
+	char *pack_error;    /* why the pack could not be built */
+	bool pack_transient; /* the pack timed out or waited for a lock: tried again with backoff */
+	bool handed_back;    /* not built for a cause not the run's (the byte budget): back to the queue, attempt given back */
+};
+
 struct ClaimResult {
 	int claimed;
 	TimestampTz next_due; /* earliest run_after of a queued run when none was claimed */
 	char *config_error;   /* a setting that cannot work (the context pack function): nothing was claimed */
+	ClaimedRun *awaiting; /* runs whose pack a pack builder makes (pack_builders.hpp), in the caller's context */
+	int n_awaiting;
 };
 
 /*
  * Claims up to `limit` due runs, at most kStatementBatchMax (FOR NO KEY UPDATE SKIP LOCKED, taking turns between
- * organizations; within one, priority then run_after), writes LOCKED, builds their context packs as the pack
- * function's owner (a pack that fails, or is over diagnosis.max_context_pack_bytes, fails its run with
- * CONTEXT_PACK_ERROR; one over diagnosis.context_pack_timeout_ms is retried with backoff; runs past the claim's
- * byte budget go back to the queue) and submits them to the MCP client, all in one transaction.
+ * organizations; within one, priority then run_after) and writes LOCKED, in one transaction. The shipped default
+ * pack (the extension's own bounded query) is built in that transaction, for the whole claim in one statement;
+ * any other pack function's runs (code others own: a replacement pack, the FHIR pack over the hospital's source)
+ * come back in result->awaiting, for a pack builder to build off the worker's loop. Runs with a pack are
+ * submitted to the MCP client; runs whose pack failed are handed to finalize (DeliverClaimed).
  */
 void ClaimRuns(int limit, int64 token, ClaimResult *result);
+
+/*
+ * Builds the pack of one claimed run as the pack function's owner, under diagnosis.context_pack_timeout_ms, in
+ * its own transaction, within *budget_left bytes: sets run->pack, or run->pack_error (and pack_transient), or
+ * run->handed_back. Used by a pack builder process and by the worker when no builder could start.
+ */
+void BuildPackOfRun(ClaimedRun *run, Size *budget_left);
+
+/* The byte budget of one claim's (or one builder's) packs: 8 times diagnosis.max_context_pack_bytes. */
+Size PackBudget();
+
+/* Submits the runs that have a pack to the MCP client and records the others as ended without a call. */
+void DeliverClaimed(ClaimedRun *runs, int n);
+
+/* A deep copy of `run` in `context` (runs outlive the worker's loop context while their pack is built). */
+void CopyClaimedRun(MemoryContext context, const ClaimedRun *from, ClaimedRun *to);
 
 struct FinalizeResult {
 	int terminal;           /* runs that reached completed, failed or cancelled */
