@@ -6,7 +6,12 @@
 //   while another organization's run completes;
 // - a context pack function that sleeps 6 s, or never returns, is stopped by diagnosis.context_pack_timeout_ms
 //   (CONTEXT_PACK_ERROR, retried with backoff, here with no retries left), and another organization's run enqueued
-//   with it completes: the test prints how long that run waited.
+//   with it completes: the test prints how long that run waited (0.2.0: 11.5 s, or forever; built in the worker's
+//   loop with the timeout: 5.1-5.4 s; built by pack builders off the loop: about 0.2 s);
+// - a pack stuck for as long as the test holds it (a gate table) leaves other organizations' runs free to complete
+//   while it is still being built, by a pack builder; one that swallows its statement timeout (catching
+//   query_canceled) has its builder ended at the builder's deadline, and its run goes back to the queue unspent;
+// - with no background worker slot left for a builder (a local shortage), the worker builds the pack itself.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster } from '../lib/cluster.mjs';
@@ -120,6 +125,96 @@ for (const [name, body] of [
     await cluster.reload({ 'diagnosis.context_pack_function': '' });
   });
 }
+
+// The pack function waits behind a gate the test holds: however long it is stuck, other organizations' runs go on.
+const gatedPack = (stuckPatient, body) => `CREATE OR REPLACE FUNCTION public.lifecycle_pack(patient uuid) RETURNS jsonb
+  LANGUAGE plpgsql AS $$
+  BEGIN
+    IF patient = '${stuckPatient}' THEN ${body} END IF;
+    RETURN diagnosis.build_context_pack(patient);
+  END $$`;
+const builderBusy = async () => (await cluster.query(`SELECT count(*)::int AS n FROM pg_stat_activity
+  WHERE backend_type = 'pg_diagnosis pack builder' AND wait_event = 'PgSleep'`)).rows[0].n === 1;
+
+test('a context pack stuck for as long as the test holds it: other organizations\' runs complete meanwhile', async () => {
+  const stuckPatient = orgA.patients[3];
+  await cluster.query('CREATE TABLE IF NOT EXISTS public.pack_gate (open boolean NOT NULL)');
+  await cluster.query('TRUNCATE public.pack_gate; INSERT INTO public.pack_gate VALUES (false)');
+  await cluster.query(gatedPack(stuckPatient,
+    'WHILE NOT (SELECT open FROM public.pack_gate) LOOP PERFORM pg_sleep(0.05); END LOOP;'));
+  await cluster.reload({ 'diagnosis.context_pack_function': 'public.lifecycle_pack',
+    'diagnosis.context_pack_timeout_ms': '60s' });
+  try {
+    const stuck = await enqueue(cluster, stuckPatient, { case: 'stuck pack' });
+    await cluster.waitFor(builderBusy, { what: 'the stuck pack to be building' });
+    const t0 = Date.now();
+    const others = [];
+    for (const p of orgB.patients.slice(0, 3)) others.push(await enqueue(cluster, p, { case: 'beside the stuck pack' }));
+    await waitTerminal(cluster, others, 30000);
+    console.log(`# three runs of another organization beside a stuck pack: enqueue to completed ${Date.now() - t0} ms`);
+    for (const id of others) assert.equal((await run(cluster, id)).status, 'completed');
+    // Still stuck, still its first attempt: the other runs did not wait for it.
+    assert.equal((await run(cluster, stuck)).status, 'running');
+    assert.ok(await builderBusy(), 'the stuck pack is still being built');
+    await cluster.query('UPDATE public.pack_gate SET open = true');
+    await waitTerminal(cluster, [stuck], 30000);
+    const r = await run(cluster, stuck);
+    assert.equal(r.status, 'completed', `${r.error_code}: ${r.error_message}`);
+    assert.equal(r.attempt, 1);
+    assert.deepEqual(await chain(cluster, stuck), ['ENQUEUED', 'LOCKED', 'COMPLETED']);
+  } finally {
+    await cluster.reload({ 'diagnosis.context_pack_function': '', 'diagnosis.context_pack_timeout_ms': '5s' });
+  }
+});
+
+test('a context pack function that swallows its timeout: its builder is ended at its deadline, the run goes back unspent', async () => {
+  const stuckPatient = orgA.patients[4];
+  // Catching query_canceled survives diagnosis.context_pack_timeout_ms; only ending the process stops it.
+  await cluster.query('TRUNCATE public.pack_gate; INSERT INTO public.pack_gate VALUES (false)');
+  await cluster.query(gatedPack(stuckPatient, `WHILE NOT (SELECT open FROM public.pack_gate) LOOP
+    BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;`));
+  await cluster.reload({ 'diagnosis.context_pack_function': 'public.lifecycle_pack',
+    'diagnosis.context_pack_timeout_ms': '1s' });
+  try {
+    const stuck = await enqueue(cluster, stuckPatient, { case: 'timeout swallowed' }, { maxRetries: 0 });
+    const other = await enqueue(cluster, orgB.patients[4], { case: 'beside the swallowed timeout' });
+    await waitTerminal(cluster, [other], 30000);
+    assert.equal((await run(cluster, other)).status, 'completed');
+    // Ended at its deadline (start allowance + one pack timeout and a second): handed back, attempt given back.
+    await cluster.waitFor(async () => (await chain(cluster, stuck)).includes('RETRY_SCHEDULED'),
+      { what: 'the stuck run to be handed back', timeout: 40000 });
+    await cluster.query('UPDATE public.pack_gate SET open = true');
+    await waitTerminal(cluster, [stuck], 30000);
+    const r = await run(cluster, stuck);
+    assert.equal(r.status, 'completed', `${r.error_code}: ${r.error_message}`);
+    assert.equal(r.attempt, 1, 'the handed-back attempt was given back');
+    assert.match(cluster.log(), /terminating background worker "pg_diagnosis pack builder" due to administrator command/);
+  } finally {
+    await cluster.reload({ 'diagnosis.context_pack_function': '', 'diagnosis.context_pack_timeout_ms': '5s' });
+  }
+});
+
+test('with no background worker slot free for a pack builder, the worker builds the pack itself', async () => {
+  // One background worker slot, the worker's (no logical replication launcher): none is left for a builder.
+  const small = await startCluster({ settings: { 'diagnosis.mcp_url': server.url, max_worker_processes: 1,
+    max_logical_replication_workers: 0,
+    'diagnosis.context_pack_function': 'public.small_pack' } });
+  try {
+    const org = await createOrganization(small, { name: 'S', patients: 1 });
+    await small.query(`CREATE FUNCTION public.small_pack(patient uuid) RETURNS jsonb LANGUAGE sql
+      AS $$ SELECT diagnosis.build_context_pack(patient)
+              || jsonb_build_object('built_by', (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid())) $$`);
+    const id = await enqueue(small, org.patients[0], { case: 'no builder slot' });
+    await waitTerminal(small, [id], 30000);
+    const r = await run(small, id);
+    assert.equal(r.status, 'completed', `${r.error_code}: ${r.error_message}`);
+    assert.equal((await small.query(`SELECT artifact_data->>'built_by' AS b FROM diagnosis.artifacts
+      WHERE run_id = $1 AND artifact_type = 'context_pack'`, [id]))
+      .rows[0].b, 'pg_diagnosis worker');
+  } finally {
+    small.destroy();
+  }
+});
 
 test('a confidence_score of 1e-50 is stored (as 0 in the real column), one of 1e300 fails validation, never storage', async () => {
   const hostile = await startHostileServer();
