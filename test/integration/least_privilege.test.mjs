@@ -226,9 +226,10 @@ test('the FHIR source is read as its owner: an index-predicate trap of its loade
       .rows[0].artifact_data;
     assert.equal(pack.source, 'fhir:fhir.observation');
     assert.equal(pack.observations.length, 3);
-    // The trap ran in the worker (the attack path is live), as the loader, and gained nothing.
+    // The trap ran where the FHIR pack is built, in a pack builder of the worker's (the attack path is live), as
+    // the loader, and gained nothing.
     const ran = cluster.log().match(/.* pgd_lp trap ran as \S+ \(superuser: \w+\)/g) ?? [];
-    assert.ok(ran.some((line) => line.includes('pg_diagnosis worker LOG:  pgd_lp trap ran as pgd_lp_loader (superuser: f)')),
+    assert.ok(ran.some((line) => line.includes('pg_diagnosis pack builder LOG:  pgd_lp trap ran as pgd_lp_loader (superuser: f)')),
       ran.join('\n'));
     assert.deepEqual(ran.filter((line) => !line.endsWith('pgd_lp trap ran as pgd_lp_loader (superuser: f)')), []);
     assert.equal((await cluster.query(`SELECT rolsuper FROM pg_roles WHERE rolname = 'pgd_lp_loader'`)).rows[0].rolsuper, false);
