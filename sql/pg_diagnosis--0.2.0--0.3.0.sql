@@ -684,6 +684,84 @@ GRANT EXECUTE ON FUNCTION diagnosis._result_schemas(), diagnosis._claim_runs(int
 -- Bounded against hostile peers and tenants (#27).
 -- ===========================================================================================================
 
+-- The size of a value once decompressed, from its header, without detoasting it (pg_column_size gives the stored,
+-- compressed size): what the default pack adds up before it copies a patient's data anywhere.
+CREATE FUNCTION diagnosis._raw_size(jsonb) RETURNS bigint
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'pgdiag_raw_size';
+CREATE FUNCTION diagnosis._raw_size(text) RETURNS bigint
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'pgdiag_raw_size';
+COMMENT ON FUNCTION diagnosis._raw_size(jsonb) IS 'Internal: the decompressed size of a value, read from its header.';
+COMMENT ON FUNCTION diagnosis._raw_size(text) IS 'Internal: the decompressed size of a value, read from its header.';
+
+-- One statement for many patients (the worker builds a claim's packs with it: one call, not one per run); the
+-- n-th row is the n-th patient's pack, NULL for a patient that does not exist (or that the caller cannot see).
+-- A pack whose parts (the patient's data and name, its observations' data, codes and units) already add up to more
+-- than diagnosis.max_context_pack_bytes is not built: its row carries that sum in oversized_bytes instead, so a
+-- tenant's 100 MB of patient data is never copied, and costs a claim no more than reading the sizes.
+DROP FUNCTION diagnosis._context_packs(uuid[]);
+CREATE FUNCTION diagnosis._context_packs(patient_ids uuid[])
+    RETURNS TABLE (ord bigint, pack jsonb, oversized_bytes bigint)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- NULL without the library loaded: its default.
+    v_max bigint := coalesce(pg_size_bytes(current_setting('diagnosis.max_context_pack_bytes', true)), 1048576);
+BEGIN
+    -- plpgsql keeps this plan for the session (a sql function with a SET clause is planned at every call); the
+    -- lateral probe keeps the patient lookup an index probe whatever the statistics say.
+    RETURN QUERY
+    SELECT x.ord,
+           CASE WHEN p.id IS NOT NULL AND s.bytes <= v_max THEN jsonb_build_object(
+               'schema', 'pg_diagnosis.context_pack.v1',
+               'patient', jsonb_build_object('id', p.id, 'organization_id', p.organization_id,
+                                             'display_name', p.display_name, 'data', p.data),
+               'observations', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object('code', o.code, 'value', o.value, 'unit', o.unit,
+                                                       'observed_at', o.observed_at, 'data', o.data)
+                                    ORDER BY o.observed_at DESC, o.id DESC)
+                   FROM (SELECT * FROM diagnosis.observations ob
+                         WHERE ob.patient_id = p.id
+                         ORDER BY ob.observed_at DESC, ob.id DESC LIMIT 500) o), '[]'::jsonb),
+               'inputs', '{}'::jsonb) END,
+           CASE WHEN s.bytes > v_max THEN s.bytes END
+    FROM unnest(patient_ids) WITH ORDINALITY AS x(patient_id, ord)
+    LEFT JOIN LATERAL (SELECT * FROM diagnosis.patients pt WHERE pt.id = x.patient_id LIMIT 1) p ON true
+    LEFT JOIN LATERAL (
+        SELECT coalesce(diagnosis._raw_size(p.data), 0) + coalesce(diagnosis._raw_size(p.display_name), 0)
+               + coalesce(sum(coalesce(diagnosis._raw_size(ob.data), 0) + coalesce(diagnosis._raw_size(ob.code), 0)
+                              + coalesce(diagnosis._raw_size(ob.unit), 0)), 0)::bigint AS bytes
+        FROM (SELECT ob.data, ob.code, ob.unit FROM diagnosis.observations ob
+              WHERE ob.patient_id = p.id
+              ORDER BY ob.observed_at DESC, ob.id DESC LIMIT 500) ob) s ON true
+    ORDER BY x.ord;
+END;
+$$;
+COMMENT ON FUNCTION diagnosis._context_packs(uuid[]) IS
+    'The default context packs of many patients in one statement (diagnosis.build_context_pack for each).';
+
+CREATE OR REPLACE FUNCTION diagnosis.build_context_pack(patient_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pack      jsonb;
+    v_oversized bigint;
+BEGIN
+    IF build_context_pack.patient_id IS NULL THEN
+        RAISE EXCEPTION 'patient_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.pack, c.oversized_bytes INTO v_pack, v_oversized
+    FROM diagnosis._context_packs(ARRAY[build_context_pack.patient_id]) c;
+    IF v_oversized IS NOT NULL THEN
+        RAISE EXCEPTION 'the context pack of patient "%" is at least % bytes, more than diagnosis.max_context_pack_bytes (%)',
+            build_context_pack.patient_id, v_oversized,
+            coalesce(pg_size_bytes(current_setting('diagnosis.max_context_pack_bytes', true)), 1048576)
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    IF v_pack IS NULL THEN
+        RAISE EXCEPTION 'patient "%" does not exist', build_context_pack.patient_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_pack;
+END;
+$$;
 
 
 -- ===========================================================================================================

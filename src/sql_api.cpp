@@ -28,6 +28,7 @@ extern "C" {
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "access/detoast.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -44,6 +45,7 @@ PG_FUNCTION_INFO_V1(pgdiag_purging);
 PG_FUNCTION_INFO_V1(pgdiag_wait_for_run);
 PG_FUNCTION_INFO_V1(pgdiag_worker_status);
 PG_FUNCTION_INFO_V1(pgdiag_warn_outside_worker_database);
+PG_FUNCTION_INFO_V1(pgdiag_raw_size);
 }
 
 #include "pg_diagnosis/pg/guc.hpp"
@@ -196,6 +198,15 @@ pgdiag_is_superuser(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	role = get_role_oid(NameStr(*PG_GETARG_NAME(0)), true);
 	PG_RETURN_BOOL(OidIsValid(role) && superuser_arg(role));
+}
+
+/* diagnosis._raw_size(jsonb or text): the value's size once decompressed, read from its header without
+ * detoasting it (pg_column_size gives the stored, compressed size). What the default pack checks before it copies
+ * a patient's data anywhere. */
+Datum
+pgdiag_raw_size(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) (toast_raw_datum_size(PG_GETARG_DATUM(0)) - VARHDRSZ));
 }
 
 Datum

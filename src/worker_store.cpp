@@ -962,7 +962,8 @@ BuildPacks(void *arg)
 	enable_timeout_after(STATEMENT_TIMEOUT, pgdiag_context_pack_timeout_ms);
 	if (job->set_based)
 		ret = SPI_execute_plan(
-		    KeptPlan(&default_packs_plan, "SELECT pack FROM diagnosis._context_packs($1) ORDER BY ord", 1, argtypes),
+		    KeptPlan(&default_packs_plan, "SELECT pack, oversized_bytes FROM diagnosis._context_packs($1) ORDER BY ord", 1,
+		             argtypes),
 		    values, NULL, false, 0);
 	else
 		ret = SPI_execute_plan(FunctionPackPlan(job->fn->qualified_name), values, NULL, false, 0);
@@ -973,13 +974,27 @@ BuildPacks(void *arg)
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
-/* Takes the packs BuildPacks left in SPI_tuptable, in claim order, within the claim's byte budget. */
+/* Takes the packs BuildPacks left in SPI_tuptable, in claim order, within the claim's byte budget. The default
+ * packs' statement says in its second column which packs it did not build for their size. */
 static void
 TakePacks(PackJob *job, Size *budget_left)
 {
 	for (int i = 0; i < job->n; i++) {
 		bool isnull;
+		bool fits = true;
 		Datum pack = ResultValue(i, 1, &isnull);
+
+		if (job->set_based) {
+			bool fits_null;
+			Datum oversized = ResultValue(i, 2, &fits_null);
+			fits = fits_null;
+			if (!fits)
+				job->runs[i].pack_error =
+				    psprintf("the context pack is at least %lld bytes, more than diagnosis.max_context_pack_bytes (%d)",
+				             (long long) DatumGetInt64(oversized), pgdiag_max_context_pack_bytes);
+		}
+		if (!fits)
+			continue;
 		if (*budget_left == 0 || job->runs[i].handed_back)
 			job->runs[i].handed_back = true;
 		else

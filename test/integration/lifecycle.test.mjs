@@ -19,6 +19,7 @@ import { startMcpServer } from '../lib/mcp.mjs';
 import { startHostileServer } from '../lib/hostile_mcp.mjs';
 import { createOrganization, enqueue, run, chain, waitTerminal } from '../lib/fixtures.mjs';
 import { checkGuarantees } from '../lib/audit.mjs';
+import { readFileSync } from 'node:fs';
 
 let server;
 let cluster;
@@ -89,9 +90,35 @@ test('a context pack over diagnosis.max_context_pack_bytes fails its run, naming
   const r = await run(cluster, big);
   assert.equal(r.status, 'failed');
   assert.equal(r.error_code, 'CONTEXT_PACK_ERROR');
-  assert.match(r.error_message, /the context pack is 2\d{5} bytes, more than diagnosis\.max_context_pack_bytes \(65536\)/);
+  assert.match(r.error_message, /the context pack is at least 2\d{5} bytes, more than diagnosis\.max_context_pack_bytes \(65536\)/);
   assert.equal((await run(cluster, other)).status, 'completed');
   await cluster.reload({ 'diagnosis.max_context_pack_bytes': '1MB' });
+});
+
+test('100 MB of patient data: the default pack is refused from the sizes alone, never built; the worker stays small', async () => {
+  // 0.2.0: four such runs took the worker to 1.9 GB and froze its loop for 38 s; with the size checked only after
+  // building: another organization's run waited 17.2 s and the four were still retrying 120 s later.
+  const orgC = await createOrganization(cluster, { name: 'C', patients: 4 });
+  await cluster.query(`UPDATE diagnosis.patients SET data = jsonb_build_object('blob', repeat('x', 100 * 1024 * 1024))
+    WHERE organization_id = $1`, [orgC.org]);
+  const [pid] = await cluster.workerPids();
+  const peakKb = () => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)[1]);
+  const before = peakKb();
+  const big = [];
+  for (const p of orgC.patients) big.push(await enqueue(cluster, p, { case: '100 MB of patient data' }));
+  const t0 = Date.now();
+  const other = await enqueue(cluster, orgB.patients[1], { case: 'beside 100 MB of patient data' });
+  await waitTerminal(cluster, [other, ...big], 30000);
+  console.log(`# four runs over 100 MB of patient data: another organization's run completed ${Date.now() - t0} ms after` +
+    ` its enqueue; the worker's peak RSS ${before} -> ${peakKb()} kB`);
+  assert.equal((await run(cluster, other)).status, 'completed');
+  for (const id of big) {
+    const r = await run(cluster, id);
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error_code, 'CONTEXT_PACK_ERROR');
+    assert.match(r.error_message, /the context pack is at least 1048\d{5} bytes, more than diagnosis\.max_context_pack_bytes \(1048576\)/);
+  }
+  assert.ok(peakKb() - before < 32 * 1024, `the worker's peak RSS grew by ${peakKb() - before} kB`);
 });
 
 for (const [name, body] of [
