@@ -207,8 +207,8 @@ pgdiag::packs::Hand(const ClaimedRun *runs, int n)
 		                  : (PendingRun **) MemoryContextAlloc(TopMemoryContext, sizeof(PendingRun *) * waiting_size);
 	}
 	for (int i = 0; i < n; i++) {
-		MemoryContext context = AllocSetContextCreate(TopMemoryContext, "pg_diagnosis run awaiting its pack",
-		                                              ALLOCSET_SMALL_SIZES);
+		MemoryContext context =
+		    AllocSetContextCreate(TopMemoryContext, "pg_diagnosis run awaiting its pack", ALLOCSET_SMALL_SIZES);
 		PendingRun *pending = (PendingRun *) MemoryContextAllocZero(context, sizeof(PendingRun));
 
 		pending->context = context;
@@ -314,9 +314,8 @@ StartBuilder(PendingRun **runs, int n)
 	builder->runs = (PendingRun **) palloc(sizeof(PendingRun *) * n);
 	memcpy(builder->runs, runs, sizeof(PendingRun *) * n);
 	builder->n = n;
-	builder->deadline =
-	    TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-	                                BUILDER_START_MS + Min(n * (pgdiag_context_pack_timeout_ms + 1000), BUILDER_PACKS_MS));
+	builder->deadline = TimestampTzPlusMilliseconds(
+	    GetCurrentTimestamp(), BUILDER_START_MS + Min(n * (pgdiag_context_pack_timeout_ms + 1000), BUILDER_PACKS_MS));
 	MemoryContextSwitchTo(old);
 	builders[n_builders++] = builder;
 	return true;

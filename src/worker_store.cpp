@@ -961,10 +961,10 @@ BuildPacks(void *arg)
 		                         PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	enable_timeout_after(STATEMENT_TIMEOUT, pgdiag_context_pack_timeout_ms);
 	if (job->set_based)
-		ret = SPI_execute_plan(
-		    KeptPlan(&default_packs_plan, "SELECT pack, oversized_bytes FROM diagnosis._context_packs($1) ORDER BY ord", 1,
-		             argtypes),
-		    values, NULL, false, 0);
+		ret = SPI_execute_plan(KeptPlan(&default_packs_plan,
+		                                "SELECT pack, oversized_bytes FROM diagnosis._context_packs($1) ORDER BY ord",
+		                                1, argtypes),
+		                       values, NULL, false, 0);
 	else
 		ret = SPI_execute_plan(FunctionPackPlan(job->fn->qualified_name), values, NULL, false, 0);
 	disable_timeout(STATEMENT_TIMEOUT, false);

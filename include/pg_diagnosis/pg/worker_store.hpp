@@ -49,7 +49,7 @@ struct ClaimedRun {
 	char *pack;          /* the context pack with the run's inputs merged in */
 	char *pack_error;    /* why the pack could not be built */
 	bool pack_transient; /* the pack timed out or waited for a lock: tried again with backoff */
-	bool handed_back;    /* not built for a cause not the run's (the byte budget): back to the queue, attempt given back */
+	bool handed_back; /* not built for a cause not the run's (the byte budget): back to the queue, attempt given back */
 };
 
 struct ClaimResult {
