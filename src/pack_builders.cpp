@@ -81,7 +81,7 @@ SendPack(shm_mq_handle *queue, int index, const ClaimedRun *run)
 	const char *text = "";
 	shm_mq_iovec parts[2];
 
-	if (run->handed_back)
+	if (run->handed_back || (!run->pack_error && !run->pack))
 		message.outcome = kHandedBack;
 	else if (run->pack_error) {
 		message.outcome = run->pack_transient ? kRetry : kFailed;
@@ -448,6 +448,7 @@ EndBuilder(PackBuilder *builder, bool deliver)
 			HandBack(builder->runs[i]);
 		else
 			ForgetRun(builder->runs[i]);
+	shm_mq_detach(builder->queue); /* frees the handle and its buffer of a large message */
 	dsm_detach(builder->segment);
 	pfree(builder->handle);
 	pfree(builder->runs);
