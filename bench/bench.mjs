@@ -12,7 +12,7 @@ import { run as runGraphileWorker, Logger } from 'graphile-worker';
 import { startCluster } from '../test/lib/cluster.mjs';
 import { startMcpServer } from '../test/lib/mcp.mjs';
 import { startFastEndpoint, loadBenchPatients, PG_BINDIR, procStats, clusterCpu, openRuns, endToEnd } from './lib.mjs';
-import { latencyRegime, idleStates, fairness, graphileTask } from './latency.mjs';
+import { latencyRegime, idleStates, fairness, graphileTask, enqueueToClaim } from './latency.mjs';
 import { historyReads } from './history.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -122,44 +122,15 @@ async function main() {
     // this machine: the round trip of SELECT 1 sent at the same pace (processes asleep between two sends wake up
     // slower than busy ones), and the split of the latency at the run's ENQUEUED audit row.
     {
-      const client = await cluster.connect();
-      const sent = new Map();
-      const roundTrips = [];
-      const floor = [];
-      const wallClockMs = () => performance.timeOrigin + performance.now();
-      for (let i = 0; i < 200; i++) {
-        const s0 = performance.now();
-        await client.query('SELECT 1');
-        floor.push(performance.now() - s0);
-        await sleep(20);
-      }
-      for (let i = 0; i < 200; i++) {
-        const t0 = wallClockMs();
-        const r = await client.query(`SELECT diagnosis.enqueue_diagnosis($1, jsonb_build_object('latency', $2::int)) AS id`,
-          [`b0000000-0000-4000-8000-${(1 + (i % 1000)).toString(16).padStart(12, '0')}`, i]);
-        roundTrips.push(wallClockMs() - t0);
-        sent.set(r.rows[0].id, t0);
-        await sleep(20);
-      }
-      await client.end();
-      while (Number(await openRuns(cluster)) > 0) await sleep(50);
-      const rows = (await cluster.query(`SELECT run_id, extract(epoch FROM max(created_at) FILTER (WHERE event = 'LOCKED')) * 1000 AS locked,
-                                                extract(epoch FROM max(created_at) FILTER (WHERE event = 'ENQUEUED')) * 1000 AS enqueued
-                                           FROM diagnosis.audit_log WHERE run_id = ANY($1) GROUP BY run_id`, [[...sent.keys()]])).rows;
-      const sorted = (values) => values.sort((a, b) => a - b);
-      const at = (values, p) => values[Math.min(values.length - 1, Math.floor(p * values.length))].toFixed(2);
-      const lat = sorted(rows.map((l) => Number(l.locked) - sent.get(l.run_id)));
-      const pct = (p) => at(lat, p);
-      row('enqueue call to claim latency p50', pct(0.5), 'ms', 'includes the enqueue statement itself');
-      row('enqueue call to claim latency p95', pct(0.95), 'ms');
-      row('enqueue call to claim latency p99', pct(0.99), 'ms');
-      row('  of which: enqueue call to its ENQUEUED audit row, p50', at(sorted(rows.map((l) => Number(l.enqueued) - sent.get(l.run_id))), 0.5), 'ms',
-        'the statement up to its last insert');
-      row('  of which: ENQUEUED row to LOCKED row, p50', at(sorted(rows.map((l) => Number(l.locked) - Number(l.enqueued))), 0.5), 'ms',
-        'the commit, the wake-up, the claim');
-      row('enqueue_diagnosis round trip at that pace, p50', at(sorted(roundTrips), 0.5), 'ms');
-      row('SELECT 1 round trip at that pace, p50', at(sorted(floor), 0.5), 'ms', "this machine's floor for one statement");
-      results.latencyP50 = Number(pct(0.5));
+      const l = await enqueueToClaim(cluster);
+      row('enqueue call to claim latency p50', l.p50, 'ms', 'includes the enqueue statement itself');
+      row('enqueue call to claim latency p95', l.p95, 'ms');
+      row('enqueue call to claim latency p99', l.p99, 'ms');
+      row('  of which: enqueue call to its ENQUEUED audit row, p50', l.enqueuedP50, 'ms', 'the statement up to its last insert');
+      row('  of which: ENQUEUED row to LOCKED row, p50', l.lockedP50, 'ms', 'the commit, the wake-up, the claim');
+      row('enqueue_diagnosis round trip at that pace, p50', l.roundTripP50, 'ms');
+      row('SELECT 1 round trip at that pace, p50', l.floorP50, 'ms', "this machine's floor for one statement");
+      results.latencyP50 = Number(l.p50);
     }
 
     // Idle: queries and CPU of the worker over a quiet period.

@@ -280,3 +280,41 @@ async function fairnessOn(cluster, backlog, row) {
     waitMs.toFixed(1), 'ms', `${ahead.toLocaleString('en')} backlog runs still queued when it was claimed; the backlog took ${drainSeconds.toFixed(1)} s`);
   return { waitMs, ahead, drainSeconds };
 }
+
+/** Enqueue-commit to claim latency at low load: one run every 20 ms (200 runs), in ms, as strings with two
+ * decimals. Beside it, what the pace alone costs on this machine: the round trip of SELECT 1 sent at the same pace
+ * (processes asleep between two sends wake up slower than busy ones), and the split at the run's ENQUEUED row. */
+export async function enqueueToClaim(cluster) {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const client = await cluster.connect();
+  const sent = new Map();
+  const roundTrips = [];
+  const floor = [];
+  const wallClockMs = () => performance.timeOrigin + performance.now();
+  for (let i = 0; i < 200; i++) {
+    const s0 = performance.now();
+    await client.query('SELECT 1');
+    floor.push(performance.now() - s0);
+    await sleep(20);
+  }
+  for (let i = 0; i < 200; i++) {
+    const t0 = wallClockMs();
+    const r = await client.query(`SELECT diagnosis.enqueue_diagnosis($1, jsonb_build_object('latency', $2::int)) AS id`,
+      [`b0000000-0000-4000-8000-${(1 + (i % 1000)).toString(16).padStart(12, '0')}`, i]);
+    roundTrips.push(wallClockMs() - t0);
+    sent.set(r.rows[0].id, t0);
+    await sleep(20);
+  }
+  await client.end();
+  while (Number(await openRuns(cluster)) > 0) await sleep(50);
+  const rows = (await cluster.query(`SELECT run_id, extract(epoch FROM max(created_at) FILTER (WHERE event = 'LOCKED')) * 1000 AS locked,
+                                            extract(epoch FROM max(created_at) FILTER (WHERE event = 'ENQUEUED')) * 1000 AS enqueued
+                                       FROM diagnosis.audit_log WHERE run_id = ANY($1) GROUP BY run_id`, [[...sent.keys()]])).rows;
+  const sorted = (values) => values.sort((a, b) => a - b);
+  const at = (values, p) => values[Math.min(values.length - 1, Math.floor(p * values.length))].toFixed(2);
+  const lat = sorted(rows.map((l) => Number(l.locked) - sent.get(l.run_id)));
+  return { p50: at(lat, 0.5), p95: at(lat, 0.95), p99: at(lat, 0.99),
+    enqueuedP50: at(sorted(rows.map((l) => Number(l.enqueued) - sent.get(l.run_id))), 0.5),
+    lockedP50: at(sorted(rows.map((l) => Number(l.locked) - Number(l.enqueued))), 0.5),
+    roundTripP50: at(sorted(roundTrips), 0.5), floorP50: at(sorted(floor), 0.5) };
+}
