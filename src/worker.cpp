@@ -55,6 +55,8 @@ extern "C" {
 PGDLLEXPORT void pgdiag_worker_main(Datum main_arg);
 }
 
+#include <malloc.h>
+
 /* How long SIGTERM lets calls in flight finish before handing the rest back. Short: DROP DATABASE ... WITH
  * (FORCE) waits at most 5 s for the sessions it terminated. */
 #define SHUTDOWN_GRACE_MS 3000
@@ -879,6 +881,20 @@ ShutDown(WaitEventSet *wait_set, bool extension_ready)
 	ereport(LOG, (errmsg("pg_diagnosis worker %d stopping; %d call(s) handed back", my_slot, aborted)));
 }
 
+/*
+ * Every pass allocates and frees blocks of a few hundred kB (a finalize batch's array and the executor's copies of
+ * it, the claim's packs, response buffers). With glibc's defaults each such block is mapped and unmapped, or the
+ * heap trimmed under it, and faulted in again page by page on the next pass: page faults were 5 to 10 % of the
+ * worker's CPU in a drain (docs/BENCHMARKS.md, issue 26). Blocks up to 4 MB come from the heap, and up to 16 MB of
+ * free heap is kept for the next pass; larger blocks (a pack near diagnosis.max_context_pack_bytes) still go back.
+ */
+static void
+KeepFreedMemory(void)
+{
+	(void) mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	(void) mallopt(M_TRIM_THRESHOLD, 16 << 20);
+}
+
 void
 pgdiag_worker_main(Datum main_arg)
 {
@@ -892,6 +908,7 @@ pgdiag_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	am_worker = true;
+	KeepFreedMemory();
 	AttachSlot(DatumGetInt32(main_arg));
 	shared = pgdiag::Shared();
 	ConnectToDatabase();
