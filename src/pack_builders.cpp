@@ -232,7 +232,21 @@ HasBuilder(const pg_uuid_t *organization)
 static int
 RunsPerBuilder(void)
 {
-	return Max(1, BUILDER_PACKS_MS / (pgdiag_context_pack_timeout_ms + 1000));
+	return (int) Max(1, BUILDER_PACKS_MS / ((int64) pgdiag_context_pack_timeout_ms + 1000));
+}
+
+/* The deadline of a builder of n runs: its start, then each pack's timeout and a second. A pack that ends within
+ * its timeout is always answered before it. */
+static int64
+BuilderAllowanceMs(int n)
+{
+	return BUILDER_START_MS + (int64) n * ((int64) pgdiag_context_pack_timeout_ms + 1000);
+}
+
+int64
+pgdiag::packs::MaxPackMs()
+{
+	return MAX_WAIT_MS + BuilderAllowanceMs(RunsPerBuilder());
 }
 
 /* The request and the queue in a new segment, the queue's receiving end attached to this process. */
@@ -314,8 +328,7 @@ StartBuilder(PendingRun **runs, int n)
 	builder->runs = (PendingRun **) palloc(sizeof(PendingRun *) * n);
 	memcpy(builder->runs, runs, sizeof(PendingRun *) * n);
 	builder->n = n;
-	builder->deadline = TimestampTzPlusMilliseconds(
-	    GetCurrentTimestamp(), BUILDER_START_MS + Min(n * (pgdiag_context_pack_timeout_ms + 1000), BUILDER_PACKS_MS));
+	builder->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), BuilderAllowanceMs(n));
 	MemoryContextSwitchTo(old);
 	builders[n_builders++] = builder;
 	return true;
@@ -435,25 +448,40 @@ TakeSentPacks(PackBuilder *builder, int *delivered)
 	return false;
 }
 
-/* Ends a builder: stops it if it still runs, hands back what it did not answer (when `deliver`); returns how
- * many it handed back. */
-static int
-EndBuilder(PackBuilder *builder, bool deliver)
+/* The run a builder was building when its deadline passed: the pack did not stop at its statement timeout (it
+ * swallowed the cancel, or sat in code that never checks for it). The pack's own failure: an attempt is spent. */
+static void
+FailOverdue(PendingRun *pending)
 {
-	int handed_back = deliver ? builder->n - builder->answered : 0;
+	pending->run.pack_error = psprintf("its builder was still building it at the builder's deadline, %lld ms after it "
+	                                   "started: the pack function did not stop at diagnosis.context_pack_timeout_ms",
+	                                   (long long) BuilderAllowanceMs(1));
+	pending->run.pack_transient = true;
+	pgdiag::DeliverClaimed(&pending->run, 1);
+	ForgetRun(pending);
+}
+
+/* Ends a builder: stops it if it still runs and, when `deliver`, settles what it did not answer: the run it was
+ * building when `overdue` fails this attempt, the others go back unspent. Returns how many it settled. */
+static int
+EndBuilder(PackBuilder *builder, bool deliver, bool overdue)
+{
+	int settled = deliver ? builder->n - builder->answered : 0;
 
 	(void) TerminateBackgroundWorker(builder->handle);
 	for (int i = builder->answered; i < builder->n; i++)
-		if (deliver)
-			HandBack(builder->runs[i]);
-		else
+		if (!deliver)
 			ForgetRun(builder->runs[i]);
+		else if (overdue && i == builder->answered)
+			FailOverdue(builder->runs[i]);
+		else
+			HandBack(builder->runs[i]);
 	shm_mq_detach(builder->queue); /* frees the handle and its buffer of a large message */
 	dsm_detach(builder->segment);
 	pfree(builder->handle);
 	pfree(builder->runs);
 	pfree(builder);
-	return handed_back;
+	return settled;
 }
 
 int
@@ -468,10 +496,12 @@ pgdiag::packs::Step()
 	now = GetCurrentTimestamp();
 	for (int i = 0; i < n_builders; i++) {
 		PackBuilder *builder = builders[i];
-		if (TakeSentPacks(builder, &delivered) && now < builder->deadline)
-			builders[kept++] = builder;
+		if (!TakeSentPacks(builder, &delivered))
+			delivered += EndBuilder(builder, true, false);
+		else if (now >= builder->deadline)
+			delivered += EndBuilder(builder, true, true);
 		else
-			delivered += EndBuilder(builder, true);
+			builders[kept++] = builder;
 	}
 	n_builders = kept;
 	delivered += HandBackOverdueWaiting(now);
@@ -508,7 +538,7 @@ void
 pgdiag::packs::StopAll()
 {
 	for (int i = 0; i < n_builders; i++)
-		EndBuilder(builders[i], false);
+		EndBuilder(builders[i], false, false);
 	n_builders = 0;
 	for (int i = 0; i < n_waiting; i++)
 		ForgetRun(waiting[i]);

@@ -13,6 +13,7 @@
  *-------------------------------------------------------------------------
  */
 #include "pg_diagnosis/pg/guc.hpp"
+#include "pg_diagnosis/pg/pack_builders.hpp"
 #include "pg_diagnosis/pg/shmem.hpp"
 #include "pg_diagnosis/pg/worker_store.hpp"
 #include "pg_diagnosis/cpp_guard.hpp"
@@ -58,7 +59,8 @@ extern "C" {
 #include "utils/uuid.h"
 }
 
-/* Margin of the lease beyond the longest a call may take; the lease is only the backstop of exact recovery. */
+/* Margin of the lease beyond the longest a call and its pack may take; the lease is only the backstop of exact
+ * recovery. */
 #define LEASE_MARGIN_MS 60000
 
 /* ---------------------------------------------------------------- units of work */
@@ -1163,7 +1165,7 @@ ClaimStatement(int limit, int64 token, ClaimedRun **runs)
 	int n;
 
 	values[0] = Int32GetDatum(limit);
-	values[1] = Int64GetDatum((int64) pgdiag_request_timeout_ms + LEASE_MARGIN_MS);
+	values[1] = Int64GetDatum((int64) pgdiag_request_timeout_ms + LEASE_MARGIN_MS + pgdiag::packs::MaxPackMs());
 	values[2] = Int32GetDatum(MyProcPid);
 	values[3] = Int32GetDatum(pgdiag_max_inflight_per_organization);
 	values[4] = Int64GetDatum(token);

@@ -10,7 +10,7 @@
 //   loop with the timeout: 5.1-5.4 s; built by pack builders off the loop: about 0.2 s);
 // - a pack stuck for as long as the test holds it (a gate table) leaves other organizations' runs free to complete
 //   while it is still being built, by a pack builder; one that swallows its statement timeout (catching
-//   query_canceled) has its builder ended at the builder's deadline, and its run goes back to the queue unspent;
+//   query_canceled) has its builder ended at the builder's deadline, and that attempt fails (CONTEXT_PACK_ERROR);
 // - with no background worker slot left for a builder (a local shortage), the worker builds the pack itself.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -194,12 +194,11 @@ test('a context pack stuck for as long as the test holds it: other organizations
   }
 });
 
-test('a context pack function that swallows its timeout: its builder is ended at its deadline, the run goes back unspent', async () => {
+test('a context pack function that swallows its timeout: its builder is ended at its deadline, the attempt fails', async () => {
   const stuckPatient = orgA.patients[4];
   // Catching query_canceled survives diagnosis.context_pack_timeout_ms; only ending the process stops it.
-  await cluster.query('TRUNCATE public.pack_gate; INSERT INTO public.pack_gate VALUES (false)');
-  await cluster.query(gatedPack(stuckPatient, `WHILE NOT (SELECT open FROM public.pack_gate) LOOP
-    BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;`));
+  await cluster.query(gatedPack(stuckPatient,
+    'LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;'));
   await cluster.reload({ 'diagnosis.context_pack_function': 'public.lifecycle_pack',
     'diagnosis.context_pack_timeout_ms': '1s' });
   try {
@@ -207,15 +206,15 @@ test('a context pack function that swallows its timeout: its builder is ended at
     const other = await enqueue(cluster, orgB.patients[4], { case: 'beside the swallowed timeout' });
     await waitTerminal(cluster, [other], 30000);
     assert.equal((await run(cluster, other)).status, 'completed');
-    // Ended at its deadline (start allowance + one pack timeout and a second): handed back, attempt given back.
-    await cluster.waitFor(async () => (await chain(cluster, stuck)).includes('RETRY_SCHEDULED'),
-      { what: 'the stuck run to be handed back', timeout: 40000 });
-    await cluster.query('UPDATE public.pack_gate SET open = true');
-    await waitTerminal(cluster, [stuck], 30000);
+    // Ended at its deadline (10 s to start, then the pack timeout and a second): the pack's own failure.
+    await waitTerminal(cluster, [stuck], 40000);
     const r = await run(cluster, stuck);
-    assert.equal(r.status, 'completed', `${r.error_code}: ${r.error_message}`);
-    assert.equal(r.attempt, 1, 'the handed-back attempt was given back');
-    assert.match(cluster.log(), /terminating background worker "pg_diagnosis pack builder" due to administrator command/);
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error_code, 'CONTEXT_PACK_ERROR');
+    assert.match(r.error_message, /builder's deadline, 12000 ms after it started: the pack function did not stop at diagnosis\.context_pack_timeout_ms/);
+    assert.deepEqual(await chain(cluster, stuck), ['ENQUEUED', 'LOCKED', 'FAILED']);
+    await cluster.waitFor(async () => /terminating background worker "pg_diagnosis pack builder" due to administrator command/
+      .test(cluster.log()), { what: 'the builder to be ended' });
   } finally {
     await cluster.reload({ 'diagnosis.context_pack_function': '', 'diagnosis.context_pack_timeout_ms': '5s' });
   }

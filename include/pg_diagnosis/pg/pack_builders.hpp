@@ -25,6 +25,9 @@ int Pending();
 /* Milliseconds until a builder's deadline or a waiting run's limit, or -1 when nothing waits. */
 long TimeoutMs();
 
+/* The longest a claimed run may wait for its pack from a builder (counted into the claim's lease). */
+int64 MaxPackMs();
+
 /* At shutdown: stops every builder; the runs stay running under the worker's token, for RecoverRuns to hand
  * back. */
 void StopAll();
