@@ -1,5 +1,5 @@
 // Worker CPU per 1,000 runs drained, several times in one cluster: on a shared machine the load only ever adds to
-// a figure, so the least of several drains is the steadiest figure to compare builds by (bench/compare_min.sh
+// a figure, so the least of several drains is the steadiest figure to compare builds by (a shell loop
 // interleaves builds). Each drain: N runs queued with claiming paused, then drained against the minimal endpoint.
 // Usage: PGDIAG_PG_BINDIR=<bin dir> node bench/drain_min.mjs [--runs 5000] [--reps 3] [--label text]
 import { startCluster } from '../test/lib/cluster.mjs';
