@@ -38,6 +38,7 @@ extern "C" {
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "pgstat.h"
@@ -1061,13 +1062,21 @@ BuildAllPacks(ClaimedRun *runs, int n, const PackFunction *fn)
 	}
 }
 
-/* Pack errors were written in the transaction's memory: they are reported after it ends. */
+/* A pack error's message is the pack function's to choose (RAISE with megabytes): kept to this many bytes. */
+#define MAX_PACK_ERROR_BYTES 1000
+
+/* Pack errors were written in the transaction's memory: they are reported after it ends, cut to
+ * MAX_PACK_ERROR_BYTES on a character boundary. */
 static void
 KeepPackErrors(ClaimedRun *runs, int n)
 {
 	for (int i = 0; i < n; i++)
-		if (runs[i].pack_error)
-			runs[i].pack_error = MemoryContextStrdup(work_caller_context, runs[i].pack_error);
+		if (runs[i].pack_error) {
+			int len = (int) strnlen(runs[i].pack_error, MAX_PACK_ERROR_BYTES + 1);
+			runs[i].pack_error = MemoryContextStrdup(
+			    work_caller_context,
+			    pnstrdup(runs[i].pack_error, pg_mbcliplen(runs[i].pack_error, len, MAX_PACK_ERROR_BYTES)));
+		}
 }
 
 typedef struct OnePack {

@@ -220,6 +220,24 @@ test('a context pack function that swallows its timeout: its builder is ended at
   }
 });
 
+test('a context pack function that raises an error of megabytes: its run fails with the message cut to 1,000 bytes', async () => {
+  const patient = orgA.patients[0];
+  await cluster.query(gatedPack(patient, `RAISE EXCEPTION 'pack refused: %', repeat('é', 1000000);`));
+  await cluster.reload({ 'diagnosis.context_pack_function': 'public.lifecycle_pack' });
+  try {
+    const id = await enqueue(cluster, patient, { case: 'an error of megabytes' }, { maxRetries: 0 });
+    await waitTerminal(cluster, [id], 30000);
+    const r = (await cluster.query(`SELECT status, error_code, error_message, octet_length(error_message) AS bytes
+      FROM diagnosis.runs WHERE id = $1`, [id])).rows[0];
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error_code, 'CONTEXT_PACK_ERROR');
+    assert.match(r.error_message, /^building the context pack failed: pack refused: é+$/);
+    assert.ok(r.bytes <= 1100, `${r.bytes} bytes`);
+  } finally {
+    await cluster.reload({ 'diagnosis.context_pack_function': '' });
+  }
+});
+
 test('with no background worker slot free for a pack builder, the worker builds the pack itself', async () => {
   // One background worker slot, the worker's (no logical replication launcher): none is left for a builder.
   const small = await startCluster({ settings: { 'diagnosis.mcp_url': server.url, max_worker_processes: 1,
